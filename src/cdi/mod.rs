@@ -1,0 +1,1 @@
+//! CDI pod mode: a drop-in for `cdi-importer`.

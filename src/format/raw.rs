@@ -1,0 +1,1 @@
+//! raw: streamed straight through; all-zero blocks become zero extents.
