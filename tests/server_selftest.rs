@@ -210,3 +210,36 @@ fn tls_serves_with_generated_cert() {
     assert!(all.starts_with(b"HTTP/1.1 206"));
     assert_eq!(&all[split + 4..], &d[100..200]);
 }
+
+#[test]
+fn support_cgroup_runner_and_loop_device() {
+    // The runner: the binary runs (whatever it does yet) inside a memory cgroup whose
+    // peak is readable afterwards.
+    if let Some(cg) = common::MemCgroup::new(64 << 20) {
+        let run = common::Streamdisk::new().arg("--help").in_cgroup(&cg).run();
+        assert!(run.status.code().is_some(), "{run:?}");
+        assert!(cg.peak().is_some_and(|p| p > 0), "no peak memory recorded");
+    }
+    let dir = common::tempdir();
+    let f = dir.path().join("backing");
+    common::fill_file(&f, 1 << 20, 0xA5);
+    if let Some(l) = common::LoopDevice::attach(&f) {
+        assert!(l.dev.exists());
+        common::assert_same_prefix(&l.dev, &f, 1 << 20);
+    }
+}
+
+#[test]
+fn support_first_difference() {
+    let dir = common::tempdir();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    common::make_raw(&a, 3 << 20, &[(100, 5000, common::Fill::Random(1))]);
+    std::fs::copy(&a, &b).unwrap();
+    assert_eq!(common::first_difference(&a, &b, 3 << 20), None);
+    common::qcow2::patch(&b, (2 << 20) + 77, &[1]);
+    assert_eq!(
+        common::first_difference(&a, &b, 3 << 20),
+        Some((2 << 20) + 77)
+    );
+}
