@@ -10,6 +10,7 @@
 //! Every test binary includes this module with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod matrix;
 pub mod qcow2;
 pub mod server;
 
