@@ -125,7 +125,9 @@ pub fn convert_once(
             if !run.success() {
                 return Err(describe(&run));
             }
-            let got = fs::metadata(&out).map_err(|e| e.to_string())?.len();
+            let got = fs::metadata(&out)
+                .map_err(|e| format!("target file {}: {e}", out.display()))?
+                .len();
             if got != vsize {
                 return Err(format!("target size {got}, expected virtual size {vsize}"));
             }
