@@ -831,3 +831,124 @@ fn cstring(p: &Path) -> CString {
     use std::os::unix::ffi::OsStrExt;
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
 }
+
+/// The data extents of a file as the filesystem reports them (SEEK_DATA/SEEK_HOLE).
+pub fn data_extents(path: &Path) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let len = f.metadata().expect("stat").len();
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: valid fd; lseek has no memory effects.
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            break; // ENXIO: no data after pos
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { len as i64 } else { end };
+        out.push((start as u64, end as u64));
+        pos = end;
+    }
+    out
+}
+
+/// Compares two (possibly huge, sparse) files of the same size by reading only the ranges
+/// that hold data in either; holes read as zeros in both. Panics at the first difference.
+pub fn assert_same_sparse(actual: &Path, expected: &Path) {
+    let la = fs::metadata(actual).expect("stat actual").len();
+    let le = fs::metadata(expected).expect("stat expected").len();
+    assert_eq!(
+        la,
+        le,
+        "size of {} differs from {}",
+        actual.display(),
+        expected.display()
+    );
+    let mut ranges = data_extents(actual);
+    ranges.extend(data_extents(expected));
+    ranges.sort_unstable();
+    let fa = File::open(actual).expect("open");
+    let fb = File::open(expected).expect("open");
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
+    let mut done_to = 0u64;
+    for (s, e) in ranges {
+        let mut pos = s.max(done_to);
+        while pos < e {
+            let n = (e - pos).min(ba.len() as u64) as usize;
+            fa.read_exact_at(&mut ba[..n], pos).expect("read actual");
+            fb.read_exact_at(&mut bb[..n], pos).expect("read expected");
+            if let Some(i) = (0..n).find(|&i| ba[i] != bb[i]) {
+                panic!(
+                    "{} differs from {} at offset {}",
+                    actual.display(),
+                    expected.display(),
+                    pos + i as u64
+                );
+            }
+            pos += n as u64;
+        }
+        done_to = done_to.max(e);
+    }
+}
+
+/// One entry of `qemu-img map --output=json`.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    pub start: u64,
+    pub length: u64,
+    pub present: bool,
+    pub zero: bool,
+    pub data: bool,
+    pub compressed: bool,
+    pub offset: Option<u64>,
+}
+
+/// `qemu-img map --output=json -f qcow2 IMAGE`.
+pub fn qemu_map(image: &Path) -> Vec<MapEntry> {
+    let out = qemu_img(&[
+        OsStr::new("map"),
+        OsStr::new("--output=json"),
+        OsStr::new("-f"),
+        OsStr::new("qcow2"),
+        image.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("qemu-img map JSON");
+    v.as_array()
+        .expect("map array")
+        .iter()
+        .map(|e| MapEntry {
+            start: e["start"].as_u64().expect("start"),
+            length: e["length"].as_u64().expect("length"),
+            present: e["present"].as_bool().unwrap_or(false),
+            zero: e["zero"].as_bool().unwrap_or(false),
+            data: e["data"].as_bool().unwrap_or(false),
+            compressed: e["compressed"].as_bool().unwrap_or(false),
+            offset: e["offset"].as_u64(),
+        })
+        .collect()
+}
+
+/// Fills the host bytes behind every guest range that reads as zero but still has a host
+/// offset (v3 zero-flagged clusters, unallocated or zero subclusters of an allocated
+/// extended-L2 cluster) with 0xEE. A decoder that ignores the zero flag or the subcluster
+/// bitmap then produces visibly wrong output instead of accidentally right zeros.
+/// Returns how many bytes were poisoned.
+pub fn poison_zero_ranges(image: &Path) -> u64 {
+    let mut total = 0;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(image)
+        .expect("open image");
+    for e in qemu_map(image) {
+        if let (true, false, Some(off)) = (e.zero, e.data, e.offset) {
+            let buf = vec![0xEEu8; e.length as usize];
+            f.write_all_at(&buf, off).expect("poison");
+            total += e.length;
+        }
+    }
+    total
+}
