@@ -121,7 +121,7 @@ pub fn convert_once(
             let run = Streamdisk::convert(&src_arg, &out)
                 .args(extra)
                 .input(input)
-                .run();
+                .try_run()?;
             if !run.success() {
                 return Err(describe(&run));
             }
@@ -148,7 +148,7 @@ pub fn convert_once(
             let run = Streamdisk::convert(&src_arg, &lo.dev)
                 .args(extra)
                 .input(input)
-                .run();
+                .try_run()?;
             drop(lo);
             if !run.success() {
                 return Err(describe(&run));

@@ -461,34 +461,39 @@ impl Run {
     /// abort), non-zero, no panic, and a last stderr line that mentions one of `words`
     /// (case-insensitive). Returns that line.
     pub fn assert_refused(&self, words: &[&str]) -> String {
+        self.check_refused(words).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Run::assert_refused`], but returns the problem instead of panicking.
+    pub fn check_refused(&self, words: &[&str]) -> Result<String, String> {
         let ctx = format!(
             "streamdisk {:?}: status {}\nstderr:\n{}",
             self.args, self.status, self.stderr
         );
-        assert!(
-            self.status.signal().is_none(),
-            "killed by signal (OOM or crash?) - {ctx}"
-        );
-        assert!(!self.status.success(), "expected a failure - {ctx}");
-        assert!(
-            !self.stderr.contains("panicked"),
-            "stderr shows a panic - {ctx}"
-        );
-        assert!(
-            !self.stderr.contains("RUST_BACKTRACE"),
-            "stderr shows a panic - {ctx}"
-        );
+        if let Some(sig) = self.status.signal() {
+            return Err(format!("killed by signal {sig} (OOM or crash?) - {ctx}"));
+        }
+        if self.status.success() {
+            return Err(format!("expected a failure, got exit 0 - {ctx}"));
+        }
+        if self.stderr.contains("panicked") || self.stderr.contains("RUST_BACKTRACE") {
+            return Err(format!("stderr shows a panic - {ctx}"));
+        }
         let line = self.last_stderr_line().to_string();
-        assert!(!line.is_empty(), "no error message - {ctx}");
+        if line.is_empty() {
+            return Err(format!("no error message - {ctx}"));
+        }
         let lower = line.to_ascii_lowercase();
-        assert!(
-            words.is_empty()
-                || words
-                    .iter()
-                    .any(|w| lower.contains(&w.to_ascii_lowercase())),
-            "last stderr line {line:?} names none of {words:?} - {ctx}"
-        );
-        line
+        if !words.is_empty()
+            && !words
+                .iter()
+                .any(|w| lower.contains(&w.to_ascii_lowercase()))
+        {
+            return Err(format!(
+                "last stderr line {line:?} names none of {words:?} - {ctx}"
+            ));
+        }
+        Ok(line)
     }
 }
 
@@ -560,6 +565,11 @@ impl Streamdisk {
 
     /// Runs to completion, killing the child (and panicking) after the timeout.
     pub fn run(self) -> Run {
+        self.try_run().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs to completion; a hang (killed after the timeout) is an `Err` naming it.
+    pub fn try_run(self) -> Result<Run, String> {
         let mut cmd = Command::new(bin());
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -630,12 +640,12 @@ impl Streamdisk {
                 let _ = child.kill();
                 let _ = child.wait();
                 let stderr = err_t.join().unwrap_or_default();
-                panic!(
+                return Err(format!(
                     "streamdisk {:?} hung: killed after {:?}\nstderr:\n{}",
                     self.args,
                     self.timeout,
                     String::from_utf8_lossy(&stderr)
-                );
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -645,13 +655,13 @@ impl Streamdisk {
         }
         let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
         let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-        Run {
+        Ok(Run {
             status,
             stdout,
             stderr,
             elapsed,
             args: self.args,
-        }
+        })
     }
 }
 
