@@ -641,3 +641,45 @@ fn refuses_corrupt_wrappers() {
     }
     run_cases(&cases);
 }
+
+/// Refusals into a loop block device larger than the image never touch bytes past the
+/// virtual size.
+#[test]
+fn refusals_do_not_write_past_virtual_size_on_a_device() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let base = base_plain(d);
+    let h = read_header(&base);
+    let lay = qcow2::layout(&base);
+    let cs = h.cluster_size();
+    let file_len = fs::metadata(&base).unwrap().len();
+    let l2 = lay.l2_offsets[0];
+    let bad_ptr = variant(d, &base, "dev-past.qcow2");
+    patch_u64(
+        &bad_ptr,
+        l2,
+        ((file_len + 100 * cs) & !(cs - 1)) | (1 << 63),
+    );
+    let cut = truncated(
+        d,
+        &base,
+        "dev-trunc.qcow2",
+        lay.max_data_offset().unwrap() + 100,
+    );
+    let vsize = h.size;
+    for img in [bad_ptr, cut] {
+        let backing = d.join("dev.img");
+        common::fill_file(&backing, vsize + MIB, common::matrix::STALE);
+        let Some(lo) = common::LoopDevice::attach(&backing) else {
+            return;
+        };
+        let run = Streamdisk::convert(&img, &lo.dev).run();
+        drop(lo);
+        run.assert_refused(&[]);
+        assert!(
+            common::range_is(&backing, vsize, MIB, common::matrix::STALE),
+            "{}: bytes past the virtual size were written",
+            img.display()
+        );
+    }
+}

@@ -378,3 +378,49 @@ fn stale_target_file_is_overwritten() {
     common::assert_same_bytes(&out, &oracle);
     assert!(common::range_is(&out, 0, 3 * MIB, 0));
 }
+
+/// An HTTP source that redirects (302) to the server holding the image is followed.
+#[test]
+fn http_redirect_is_followed() {
+    let dir = common::tempdir();
+    let raw = mixed_raw(dir.path(), "rd.raw", 2 * MIB);
+    let img = dir.path().join("rd.qcow2");
+    qcow2_from_raw(&raw, &img, false, "");
+    let oracle = qemu_raw(&img);
+    let real = common::server::TestServer::serve(common::server::Body::file(&img));
+    let hop = common::server::TestServer::builder(common::server::Body::mem(Vec::new()))
+        .redirect_to(&real.url("/real.qcow2"))
+        .start();
+    let out = dir.path().join("o");
+    Streamdisk::convert(hop.url("/start.qcow2"), &out)
+        .run()
+        .assert_ok();
+    common::assert_same_bytes(&out, &oracle);
+    assert!(hop.request_count() >= 1 && real.request_count() >= 1);
+}
+
+/// A block device smaller than the virtual size is refused before anything is written,
+/// with CDI's message.
+#[test]
+fn block_device_too_small_is_refused_untouched() {
+    let dir = common::tempdir();
+    let img = dir.path().join("big.qcow2");
+    qcow2_create(&img, 8 * MIB, "");
+    qemu_io(&img, &["write -P 0x12 0 1M"]);
+    let backing = dir.path().join("small.img");
+    common::fill_file(&backing, 4 * MIB, common::matrix::STALE);
+    let Some(lo) = common::LoopDevice::attach(&backing) else {
+        return;
+    };
+    let run = Streamdisk::convert(&img, &lo.dev).run();
+    drop(lo);
+    let line = run.assert_refused(&["larger than the reported available storage"]);
+    assert!(
+        line.contains(&(8 * MIB).to_string()) && line.contains(&(4 * MIB).to_string()),
+        "message does not give both sizes: {line}"
+    );
+    assert!(
+        common::range_is(&backing, 0, 4 * MIB, common::matrix::STALE),
+        "the device was written before the refusal"
+    );
+}
