@@ -22,20 +22,21 @@ const MIB: u64 = 1 << 20;
 
 /// A 4 MiB raw disk mixing incompressible data, compressible text, explicit zeros, holes,
 /// unaligned region boundaries and data in the very last bytes.
+/// Smaller sizes keep the regions that fit.
 fn mixed_raw(dir: &Path, name: &str, size: u64) -> PathBuf {
     let p = dir.join(name);
-    make_raw(
-        &p,
-        size,
-        &[
-            (0, 256 * 1024, Fill::Random(1)),
-            (512 * 1024, 256 * 1024, Fill::Text),
-            (MIB + 4096 + 17, 100_000, Fill::Random(2)),
-            (2 * MIB, 64 * 1024, Fill::Byte(0)),
-            (3 * MIB - 333, 70_000, Fill::Text),
-            (size - 4096, 4096, Fill::Random(3)),
-        ],
-    );
+    let mut regions: Vec<(u64, u64, Fill)> = [
+        (0, 256 * 1024, Fill::Random(1)),
+        (512 * 1024, 256 * 1024, Fill::Text),
+        (MIB + 4096 + 17, 100_000, Fill::Random(2)),
+        (2 * MIB, 64 * 1024, Fill::Byte(0)),
+        (3 * MIB - 333, 70_000, Fill::Text),
+    ]
+    .into_iter()
+    .filter(|&(off, len, _)| off + len <= size - 4096)
+    .collect();
+    regions.push((size - 4096, 4096, Fill::Random(3)));
+    make_raw(&p, size, &regions);
     p
 }
 

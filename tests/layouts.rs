@@ -505,7 +505,11 @@ fn stress_1tib_l1_at_end() {
         }
         cmd.run().assert_ok();
         if let Some(p) = cg.as_ref().and_then(|c| c.peak()) {
-            eprintln!("1 TiB from {source:?}: peak cgroup memory {} KiB", p / 1024);
+            eprintln!(
+                "1 TiB from {source:?} ({}): peak cgroup memory {} KiB",
+                input.display(),
+                p / 1024
+            );
         }
         common::assert_same_sparse(&out, &oracle);
     }
