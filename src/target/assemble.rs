@@ -280,6 +280,9 @@ impl Target {
             // Never read or overwrite a block a queued write is still changing.
             w.wait_overlap(block.start, end);
         }
+        if read_first {
+            self.stats.partial_merges += 1;
+        }
         let result = if read_first {
             read_block(&self.file, block.start, self.scratch.as_mut_slice()).and_then(|()| {
                 let dst = self.scratch.as_mut_slice();

@@ -93,6 +93,8 @@ pub struct WriteStats {
     pub bytes_zeroed: u64,
     /// False when the target refused `O_DIRECT` and buffered writes were used.
     pub direct_io: bool,
+    /// Partial blocks merged with the target's contents (read-modify-write).
+    pub partial_merges: u64,
 }
 
 /// Target-side failures.
@@ -363,3 +365,6 @@ impl ExtentSink for Target {
 fn round_up_usize(n: usize, align: usize) -> usize {
     n.div_ceil(align).saturating_mul(align)
 }
+
+#[cfg(test)]
+mod tests;
