@@ -240,12 +240,22 @@ fn redact(url: &Url) -> String {
     url.to_string()
 }
 
-/// Finds an error of type `T` in the source chain of `e`.
+/// Finds an error of type `T` in the source chain of `e`. An `io::Error`
+/// wrapping a custom error does not list it as its `source()` (it skips to
+/// the inner error's source), so those are unwrapped explicitly.
 fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(found) = err.downcast_ref::<T>() {
             return Some(found);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find_source::<T>(inner) {
+                return Some(found);
+            }
         }
         cur = err.source();
     }
