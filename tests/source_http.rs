@@ -763,3 +763,129 @@ fn file_source_reads_and_range_reads() {
         "{err}"
     );
 }
+
+#[test]
+fn whole_file_retry_works_without_range_support() {
+    let body = sample(100_000, 27);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .ranges(false)
+        .drop_after(vec![0])
+        .start();
+    // Broken before the first byte: asking again for the whole file is a
+    // fresh start, not a resume, so a server without Range is fine.
+    assert!(fetch_all(&srv.url("/x"), &fast_opts()).expect("fresh retry") == body);
+    assert_eq!(gets(&srv.log()).len(), 2);
+}
+
+#[test]
+fn works_from_a_spawn_blocking_thread() {
+    // The pipeline runs on a tokio blocking thread; open() and the reader
+    // must work there (block_on / blocking_recv are allowed on it).
+    let body = sample(200_000, 28);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .drop_after(vec![50_000])
+        .start();
+    let url = srv.url("/x");
+    let rt = runtime();
+    let handle = rt.handle().clone();
+    let got = rt
+        .block_on(rt.spawn_blocking(move || {
+            let mut src = source::open(&SourceSpec::Http(url), &fast_opts(), &handle)
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            src.reader
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(out)
+        }))
+        .expect("join")
+        .expect("download");
+    assert!(got == body);
+}
+
+/// An HTTPS server that offers only h2 by ALPN (hyper), recording the
+/// protocol version of each request.
+fn start_h2_server(
+    rt: &tokio::runtime::Runtime,
+    cert_pem: &str,
+    key_pem: &str,
+    body: Vec<u8>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<hyper::Version>>>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::{Arc, Mutex};
+
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .expect("key")
+        .expect("a key");
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    let body = bytes::Bytes::from(body);
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let seen = seen.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    seen.lock().expect("versions").push(req.version());
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, versions)
+}
+
+#[test]
+fn http2_is_negotiated_when_offered() {
+    let certs = make_ca_and_cert("localhost");
+    let body = sample(300_000, 29);
+    let rt = runtime();
+    let (port, versions) = start_h2_server(
+        &rt,
+        &certs.server_cert_pem,
+        &certs.server_key_pem,
+        body.clone(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), &certs.ca_cert_pem).expect("write CA");
+    let opts = HttpOptions {
+        ca_dirs: vec![dir.path().to_path_buf()],
+        ..fast_opts()
+    };
+    let mut src = open(&format!("https://localhost:{port}/x"), &opts, &rt).expect("open");
+    let mut got = Vec::new();
+    src.reader.read_to_end(&mut got).expect("read");
+    assert!(got == body);
+    assert_eq!(
+        *versions.lock().expect("versions"),
+        vec![hyper::Version::HTTP_2]
+    );
+}

@@ -82,13 +82,16 @@ async fn open_range(
             validator.check_partial(&resp, &ep.display, start)?;
             Ok(resp)
         }
-        // A 200 to `bytes=0-` is the whole file, which is what was asked.
-        StatusCode::OK if start == 0 && end.is_none() => Ok(resp),
-        StatusCode::OK => Err(Failure::Fatal(validator.full_answer_to_range(
-            &resp,
-            &ep.display,
-            start,
-        ))),
+        StatusCode::OK => {
+            // A retry of a whole-file stream that broke before its first
+            // byte may get the whole file back, which is what it needs, if
+            // it is still the same file.
+            let whole = start == 0 && (end.is_none() || end == validator.total);
+            match validator.full_answer_to_range(&resp, &ep.display, start) {
+                SourceError::RangeIgnored { .. } if whole => Ok(resp),
+                err => Err(Failure::Fatal(err)),
+            }
+        }
         other => Err(Failure::Fatal(SourceError::Status {
             status: other.to_string(),
             url: ep.display.clone(),

@@ -22,10 +22,9 @@ mod validator;
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use tokio::sync::mpsc;
 
 use self::endpoint::{Endpoint, Span};
-use self::reader::{ChannelReader, ChannelSink, Msg, CHANNEL_CHUNKS};
+use self::reader::{pipe, ChannelReader, ChannelSink};
 use self::retry::RetryState;
 use self::validator::Validator;
 use super::{HttpOptions, OpenedSource, RangeRead, SourceError};
@@ -90,7 +89,7 @@ pub(super) fn open(
         _ => None,
     };
 
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (sink, end) = pipe(&label);
     let task = match (opts.connections > 1, validator.accept_ranges, size) {
         (true, true, Some(total)) => {
             tracing::info!(
@@ -105,7 +104,7 @@ pub(super) fn open(
                 validator.clone(),
                 opts.clone(),
                 total,
-                tx,
+                sink,
             ))
         }
         (multi, _, _) => {
@@ -114,11 +113,11 @@ pub(super) fn open(
                     "{label}: one connection only (parallel download needs Range support and a known length)"
                 );
             }
-            rt.spawn(stream(ep.clone(), validator.clone(), retry, first, tx))
+            rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink))
         }
     };
     Ok(OpenedSource {
-        reader: Box::new(ChannelReader::new(rx, task.abort_handle(), label.clone())),
+        reader: Box::new(ChannelReader::new(end, task.abort_handle(), label.clone())),
         size,
         range,
         display: label,
@@ -131,12 +130,8 @@ async fn stream(
     validator: Arc<Validator>,
     mut retry: RetryState,
     first: reqwest::Response,
-    tx: mpsc::Sender<Msg>,
+    mut sink: ChannelSink,
 ) {
-    let mut sink = ChannelSink {
-        tx: tx.clone(),
-        display: ep.display.clone(),
-    };
     let result = fetch::fetch(
         &ep,
         &validator,
@@ -146,11 +141,7 @@ async fn stream(
         &mut sink,
     )
     .await;
-    let msg = match result {
-        Ok(()) => Msg::End,
-        Err(err) => Msg::Failed(err),
-    };
-    let _ = tx.send(msg).await;
+    sink.finish(result).await;
 }
 
 /// `url` with any userinfo removed, for logs. Unparsable URLs are cut at

@@ -4,18 +4,18 @@
 //! Object stores often cap each connection's throughput; N connections
 //! multiply it. Memory stays bounded: at most N segments are being fetched
 //! or waiting (N x `segment_size`, which counts toward the memory budget),
-//! plus the channel's few handoff chunks of the segment being consumed.
+//! plus at most [`super::reader::BUFFER_BYTES`] of the segment being handed
+//! over.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::endpoint::Endpoint;
 use super::fetch::{fetch, Sink};
-use super::reader::{ChannelSink, Msg};
+use super::reader::ChannelSink;
 use super::retry::RetryState;
 use super::validator::Validator;
 use crate::source::{HttpOptions, SourceError};
@@ -40,18 +40,10 @@ pub(super) async fn run(
     validator: Arc<Validator>,
     opts: HttpOptions,
     total: u64,
-    tx: mpsc::Sender<Msg>,
+    mut sink: ChannelSink,
 ) {
-    let display = ep.display.clone();
-    let mut sink = ChannelSink {
-        tx: tx.clone(),
-        display: display.clone(),
-    };
-    let msg = match download(ep, validator, &opts, total, &mut sink).await {
-        Ok(()) => Msg::End,
-        Err(err) => Msg::Failed(err),
-    };
-    let _ = tx.send(msg).await;
+    let result = download(ep, validator, &opts, total, &mut sink).await;
+    sink.finish(result).await;
 }
 
 async fn download(
