@@ -78,14 +78,18 @@ fn build_l1_after_data(dir: &Path) -> PathBuf {
 
 /// Like [`build_l1_after_data`] but nothing is written after the resize: every L2 table
 /// and data cluster precedes the L1 table, the worst case for a forward reader.
-fn build_l1_at_end(dir: &Path, name: &str, size: u64, grow_to: &str) -> PathBuf {
+///
+/// Eight writes of `chunk` bytes each; with 8 x 1 MiB the data before the L1 table is
+/// larger than the decoder's 4 MiB reorder window, so a forward reader must range-read the
+/// tables (seekable source) or spill (non-seekable source).
+fn build_l1_at_end(dir: &Path, name: &str, size: u64, grow_to: &str, chunk: &str) -> PathBuf {
     let img = dir.join(name);
     qcow2_create(&img, size, "cluster_size=4096");
     let step = size / 8;
     let mut cmds = Vec::new();
     for i in 0..8u64 {
         cmds.push(format!(
-            "write -P 0x{:x} {} 24k",
+            "write -P 0x{:x} {} {chunk}",
             0x20 + i,
             i * step + 512 * i
         ));
@@ -133,8 +137,12 @@ fn layout_l1_after_data() {
 fn layout_l1_at_end() {
     let dir = common::tempdir();
     check_all_sources(
-        "L1 at end",
-        &build_l1_at_end(dir.path(), "l1-end.qcow2", 8 * MIB, "64M"),
+        "L1 at end, within the reorder window",
+        &build_l1_at_end(dir.path(), "l1-end-small.qcow2", 8 * MIB, "64M", "24k"),
+    );
+    check_all_sources(
+        "L1 at end, beyond the reorder window",
+        &build_l1_at_end(dir.path(), "l1-end.qcow2", 32 * MIB, "256M", "1M"),
     );
 }
 
@@ -361,7 +369,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 #[test]
 fn spill_with_scratch_dir() {
     let dir = common::tempdir();
-    let img = build_l1_at_end(dir.path(), "spill.qcow2", 8 * MIB, "64M");
+    let img = build_l1_at_end(dir.path(), "spill.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
     let xz = wrap(&img, Wrapper::Xz);
     let mut cases: Vec<(PathBuf, SourceKind)> = vec![
@@ -392,7 +400,7 @@ fn spill_with_scratch_dir() {
 #[test]
 fn no_spill_refuses_non_seekable() {
     let dir = common::tempdir();
-    let img = build_l1_at_end(dir.path(), "nospill.qcow2", 8 * MIB, "64M");
+    let img = build_l1_at_end(dir.path(), "nospill.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
     // Stdin.
     let out = dir.path().join("o1");
@@ -429,7 +437,7 @@ fn no_spill_refuses_non_seekable() {
 #[test]
 fn range_source_does_not_download_twice() {
     let dir = common::tempdir();
-    let img = build_l1_at_end(dir.path(), "once.qcow2", 16 * MIB, "128M");
+    let img = build_l1_at_end(dir.path(), "once.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
     let srv = common::server::TestServer::serve(common::server::Body::file(&img));
     let out = dir.path().join("o");
