@@ -512,6 +512,15 @@ impl Run {
         if line.is_empty() {
             return Err(format!("no error message - {ctx}"));
         }
+        // A human-readable message, not a Debug dump of an error struct.
+        if ["Error {", "Custom {", "kind: ", "description: "]
+            .iter()
+            .any(|p| line.contains(p))
+        {
+            return Err(format!(
+                "last stderr line {line:?} is a Debug-formatted error struct, not a message - {ctx}"
+            ));
+        }
         let lower = line.to_ascii_lowercase();
         if !words.is_empty()
             && !words
