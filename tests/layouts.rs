@@ -393,6 +393,22 @@ fn spill_with_scratch_dir() {
         let left = dir_entries(scratch.path());
         assert!(left.is_empty(), "scratch dir not emptied: {left:?}");
     }
+    // The spill and its size are reported.
+    let scratch = common::tempdir();
+    let out = dir.path().join("reported.raw");
+    let run = Streamdisk::convert("-", &out)
+        .arg("--scratch")
+        .arg(scratch.path())
+        .input(Input::Pipe(img.clone()))
+        .run();
+    run.assert_ok();
+    common::assert_same_bytes(&out, &oracle);
+    assert!(
+        run.stderr.to_ascii_lowercase().contains("spill"),
+        "the spill is not reported: {}",
+        run.stderr
+    );
+    assert!(dir_entries(scratch.path()).is_empty());
 }
 
 /// With `--no-spill`, a non-seekable source of an L1-at-end image fails, saying scratch
