@@ -40,7 +40,7 @@ fn qemu_io(img: &Path, cmds: &[&str]) {
     c.arg(img);
     let out = c.output().expect("spawn qemu-io");
     // `abort` kills qemu-io on purpose; anything else must succeed.
-    let aborted = cmds.iter().any(|x| *x == "abort");
+    let aborted = cmds.contains(&"abort");
     assert!(
         aborted || out.status.success(),
         "qemu-io {cmds:?}: {}",
@@ -589,11 +589,11 @@ fn qcow2_rs_reader_agrees() {
     }
     let nonzero_outside = got.iter().enumerate().any(|(i, &b)| {
         b != 0
-            && !sink
+            && sink
                 .data
                 .range(..=(i as u64))
                 .next_back()
-                .is_some_and(|(&g, d)| (i as u64) < g + d.len() as u64)
+                .is_none_or(|(&g, d)| (i as u64) >= g + d.len() as u64)
     });
     assert!(
         !nonzero_outside,

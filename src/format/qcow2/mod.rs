@@ -4,7 +4,7 @@
 //! sans-IO state machine, and applies the plan (reorder window, range reads of
 //! metadata on seekable sources, spill to scratch otherwise).
 
-mod decompress;
+pub mod decompress;
 mod driver;
 mod emit;
 mod entry;
