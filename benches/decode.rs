@@ -59,7 +59,8 @@ fn clusters(c: &mut Criterion) {
     // Raw deflate as QEMU writes it (no zlib header).
     let mut z = Compress::new(Compression::default(), false);
     let mut deflated = Vec::with_capacity(CLUSTER * 2);
-    z.compress_vec(cluster, &mut deflated, FlushCompress::Finish).expect("deflate");
+    z.compress_vec(cluster, &mut deflated, FlushCompress::Finish)
+        .expect("deflate");
     let zst = zstd::bulk::compress(cluster, 3).expect("zstd");
     let mut out = vec![0u8; CLUSTER];
     let mut g = c.benchmark_group("cluster");
@@ -69,7 +70,9 @@ fn clusters(c: &mut Criterion) {
         b.iter(|| d.cluster(&deflated, &mut out).expect("inflate"))
     });
     let mut d = Decompressor::new(CompressionType::Zstd).expect("zstd");
-    g.bench_function("zstd_cluster", |b| b.iter(|| d.cluster(&zst, &mut out).expect("zstd")));
+    g.bench_function("zstd_cluster", |b| {
+        b.iter(|| d.cluster(&zst, &mut out).expect("zstd"))
+    });
     g.finish();
 }
 

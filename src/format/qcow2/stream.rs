@@ -162,7 +162,8 @@ impl StreamDecoder {
         let rt = header.refcount_table_offset;
         let rt_end = rt + u64::from(header.refcount_table_clusters) * cs;
         map.fixed.push((rt, rt_end, "refcount table"));
-        map.insert_table(rt, rt_end, Plain::Skip).map_err(inv)?;
+        map.insert_table(rt, rt_end, Plain::RefTable(TableCursor::default()))
+            .map_err(inv)?;
         sink.set_virtual_size(header.virtual_size)
             .map_err(Qcow2Error::Sink)?;
         let decomp = Decompressor::new(header.compression_type).map_err(inv)?;
@@ -318,6 +319,9 @@ impl StreamDecoder {
                 )
             }));
         };
+        body.map
+            .plain
+            .retain(|_, r| !matches!(r.kind, Plain::RefBlock));
         if let Some((&s, r)) = body.map.plain.iter().next() {
             let what = describe(&r.kind);
             return Err(inv(format!(
@@ -390,7 +394,21 @@ impl Body {
                 self.emit.data(sink, g, piece)?;
                 Ok(Plain::Data { guest })
             }
-            Plain::Skip => Ok(Plain::Skip),
+            Plain::RefBlock => Ok(Plain::RefBlock),
+            Plain::RefTable(mut c) => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.clear();
+                c.feed(piece, 8, &mut entries);
+                let cs = self.geo.cluster_size;
+                for &(_, raw, _) in &entries {
+                    let off = raw & !0x1ff;
+                    if off != 0 && off % cs == 0 && off >= live && off < MAX_HOST_OFFSET {
+                        self.map.insert_refblock(off, off + cs);
+                    }
+                }
+                self.entries = entries;
+                Ok(Plain::RefTable(c))
+            }
             Plain::L1(mut c) => {
                 let mut entries = std::mem::take(&mut self.entries);
                 entries.clear();
