@@ -14,6 +14,7 @@ mod map;
 mod spill;
 pub mod stream;
 mod window;
+mod workers;
 
 use std::io::{self, Read};
 use std::path::PathBuf;

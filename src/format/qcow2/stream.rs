@@ -13,12 +13,12 @@
 
 use crate::format::ExtentSink;
 
-use super::decompress::Decompressor;
 use super::emit::Emitter;
 use super::entry::{Geometry, Mapping, SUBCLUSTERS};
 use super::header::{align_up, cluster_size_hint, Header, HeaderError, MAX_HOST_OFFSET};
 use super::map::{describe, CompressedRegion, MapState, Plain, TableCursor};
 use super::window::Window;
+use super::workers::{Done, Pool};
 use super::{Qcow2Error, SpillPolicy};
 
 /// Decoder settings.
@@ -53,9 +53,9 @@ struct Body {
     geo: Geometry,
     map: MapState,
     emit: Emitter,
-    decomp: Decompressor,
-    /// Cluster output buffer for decompression (one cluster).
-    cluster_buf: Vec<u8>,
+    pool: Pool,
+    /// Finished decompressions waiting to be emitted.
+    done: Vec<Done>,
     l1_done: bool,
     pending_l2: u64,
     complete: bool,
@@ -166,14 +166,14 @@ impl StreamDecoder {
             .map_err(inv)?;
         sink.set_virtual_size(header.virtual_size)
             .map_err(Qcow2Error::Sink)?;
-        let decomp = Decompressor::new(header.compression_type).map_err(inv)?;
+        let pool = Pool::new(header.compression_type, cs).map_err(inv)?;
         let vsize = header.virtual_size;
         let mut body = Body {
             geo,
             map,
             emit: Emitter::new(vsize),
-            decomp,
-            cluster_buf: Vec::new(),
+            pool,
+            done: Vec::new(),
             l1_done: l1_bytes == 0,
             pending_l2: 0,
             complete: false,
@@ -222,6 +222,12 @@ impl StreamDecoder {
         let n = limit as usize;
         let piece = bytes.get(..n).unwrap_or_default();
         if !body.complete {
+            if self.window.would_overflow(n) {
+                // Clusters still being decompressed hold their input in the
+                // window: finish them before deciding the window is full.
+                body.pool.drain(&mut body.done);
+                body.emit_done(sink, &mut self.window)?;
+            }
             if self.cfg.can_fetch && !self.fetched && self.window.would_overflow(n) {
                 return Ok(None);
             }
@@ -341,9 +347,12 @@ impl StreamDecoder {
                     "truncated: the stream ended at {pos} bytes, before the compressed cluster at 0x{host:x}"
                 )));
             }
-            body.decompress(host, guest, &r.buf, sink, &mut self.window)
+            body.decompress(host, guest, r.buf, sink, &mut self.window)
                 .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
         }
+        body.pool.drain(&mut body.done);
+        body.emit_done(sink, &mut self.window)
+            .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
         body.emit.flush(sink)?;
         let vsize = body.header.virtual_size;
         if body.emit.covered() != vsize {
@@ -609,7 +618,7 @@ impl Body {
         self.map
             .check_plain(host, end, "compressed cluster")
             .map_err(inv)?;
-        let mut buf = Vec::new();
+        let mut buf = self.pool.buffer();
         let split = pos.clamp(host, end);
         if split > host {
             buf.resize((split - host) as usize, 0);
@@ -620,7 +629,7 @@ impl Body {
             }
         }
         if split == end {
-            return self.decompress(host, guest, &buf, sink, window);
+            return self.decompress(host, guest, buf, sink, window);
         }
         self.map
             .compressed
@@ -628,29 +637,44 @@ impl Body {
         self.map.check_budget().map_err(inv)
     }
 
+    /// Hands a compressed cluster to the pool, then emits whatever finished.
     fn decompress(
         &mut self,
         host: u64,
         guest: u64,
-        input: &[u8],
+        input: Vec<u8>,
         sink: &mut dyn ExtentSink,
         window: &mut Window,
     ) -> Result<(), Qcow2Error> {
-        let cs = self.geo.cluster_size as usize;
-        self.cluster_buf.resize(cs, 0);
-        let used = self
-            .decomp
-            .cluster(input, &mut self.cluster_buf)
-            .map_err(|e| {
-                inv(format!(
-                    "compressed cluster at 0x{host:x} (guest 0x{guest:x}): {e}"
-                ))
-            })?;
-        window.release(host, host.saturating_add(used as u64));
-        let out = std::mem::take(&mut self.cluster_buf);
-        let r = self.emit.data(sink, guest, &out);
-        self.cluster_buf = out;
-        r
+        self.pool.submit(host, guest, input, &mut self.done);
+        self.emit_done(sink, window)
+    }
+
+    /// Emits finished clusters (in submission order) and releases the input
+    /// bytes they consumed from the window.
+    fn emit_done(
+        &mut self,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let done = std::mem::take(&mut self.done);
+        let mut result = Ok(());
+        for d in done {
+            if result.is_ok() {
+                let (host, guest) = (d.job.host, d.job.guest);
+                result = match d.result {
+                    Ok(used) => {
+                        window.release(host, host.saturating_add(used as u64));
+                        self.emit.data(sink, guest, &d.job.out)
+                    }
+                    Err(e) => Err(inv(format!(
+                        "compressed cluster at 0x{host:x} (guest 0x{guest:x}): {e}"
+                    ))),
+                };
+            }
+            self.pool.give_back(d.job);
+        }
+        result
     }
 
     /// Gives unplaced bytes at `pos` to the compressed clusters they belong to.
@@ -692,7 +716,7 @@ impl Body {
             );
             if b == e {
                 if let Some(r) = self.map.compressed.remove(&key) {
-                    self.decompress(key.0, key.1, &r.buf, sink, window)?;
+                    self.decompress(key.0, key.1, r.buf, sink, window)?;
                 }
             }
         }
