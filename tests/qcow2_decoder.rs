@@ -871,3 +871,13 @@ fn refuses_truncated_plain_images() {
         }
     }
 }
+
+#[test]
+fn resized_without_later_writes_ends_inside_the_l1_cluster() {
+    // The grown L1 is the last thing in the file, which ends at the table's
+    // 512-byte-rounded size, not at a cluster boundary.
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 1M", "write -P 2 60M 64k"]);
+    qemu_img(&["resize", "-q", img.path.to_str().expect("utf8"), "1T"]);
+    check_all(&img.path);
+}

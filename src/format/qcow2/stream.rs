@@ -154,9 +154,12 @@ impl StreamDecoder {
         map.fixed.push((0, cs, "image header"));
         let l1_bytes = u64::from(header.l1_size) * 8;
         if l1_bytes > 0 {
+            // The whole clusters of the L1: its padding is no guest data and
+            // should not wait in the window (entries past `l1_size` are ignored).
             let a = header.l1_table_offset;
-            map.fixed.push((a, a + align_up(l1_bytes, cs), "L1 table"));
-            map.insert_table(a, a + l1_bytes, Plain::L1(TableCursor::default()))
+            let end = a + align_up(l1_bytes, cs);
+            map.fixed.push((a, end, "L1 table"));
+            map.insert_table(a, end, Plain::L1(TableCursor::default()))
                 .map_err(inv)?;
         }
         let rt = header.refcount_table_offset;
@@ -249,7 +252,10 @@ impl StreamDecoder {
         let want_l1 = !body.l1_done;
         for (&s, r) in &body.map.plain {
             match &r.kind {
-                Plain::L1(c) if want_l1 => out.push((s + c.parsed, r.end)),
+                Plain::L1(c) if want_l1 => {
+                    let end = s + u64::from(body.header.l1_size) * 8;
+                    out.push((s + c.parsed, end.max(s + c.parsed)));
+                }
                 Plain::L2 { cursor, .. } if !want_l1 => out.push((s + cursor.parsed, r.end)),
                 _ => {}
             }
@@ -325,9 +331,12 @@ impl StreamDecoder {
                 )
             }));
         };
-        body.map
-            .plain
-            .retain(|_, r| !matches!(r.kind, Plain::RefBlock));
+        let l1_done = body.l1_done;
+        body.map.plain.retain(|_, r| match r.kind {
+            Plain::RefBlock => false,
+            Plain::L1(_) => !l1_done,
+            _ => true,
+        });
         if let Some((&s, r)) = body.map.plain.iter().next() {
             let what = describe(&r.kind);
             return Err(inv(format!(
@@ -426,6 +435,12 @@ impl Body {
                     self.l1_entry(i, raw, live, sink, window)?;
                 }
                 self.entries = entries;
+                // The table may end before its cluster does (and the file with
+                // it, as after `qemu-img resize`): done once its entries are in.
+                if c.parsed >= u64::from(self.header.l1_size) * 8 {
+                    self.l1_done = true;
+                    self.update_complete(window);
+                }
                 Ok(Plain::L1(c))
             }
             Plain::L2 {
@@ -721,5 +736,135 @@ impl Body {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io;
+
+    /// Collects extents; panics on overlap or out-of-range writes.
+    #[derive(Default)]
+    struct Mem {
+        vsize: u64,
+        bytes: BTreeMap<u64, u8>,
+        zeros: Vec<(u64, u64)>,
+    }
+    impl ExtentSink for Mem {
+        fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
+            self.vsize = s;
+            Ok(())
+        }
+        fn data(&mut self, g: u64, d: &[u8]) -> io::Result<()> {
+            assert!(g + d.len() as u64 <= self.vsize);
+            for (i, &b) in d.iter().enumerate() {
+                assert!(self.bytes.insert(g + i as u64, b).is_none(), "twice");
+            }
+            Ok(())
+        }
+        fn zero(&mut self, g: u64, l: u64) -> io::Result<()> {
+            assert!(g + l <= self.vsize);
+            self.zeros.push((g, l));
+            Ok(())
+        }
+    }
+
+    const CS: usize = 512;
+
+    /// A 512-byte-cluster v3 image: header at 0, refcount table at cluster 1,
+    /// L1 at cluster `l1c`, one L2 at cluster `l2c`, and guest clusters 0 and 2
+    /// stored at `data` clusters (patterns 0xA1, 0xA2). Virtual size 20 clusters.
+    fn image(l1c: usize, l2c: usize, data: [usize; 2]) -> Vec<u8> {
+        let n = 1 + [l1c, l2c, data[0], data[1]].into_iter().max().unwrap_or(0);
+        let mut b = vec![0u8; n * CS];
+        b[0..4].copy_from_slice(b"QFI\xfb");
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[20..24].copy_from_slice(&9u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(20 * CS as u64).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+        b[40..48].copy_from_slice(&((l1c * CS) as u64).to_be_bytes());
+        b[48..56].copy_from_slice(&(CS as u64).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&112u32.to_be_bytes());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        put(&mut b, l1c * CS, (1 << 63) | (l2c * CS) as u64);
+        put(&mut b, l2c * CS, (1 << 63) | (data[0] * CS) as u64);
+        put(&mut b, l2c * CS + 16, (1 << 63) | (data[1] * CS) as u64);
+        put(&mut b, l2c * CS + 24, 1); // zero flag
+        b[data[0] * CS..data[0] * CS + CS].fill(0xA1);
+        b[data[1] * CS..data[1] * CS + CS].fill(0xA2);
+        b
+    }
+
+    fn run(img: &[u8], window: usize, piece: usize) -> Result<Mem, Qcow2Error> {
+        let mut d = StreamDecoder::new(Config {
+            window,
+            spill: SpillPolicy::Forbid,
+            can_fetch: false,
+            mapping_budget: super::super::MAPPING_BUDGET,
+        });
+        let mut m = Mem::default();
+        for p in img.chunks(piece) {
+            assert_eq!(d.feed(p, &mut m)?, Feed::Done);
+        }
+        d.finish(&mut m)?;
+        Ok(m)
+    }
+
+    fn check(m: &Mem) {
+        assert_eq!(m.vsize, 20 * CS as u64);
+        for g in 0..(20 * CS) as u64 {
+            let want = match g / CS as u64 {
+                0 => Some(0xA1),
+                2 => Some(0xA2),
+                _ => None,
+            };
+            assert_eq!(m.bytes.get(&g).copied(), want, "guest byte {g}");
+        }
+        let zeros: u64 = m.zeros.iter().map(|z| z.1).sum();
+        assert_eq!(zeros + m.bytes.len() as u64, m.vsize);
+    }
+
+    #[test]
+    fn forward_layout_needs_no_window() {
+        let img = image(2, 3, [4, 5]);
+        for piece in [1, 7, 512, 100_000] {
+            check(&run(&img, 0, piece).expect("decodes"));
+        }
+    }
+
+    #[test]
+    fn data_before_its_l2_is_held_then_placed() {
+        let img = image(2, 6, [3, 5]);
+        check(&run(&img, 4096, 100).expect("decodes"));
+        // Forbid with a window too small: scratch required, said so.
+        match run(&img, 600, 100) {
+            Err(Qcow2Error::ScratchRequired(m)) => assert!(m.contains("scratch space is required")),
+            other => panic!("expected ScratchRequired, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn l1_at_the_end() {
+        let img = image(7, 4, [3, 5]);
+        check(&run(&img, 8192, 333).expect("decodes"));
+    }
+
+    #[test]
+    fn truncation_anywhere_is_an_error() {
+        let img = image(2, 3, [4, 5]);
+        for cut in 0..img.len() {
+            match run(&img[..cut], 1 << 20, 64) {
+                Err(Qcow2Error::Invalid(m)) => {
+                    assert!(m.contains("truncated") || m.contains("empty"), "{cut}: {m}")
+                }
+                Err(e) => panic!("{cut}: {e}"),
+                Ok(_) => panic!("truncated at {cut} accepted"),
+            }
+        }
     }
 }
