@@ -39,6 +39,8 @@ pub struct Done {
 type Queue = Arc<Mutex<Receiver<(Job, Sender<Done>)>>>;
 
 pub struct Pool {
+    kind: CompressionType,
+    started: bool,
     cluster_size: usize,
     max_inflight: usize,
     /// Inline decompressor when there are no workers.
@@ -50,13 +52,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool for clusters of `cluster_size`; threads start with the first job,
+    /// so images without compressed clusters never spawn any.
     pub fn new(kind: CompressionType, cluster_size: u64) -> Result<Pool, String> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS);
         let max_inflight = (INFLIGHT_BYTES / cluster_size.max(1)).clamp(2, 64) as usize;
         let cs = usize::try_from(cluster_size).map_err(|_| "cluster size".to_string())?;
-        let mut pool = Pool {
+        // Fail early (at the header) if the decompressor cannot be set up.
+        Decompressor::new(kind)?;
+        Ok(Pool {
+            kind,
+            started: false,
             cluster_size: cs,
             max_inflight,
             inline: None,
@@ -64,33 +69,38 @@ impl Pool {
             handles: Vec::new(),
             inflight: VecDeque::new(),
             spare: Vec::new(),
-        };
-        if threads < 2 {
-            pool.inline = Some(Decompressor::new(kind)?);
-            return Ok(pool);
-        }
-        let (tx, rx) = channel::<(Job, Sender<Done>)>();
-        let rx: Queue = Arc::new(Mutex::new(rx));
-        for i in 0..threads {
-            let rx = Arc::clone(&rx);
-            let mut d = Decompressor::new(kind)?;
-            let h = std::thread::Builder::new()
-                .name(format!("qcow2-inflate-{i}"))
-                .spawn(move || worker(&rx, &mut d));
-            match h {
-                Ok(h) => pool.handles.push(h),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no decompression workers; decompressing inline");
-                    break;
+        })
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.started = true;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS);
+        if threads >= 2 {
+            let (tx, rx) = channel::<(Job, Sender<Done>)>();
+            let rx: Queue = Arc::new(Mutex::new(rx));
+            for i in 0..threads {
+                let rx = Arc::clone(&rx);
+                let mut d = Decompressor::new(self.kind)?;
+                let h = std::thread::Builder::new()
+                    .name(format!("qcow2-inflate-{i}"))
+                    .spawn(move || worker(&rx, &mut d));
+                match h {
+                    Ok(h) => self.handles.push(h),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot start a decompression worker");
+                        break;
+                    }
                 }
             }
+            if !self.handles.is_empty() {
+                self.tx = Some(tx);
+                return Ok(());
+            }
         }
-        if pool.handles.is_empty() {
-            pool.inline = Some(Decompressor::new(kind)?);
-        } else {
-            pool.tx = Some(tx);
-        }
-        Ok(pool)
+        self.inline = Some(Decompressor::new(self.kind)?);
+        Ok(())
     }
 
     /// A buffer for a job's input, reused when possible.
@@ -124,6 +134,15 @@ impl Pool {
             input,
             out,
         };
+        if !self.started {
+            if let Err(e) = self.start() {
+                done.push(Done {
+                    job,
+                    result: Err(e),
+                });
+                return;
+            }
+        }
         if let Some(d) = self.inline.as_mut() {
             let mut job = job;
             let result = d.cluster(&job.input, &mut job.out);
