@@ -99,8 +99,16 @@ pub(super) fn open(
             );
             // The first response only served to learn the file's identity.
             drop(first);
+            // One client per connection: over HTTP/2 a single client would
+            // multiplex every segment onto one TCP connection, and the
+            // per-connection caps that make segments worthwhile would apply.
+            let mut clients = vec![ep.clone()];
+            for _ in 1..opts.connections {
+                let _guard = rt.enter();
+                clients.push(Arc::new(Endpoint::new(url, opts)?));
+            }
             rt.spawn(segments::run(
-                ep.clone(),
+                clients,
                 validator.clone(),
                 opts.clone(),
                 total,
