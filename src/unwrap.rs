@@ -29,7 +29,8 @@ pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const DECODER_INPUT_BUFFER: usize = 128 << 10;
 
 /// A compression wrapper around the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Wrapper {
     None,
     Gzip,
