@@ -936,7 +936,7 @@ fn http2_is_negotiated_when_offered() {
     // per-connection throughput caps are multiplied.
     let opts = HttpOptions {
         connections: 4,
-        segment_size: 20_000,
+        segment_size: 64 << 10,
         ..opts
     };
     let before = log.lock().expect("log").connections;
@@ -950,7 +950,7 @@ fn http2_is_negotiated_when_offered() {
         .iter()
         .filter(|(v, r)| *v == hyper::Version::HTTP_2 && r.is_some())
         .count();
-    assert_eq!(ranged, 15, "300000 bytes in 20000-byte segments");
+    assert_eq!(ranged, 5, "300000 bytes in 64 KiB segments");
     assert!(
         log.connections - before >= 4,
         "{} connections",
