@@ -11,6 +11,7 @@
 # Cases:
 #   image-contents  the image holds only the binary and its cdi-importer symlink (no /scratch, no shell)
 #   help            the binary runs inside the image
+#   convert-https-block  the plain CLI (`streamdisk convert --ca-dir`) in the same hardened container
 #   http-block      qcow2 over HTTP into a loop device prefilled with garbage
 #   https-block     the same over HTTPS by host name (--add-host), CA in /certs via IMPORTER_CERT_DIR
 #   http-fs         filesystem target: /data/disk.img, resized as CDI does
@@ -262,6 +263,28 @@ case_https_block() {
         -v "$work/certs:/certs:ro" -e IMPORTER_CERT_DIR=/certs
 }
 
+# The plain CLI in the same hardened container: `streamdisk convert URL DEVICE` over HTTPS by
+# host name with the test CA via --ca-dir. This covers the image's use outside CDI.
+case_convert_https_block() {
+    local name=convert-https-block dev rc
+    dev=$(new_loop $((8 * 1024 * 1024))) || { echo "cannot set up a loop device"; return 1; }
+    local cname="streamdisk-e2e-$name-$$"
+    echo "$cname" >>"$work/containers"
+    "${PODMAN[@]}" run --rm --name "$cname" \
+        --ulimit nofile=20000:20000 --ulimit nproc=1000:1000 \
+        --user 107 --group-add 107 --cap-drop=ALL --security-opt no-new-privileges \
+        --network host --add-host "$TLS_HOST:127.0.0.1" -v "$work/certs:/certs:ro" \
+        --device "$dev:/dev/target" --entrypoint /usr/bin/streamdisk "$IMAGE" \
+        convert --ca-dir /certs "https://$TLS_HOST:$https_port/sample.qcow2" /dev/target \
+        >"$work/$name.log" 2>&1
+    rc=$?
+    if [[ $rc -ne 0 ]]; then
+        echo "streamdisk convert exited $rc: $(tail -3 "$work/$name.log" | tr '\n' ' ')"
+        return 1
+    fi
+    compare_prefix "$dev" "$work/sample.raw" || return 1
+}
+
 case_http_fs() {
     local name=http-fs termlog=$work/http-fs.termlog env=() rc data=$work/data
     mkdir -p "$data" && chown 107:107 "$data" && chmod 0770 "$data"
@@ -395,6 +418,7 @@ log "HTTP on 127.0.0.1:$http_port, HTTPS on 127.0.0.1:$https_port as $TLS_HOST"
 
 run_case image-contents case_image_contents
 run_case help case_help
+run_case convert-https-block case_convert_https_block
 run_case http-block case_http_block
 run_case https-block case_https_block
 run_case http-fs case_http_fs
