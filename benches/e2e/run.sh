@@ -100,7 +100,7 @@ if [ "$MODE" = quick ]; then
     THROTTLE_SECS=10; TIMEOUT=600
 else
     MIXED=$((8 * G)); SCALE="$((1 * G)) $((4 * G)) $((16 * G))"
-    ROOTFS_FS=$((4 * G)); ROOTFS_DATA=$((1536 * M))
+    ROOTFS_FS=$((3 * G)); ROOTFS_DATA=$((1 * G))
     SPARSE_V=$((1024 * G)); SPARSE_DATA=$((1 * G))
     L1_BASE=$((1 * G)); L1_GROW=$((7 * G))
     THROTTLE_SECS=30; TIMEOUT=1800
@@ -220,7 +220,13 @@ if want_group scaling || want_group throttled; then
         SCALE_NAMES="$SCALE_NAMES $n"
     done
 fi
-THROTTLE_IMG=${SCALE_NAMES##* }
+# The throttled comparison reuses the largest scaling image under its own name (and device),
+# so that its runs never mix with the full-speed runs of the same file.
+THROTTLE_IMG=""
+if want_group throttled; then
+    THROTTLE_IMG=throttled
+    add_image throttled "${IMG_FILE[${SCALE_NAMES##* }]}" qcow2 "" "" "${SCALE_NAMES##* } served from /slow/"
+fi
 
 # ---------------------------------------------------------------- plan
 # One line per measured command: group image location variant
@@ -236,7 +242,7 @@ want_group l1end && plan l1end l1end img $(sd streamdisk) qemu-local cdi-http
 if want_group scaling; then
     for n in $SCALE_NAMES; do plan scaling "$n" img $(sd streamdisk) qemu-local cdi-http dd; done
 fi
-want_group throttled && plan throttled "$THROTTLE_IMG" slow $(sd streamdisk streamdisk-c4) cdi-http
+want_group throttled && plan throttled throttled slow $(sd streamdisk streamdisk-c4) cdi-http
 
 # variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH)
 variant_limit() {
@@ -273,7 +279,6 @@ for name in "${!IMG_FILE[@]}"; do
     rm -f "$DEVDIR/$name.img"; truncate -s "$size" "$DEVDIR/$name.img"
     dev=$(losetup -f --show --direct-io=on "$DEVDIR/$name.img") || die "losetup failed for $DEVDIR/$name.img"
     LOOPS+=("$dev"); IMG_DEV[$name]=$dev; IMG_VERIFY[$name]="not run"
-    ln -sf "$f" "$RUNTMP/docroot-$name" 2>/dev/null
 done
 mkdir -p "$RUNTMP/docroot"
 for name in "${!IMG_FILE[@]}"; do ln -sf "${IMG_FILE[$name]}" "$RUNTMP/docroot/$(basename "${IMG_FILE[$name]}")"; done

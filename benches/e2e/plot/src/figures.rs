@@ -12,18 +12,32 @@ use std::path::Path;
 const GIB: f64 = 1_073_741_824.0;
 const MIB: f64 = 1_048_576.0;
 
-const COLORS: [RGBColor; 10] = [
-    RGBColor(0xd6, 0x27, 0x28), // streamdisk first: red
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0x94, 0x67, 0xbd),
-    RGBColor(0x8c, 0x56, 0x4b),
-    RGBColor(0xe3, 0x77, 0xc2),
-    RGBColor(0x7f, 0x7f, 0x7f),
-    RGBColor(0xbc, 0xbd, 0x22),
-    RGBColor(0x17, 0xbe, 0xcf),
-];
+/// One fixed colour per command, the same in every figure; streamdisk's are the reds.
+fn color(variant: &str) -> RGBColor {
+    match variant {
+        "streamdisk" => RGBColor(0xd6, 0x27, 0x28),
+        "streamdisk@64" => RGBColor(0xff, 0x98, 0x96),
+        "streamdisk@32" => RGBColor(0x8b, 0x00, 0x00),
+        "streamdisk-c4" => RGBColor(0xe3, 0x77, 0xc2),
+        "cdi-http" => RGBColor(0x1f, 0x77, 0xb4),
+        "cdi-none" => RGBColor(0x17, 0xbe, 0xcf),
+        "nbdkit" => RGBColor(0x2c, 0xa0, 0x2c),
+        "qemu-local" => RGBColor(0xff, 0x7f, 0x0e),
+        "dd" => RGBColor(0x7f, 0x7f, 0x7f),
+        "xz-pipe" => RGBColor(0x94, 0x67, 0xbd),
+        _ => RGBColor(0x8c, 0x56, 0x4b),
+    }
+}
+
+/// "64 MiB", "1 GiB", "16 GiB" for a size given as log2 of GiB.
+fn size_label(log2_gib: f64) -> String {
+    let gib = log2_gib.exp2();
+    if gib >= 1.0 {
+        format!("{gib:.0} GiB")
+    } else {
+        format!("{:.0} MiB", gib * 1024.0)
+    }
+}
 
 /// One line of a memory figure: command, samples (seconds, MiB).
 type TimeSeries = (String, Vec<(f64, f64)>);
@@ -88,10 +102,11 @@ pub fn memory_over_time(
         .configure_mesh()
         .x_desc("seconds since the command started (typical round)")
         .y_desc("cgroup memory (MiB)")
+        .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()
         .map_err(err)?;
-    for (i, (v, s)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
+    for (v, s) in &series {
+        let c = color(v);
         chart
             .draw_series(LineSeries::new(s.iter().copied(), c.stroke_width(2)))
             .map_err(err)?
@@ -120,21 +135,33 @@ pub fn against_size(
     peak: bool,
     path: &Path,
 ) -> Result<bool, String> {
+    // x is the position of the image in the size order: the sizes grow by a constant factor
+    // (1, 4, 16 GiB), so equal steps are a log scale, labelled with the real sizes.
+    let labels: Vec<String> = scaling
+        .iter()
+        .map(|i| {
+            images
+                .get(i)
+                .map(|m| size_label((m.virtual_bytes as f64 / GIB).log2()))
+                .unwrap_or_default()
+        })
+        .collect();
     let mut lines: Vec<SizeSeries> = Vec::new();
     for v in variants {
         let mut pts = Vec::new();
-        for image in scaling {
+        for (x, image) in scaling.iter().enumerate() {
             let (Some(im), Some(st)) = (images.get(image), stats.get(&(image.clone(), v.clone())))
             else {
                 continue;
             };
             let g = im.virtual_bytes as f64 / GIB;
+            let x = x as f64;
             let point = if peak {
-                st.peak.map(|p| (g, p.med / MIB, p.min / MIB, p.max / MIB))
+                st.peak.map(|p| (x, p.med / MIB, p.min / MIB, p.max / MIB))
             } else {
                 st.wall
                     .filter(|w| w.min > 0.0)
-                    .map(|w| (g, g / w.med, g / w.max, g / w.min))
+                    .map(|w| (x, g / w.med, g / w.max, g / w.min))
             };
             pts.extend(point);
         }
@@ -145,9 +172,7 @@ pub fn against_size(
     if lines.is_empty() {
         return Ok(false);
     }
-    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-    let xmin = xs.clone().fold(f64::INFINITY, f64::min) / 1.5;
-    let xmax = xs.fold(0.0, f64::max) * 1.5;
+    let n = scaling.len() as i32;
     let ymax = lines
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.3))
@@ -171,32 +196,46 @@ pub fn against_size(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..ymax)
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..ymax)
         .map_err(err)?;
+    let fmt = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => usize::try_from(*i)
+            .ok()
+            .and_then(|i| labels.get(i))
+            .cloned()
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
-        .x_desc("image virtual size (GiB, log scale; 3/8 of it stored)")
+        .x_desc("image virtual size (log scale; 3/8 of it stored)")
         .y_desc(ydesc)
-        .x_label_formatter(&|x| format!("{x:.2}"))
+        .x_label_formatter(&fmt)
+        .light_line_style(WHITE)
         .draw()
         .map_err(err)?;
-    for (i, (v, pts)) in lines.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
+    let at = |x: f64| SegmentValue::CenterOf(x as i32);
+    for (v, pts) in &lines {
+        let c = color(v);
         chart
             .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.1)),
+                pts.iter().map(|p| (at(p.0), p.1)),
                 c.stroke_width(2),
             ))
             .map_err(err)?
             .label(label(v))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new((at(p.0), p.1), 4, c.filled())),
+            )
             .map_err(err)?;
         chart
             .draw_series(
-                pts.iter()
-                    .map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], c.stroke_width(1))),
+                pts.iter().map(|p| {
+                    PathElement::new(vec![(at(p.0), p.2), (at(p.0), p.3)], c.stroke_width(1))
+                }),
             )
             .map_err(err)?;
     }
