@@ -98,3 +98,63 @@ impl ExtentSink for Target {
         Err(io::Error::other("not implemented yet"))
     }
 }
+
+// ---------------------------------------------------------------------------
+// TEMPORARY SHIMS added by the cdi branch so that pod mode compiles before the
+// target agent's versions land on main. Replace (delete) them in favour of the
+// target module's real implementations when merging.
+// ---------------------------------------------------------------------------
+
+/// Writes `len` zero bytes from offset 0 of `path` and syncs (temporary shim:
+/// buffered writes, not `O_DIRECT`).
+pub fn write_zeros_direct(path: &Path, len: u64) -> Result<(), TargetError> {
+    use std::io::Write;
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| TargetError::Io {
+            context: ctx("opening"),
+            source,
+        })?;
+    let buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        f.write_all(&buf[..n]).map_err(|source| TargetError::Io {
+            context: ctx("zeroing"),
+            source,
+        })?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(|source| TargetError::Io {
+        context: ctx("syncing"),
+        source,
+    })
+}
+
+/// Zeroes the first and last MiB of `path` so that a half-written disk is not
+/// recognised as one (temporary shim).
+pub fn wipe_edges(path: &Path) -> Result<(), TargetError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let io = |what: &str| {
+        let c = ctx(what);
+        move |source| TargetError::Io { context: c, source }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("opening"))?;
+    let size = f.seek(SeekFrom::End(0)).map_err(io("sizing"))?;
+    let mib: u64 = 1 << 20;
+    let head = size.min(mib);
+    let zeros = vec![0u8; mib as usize];
+    f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
+    f.write_all(&zeros[..head as usize]).map_err(io("wiping"))?;
+    let tail_start = size.saturating_sub(mib).max(head);
+    f.seek(SeekFrom::Start(tail_start)).map_err(io("seeking"))?;
+    f.write_all(&zeros[..(size - tail_start) as usize])
+        .map_err(io("wiping"))?;
+    f.sync_all().map_err(io("syncing"))
+}
