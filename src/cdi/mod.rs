@@ -66,9 +66,10 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
         })
         .collect();
     let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let paths = PodPaths::from_override(env(paths::POD_ROOT_ENV).as_deref());
-    if env(paths::POD_ROOT_ENV).is_some_and(|r| !r.is_empty()) {
-        tracing::warn!(root = %paths.data_dir.display(), "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
+    let root = env(paths::POD_ROOT_ENV);
+    let paths = PodPaths::from_override(root.as_deref());
+    if let Some(r) = root.filter(|r| !r.is_empty()) {
+        tracing::warn!(root = %r, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
     }
 
     let outcome = match tokio::runtime::Builder::new_multi_thread()
@@ -93,8 +94,8 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
 fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
     let message = outcome.message();
     match outcome {
-        Outcome::Failed(_) => tracing::error!(message = %message, "import failed"),
-        _ => tracing::info!(message = %message, "import finished"),
+        Outcome::Failed(_) => tracing::error!(termination = %message, "import failed"),
+        _ => tracing::info!(termination = %message, "import finished"),
     }
     if let Err(e) = termination::write(&paths.termination_log, &message) {
         tracing::error!(path = %paths.termination_log.display(), error = %e, "could not write the termination message");

@@ -4,7 +4,8 @@
 //! `/scratch`, ...). Production must use exactly those. To let the test suite run
 //! pod mode as an unprivileged subprocess, every path can be re-rooted under the
 //! directory named by [`POD_ROOT_ENV`]. That variable is for tests only: CDI never
-//! sets it, and when it is unset the paths below are used verbatim.
+//! sets it, and when it is unset the paths below are used verbatim. Paths that
+//! come from other variables (`IMPORTER_CERT_DIR`) are used as given.
 
 use std::path::{Path, PathBuf};
 
