@@ -17,9 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::{make_ca_and_cert, Body, TestServer};
-use common::{
-    first_difference, qcow2_create, qemu_io, qemu_raw, range_is, tempdir, LoopDevice,
-};
+use common::{first_difference, qcow2_create, qemu_io, qemu_raw, range_is, tempdir, LoopDevice};
 
 const MIB: u64 = 1 << 20;
 const SUCCESS: &str =
@@ -64,7 +62,9 @@ struct Ended {
 
 impl Ended {
     fn message(&self) -> &str {
-        self.termination.as_deref().unwrap_or("<no termination message>")
+        self.termination
+            .as_deref()
+            .unwrap_or("<no termination message>")
     }
     fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
@@ -108,7 +108,8 @@ impl Pod {
     }
 
     fn http(&mut self, url: &str) -> &mut Self {
-        self.env("IMPORTER_SOURCE", "http").env("IMPORTER_ENDPOINT", url)
+        self.env("IMPORTER_SOURCE", "http")
+            .env("IMPORTER_ENDPOINT", url)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -248,10 +249,20 @@ fn filesystem_target_with_overhead_resize_and_leftover() {
     // min(1 GiB, free) = 1 GiB; ceil(1 GiB / 1.055) rounded down to 1 MiB = 970 MiB.
     let meta = fs::metadata(pod.disk()).expect("disk.img");
     assert_eq!(meta.len(), 970 * MIB, "resized as CDI resizes");
-    assert_eq!(meta.permissions().mode() & 0o777, 0o660, "mode 0660 despite umask 077");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "mode 0660 despite umask 077"
+    );
     assert_prefix_equals(&pod.disk(), &raw, 64 * MIB);
-    assert!(range_is(&pod.disk(), 64 * MIB, 906 * MIB, 0), "grown part reads as zeros");
-    assert!(end.stderr.contains("some_future_flag"), "ignored flag is logged at -v=3");
+    assert!(
+        range_is(&pod.disk(), 64 * MIB, 906 * MIB, 0),
+        "grown part reads as zeros"
+    );
+    assert!(
+        end.stderr.contains("some_future_flag"),
+        "ignored flag is logged at -v=3"
+    );
 }
 
 #[test]
@@ -314,7 +325,10 @@ fn block_target_on_loop_device() {
     end.assert_code(0).assert_message(SUCCESS_PREALLOC);
     // Stale 0xAA bytes inside the image must read as the image's zeros.
     assert_prefix_equals(&lo.dev, &raw, 64 * MIB);
-    assert!(range_is(&lo.dev, 64 * MIB, 32 * MIB, 0xAA), "past the image: untouched");
+    assert!(
+        range_is(&lo.dev, 64 * MIB, 32 * MIB, 0xAA),
+        "past the image: untouched"
+    );
     assert!(!pod.disk().exists(), "block mode writes no disk.img");
 }
 
@@ -380,7 +394,11 @@ fn checksum_match_and_mismatch() {
 
     let mut pod = Pod::new();
     let wrong = format!("{}0", &sum[..63]);
-    let wrong = if wrong == sum { format!("{}1", &sum[..63]) } else { wrong };
+    let wrong = if wrong == sum {
+        format!("{}1", &sum[..63])
+    } else {
+        wrong
+    };
     pod.http(&srv.url("/disk.qcow2"))
         .env("IMPORTER_IMAGE_SIZE", "16Mi")
         .env("IMPORTER_CHECKSUM", &format!("sha256:{wrong}"));
@@ -435,7 +453,10 @@ fn archive_is_extracted_into_data() {
         fs::read(pod.path("data/sub/b.bin")).expect("b.bin"),
         vec![0x5Au8; 300_000]
     );
-    assert_eq!(fs::read(pod.path("data/sub/link")).expect("link"), b"alpha\n");
+    assert_eq!(
+        fs::read(pod.path("data/sub/link")).expect("link"),
+        b"alpha\n"
+    );
     assert!(!pod.disk().exists());
 }
 
@@ -476,7 +497,11 @@ fn hostile_archive_is_refused() {
         .env("IMPORTER_CONTENTTYPE", "archive");
     let end = pod.run();
     end.assert_code(1);
-    assert!(end.message().contains("escapes the target directory"), "{}", end.message());
+    assert!(
+        end.message().contains("escapes the target directory"),
+        "{}",
+        end.message()
+    );
     assert!(!pod.path("escape").exists());
 }
 
@@ -513,7 +538,11 @@ fn blank_with_preallocation() {
         .assert_message(r#"{"preallocationApplied":true,"message":"Import Complete"}"#);
     let m = fs::metadata(pod.disk()).expect("disk.img");
     assert_eq!(m.len(), 32 * MIB);
-    assert!(m.blocks() * 512 >= 32 * MIB, "allocated: {} blocks", m.blocks());
+    assert!(
+        m.blocks() * 512 >= 32 * MIB,
+        "allocated: {} blocks",
+        m.blocks()
+    );
 }
 
 #[test]
@@ -529,14 +558,20 @@ fn blank_block_with_and_without_preallocation() {
     pod.run()
         .assert_code(0)
         .assert_message(r#"{"preallocationApplied":false,"message":"Import Complete"}"#);
-    assert!(range_is(&lo.dev, 0, 48 * MIB, 0xAA), "no preallocation: untouched");
+    assert!(
+        range_is(&lo.dev, 0, 48 * MIB, 0xAA),
+        "no preallocation: untouched"
+    );
 
     pod.env("PREALLOCATION", "true");
     pod.run()
         .assert_code(0)
         .assert_message(r#"{"preallocationApplied":true,"message":"Import Complete"}"#);
     assert!(range_is(&lo.dev, 0, 32 * MIB, 0), "requested size zeroed");
-    assert!(range_is(&lo.dev, 32 * MIB, 16 * MIB, 0xAA), "beyond the request: untouched");
+    assert!(
+        range_is(&lo.dev, 32 * MIB, 16 * MIB, 0xAA),
+        "beyond the request: untouched"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -559,7 +594,9 @@ fn unsupported_and_unknown_sources() {
     }
     let mut pod = Pod::new();
     pod.env("IMPORTER_SOURCE", "ftp");
-    pod.run().assert_code(1).assert_message("Unknown data source: ftp");
+    pod.run()
+        .assert_code(1)
+        .assert_message("Unknown data source: ftp");
 }
 
 #[test]
@@ -640,7 +677,10 @@ fn extra_headers_from_env_and_secret_files() {
     assert!(log
         .iter()
         .all(|r| r.header("authorization") == Some(secret_value)));
-    assert!(!end.stderr.contains("t0ken-not-for-logs"), "secret header logged");
+    assert!(
+        !end.stderr.contains("t0ken-not-for-logs"),
+        "secret header logged"
+    );
 
     // Without the secret the server refuses: the import fails, exit 1.
     let mut pod = Pod::new();
@@ -739,7 +779,9 @@ fn scrape(port: u16, path: &str) -> Option<String> {
         .arg(format!("https://127.0.0.1:{port}{path}"))
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
@@ -772,7 +814,9 @@ fn progress_metric_during_import() {
             }
         }
         if let Some(body) = scrape(pod.metrics_port, paths.next().expect("cycle")) {
-            let caps = re.captures(&body).unwrap_or_else(|| panic!("regex does not match:\n{body}"));
+            let caps = re
+                .captures(&body)
+                .unwrap_or_else(|| panic!("regex does not match:\n{body}"));
             let v: f64 = caps[2].parse().expect("number");
             seen.push(v);
         }
@@ -801,7 +845,8 @@ fn busy_metrics_port_does_not_stop_the_import() {
         .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
         .expect("bind");
     pod.metrics_port = holder.local_addr().expect("addr").port();
-    pod.http(&srv.url("/disk.qcow2")).env("IMPORTER_IMAGE_SIZE", "8Mi");
+    pod.http(&srv.url("/disk.qcow2"))
+        .env("IMPORTER_IMAGE_SIZE", "8Mi");
     let end = pod.run();
     end.assert_code(0).assert_message(SUCCESS);
     assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
