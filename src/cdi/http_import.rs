@@ -445,3 +445,114 @@ fn syncfs(dir: &Path) -> io::Result<()> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> PodConfig {
+        // Given variables first: the first occurrence of a name wins.
+        let mut v: Vec<(String, String)> = vars
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        v.push(("PREALLOCATION".into(), "false".into()));
+        PodConfig::from_vars(&v).expect("config")
+    }
+
+    #[test]
+    fn options_from_env_secrets_and_ca_dirs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = PodPaths::under(root.path());
+        fs::create_dir_all(paths.extra_headers_dir.join("0")).expect("mkdir");
+        fs::write(paths.extra_headers_dir.join("0/h"), "X-Secret: s3cr3t").expect("write");
+        let certs = root.path().join("certs");
+        fs::create_dir(&certs).expect("mkdir");
+        let c = cfg(&[
+            ("IMPORTER_EXTRA_HEADER_0", "X-Env: v"),
+            ("IMPORTER_CERT_DIR", certs.to_str().expect("utf8")),
+            ("IMPORTER_ACCESS_KEY_ID", "u"),
+            ("IMPORTER_SECRET_KEY", "p"),
+            ("INSECURE_TLS", "1"),
+        ]);
+        let o = http_options(&c, &paths).expect("options");
+        assert_eq!(
+            o.extra_headers,
+            vec![
+                ("X-Env".to_string(), "v".to_string()),
+                ("X-Secret".to_string(), "s3cr3t".to_string())
+            ]
+        );
+        assert_eq!(o.ca_dirs, vec![certs.clone()]);
+        assert_eq!(o.basic_auth, Some(("u".into(), "p".into())));
+        assert!(o.insecure_tls);
+
+        // /proxycerts is added when present.
+        fs::create_dir(&paths.proxy_certs_dir).expect("mkdir");
+        let o = http_options(&c, &paths).expect("options");
+        assert_eq!(o.ca_dirs, vec![certs, paths.proxy_certs_dir.clone()]);
+
+        // A configured CA directory that cannot be listed fails like CDI.
+        let missing = cfg(&[("IMPORTER_CERT_DIR", "/nonexistent/certs")]);
+        match http_options(&missing, &paths) {
+            Err(Outcome::Failed(m)) => {
+                assert!(m.starts_with("Unable to connect to http data source: Error creating http client: Error listing files in /nonexistent/certs"), "{m}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("https://h/x.img").is_ok());
+        assert!(check_endpoint("http://h:8080/x.img").is_ok());
+        for bad in ["", "ftp://h/x", "not a url", "file:///etc/passwd"] {
+            match check_endpoint(bad) {
+                Err(Outcome::Failed(m)) => {
+                    assert!(
+                        m.starts_with("Unable to connect to http data source"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // Credentials never reach the message.
+        match check_endpoint("ftp://user:hunter2@h/x") {
+            Err(Outcome::Failed(m)) => assert!(!m.contains("hunter2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clean_removes_files_and_dirs_but_not_devices() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("disk.img");
+        fs::write(&f, b"x").expect("write");
+        clean(&f).expect("clean");
+        assert!(!f.exists());
+        clean(&f).expect("clean of nothing");
+        fs::create_dir_all(f.join("sub")).expect("mkdir");
+        clean(&f).expect("clean dir");
+        assert!(!f.exists());
+        clean(Path::new("/dev/null")).expect("device left alone");
+        assert!(Path::new("/dev/null").exists());
+    }
+
+    #[test]
+    fn finish_file_grows_allocates_and_chmods() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("disk.img");
+        fs::write(&f, vec![1u8; 4096]).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = cfg(&[("IMPORTER_IMAGE_SIZE", "8Mi"), ("PREALLOCATION", "true")]);
+        finish_file(&f, &c, 100 << 20).expect("finish");
+        let m = fs::metadata(&f).expect("meta");
+        assert_eq!(m.len(), 8 << 20);
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        use std::os::unix::fs::MetadataExt;
+        assert!(m.blocks() * 512 >= 8 << 20, "preallocated");
+        assert_eq!(&fs::read(&f).expect("read")[..4096], &[1u8; 4096][..]);
+    }
+}
