@@ -164,12 +164,18 @@ mod tests {
 
     #[test]
     fn verifies_bytes_read() {
-        let c: Checksum = "md5:900150983cd24fb0d6963f7d28e17f72".parse().expect("valid");
+        let c: Checksum = "md5:900150983cd24fb0d6963f7d28e17f72"
+            .parse()
+            .expect("valid");
         let v = Verifier::new(c);
         let mut out = Vec::new();
         v.tap(&b"abc"[..]).read_to_end(&mut out).expect("read");
         assert!(v.verify().is_ok());
-        let v2 = Verifier::new("md5:00000000000000000000000000000000".parse().expect("valid"));
+        let v2 = Verifier::new(
+            "md5:00000000000000000000000000000000"
+                .parse()
+                .expect("valid"),
+        );
         v2.tap(&b"abc"[..]).read_to_end(&mut out).expect("read");
         let (exp, calc) = v2.verify().expect_err("mismatch");
         assert_eq!(exp, "md5:00000000000000000000000000000000");

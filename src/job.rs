@@ -55,7 +55,10 @@ pub struct ImportReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("checksum mismatch: expected {expected}, calculated {calculated}")]
-    ChecksumMismatch { expected: String, calculated: String },
+    ChecksumMismatch {
+        expected: String,
+        calculated: String,
+    },
     #[error("{0}")]
     ScratchRequired(String),
     #[error("virtual image size {size} is larger than the reported available storage {available}. A larger PVC is required")]

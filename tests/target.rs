@@ -1,0 +1,544 @@
+//! The writer against real targets: regular files, loop block devices,
+//! a filesystem without O_DIRECT (ramfs), and targets that fail.
+//!
+//! Block-device and mount tests need root and `losetup`; elsewhere they print
+//! why they were skipped and pass.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use streamdisk::format::ExtentSink;
+use streamdisk::target::{Target, TargetError, TargetKind, TargetOptions};
+
+// ---------- environment guards ----------
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Why block-device tests cannot run here, if they cannot.
+fn loop_unavailable() -> Option<&'static str> {
+    if !is_root() {
+        Some("not root")
+    } else if !have("losetup") {
+        Some("losetup is missing")
+    } else {
+        None
+    }
+}
+
+macro_rules! require_loop {
+    ($name:expr) => {
+        if let Some(why) = loop_unavailable() {
+            println!("skipped {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+/// An attached loop device, detached on drop (even when the test fails).
+struct LoopDev {
+    dev: PathBuf,
+}
+
+impl LoopDev {
+    fn attach(backing: &Path) -> LoopDev {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(backing)
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string();
+        LoopDev { dev: dev.into() }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A filesystem mounted on a directory, unmounted on drop.
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn new(fstype: &str, options: &str, dir: &Path) -> io::Result<Mount> {
+        let st = Command::new("mount")
+            .args(["-t", fstype, "-o", options, fstype])
+            .arg(dir)
+            .status()?;
+        if st.success() {
+            Ok(Mount {
+                dir: dir.to_path_buf(),
+            })
+        } else {
+            Err(io::Error::other(format!("mount -t {fstype} failed")))
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+// ---------- layouts ----------
+
+/// One extent of a test image.
+enum Piece {
+    Data(u64, Vec<u8>),
+    Zero(u64, u64),
+}
+
+/// Splits `[0, vsize)` into data and zero pieces of mixed sizes: sub-block
+/// 512-byte multiples, odd sizes, whole clusters and long zero runs.
+fn layout(rng: &mut StdRng, vsize: u64) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < vsize {
+        let len = match rng.random_range(0..6) {
+            0 => 512 * rng.random_range(1..=8u64),
+            1 => rng.random_range(1..9000u64),
+            2 => 64 << 10,
+            3 => 4096 * rng.random_range(1..=40u64),
+            4 => 512,
+            _ => rng.random_range(1..(3u64 << 20)),
+        }
+        .min(vsize - off);
+        if rng.random_bool(0.55) && len < (2 << 20) {
+            let mut d = vec![0u8; len as usize];
+            rng.fill_bytes(&mut d);
+            // Never all zeros, so the expected image tells data from zeros.
+            d[0] |= 1;
+            out.push(Piece::Data(off, d));
+        } else {
+            out.push(Piece::Zero(off, len));
+        }
+        off += len;
+    }
+    out
+}
+
+/// The bytes `[0, vsize)` should hold after writing `pieces`.
+fn expected(pieces: &[Piece], vsize: u64) -> Vec<u8> {
+    let mut img = vec![0u8; vsize as usize];
+    for p in pieces {
+        if let Piece::Data(off, d) = p {
+            img[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+        }
+    }
+    img
+}
+
+fn feed(t: &mut Target, pieces: &[Piece]) -> io::Result<()> {
+    for p in pieces {
+        match p {
+            Piece::Data(off, d) => t.data(*off, d)?,
+            Piece::Zero(off, len) => t.zero(*off, *len)?,
+        }
+    }
+    Ok(())
+}
+
+fn small_opts() -> TargetOptions {
+    TargetOptions {
+        buffer_size: 64 << 10,
+        queue_depth: 3,
+        ..TargetOptions::default()
+    }
+}
+
+fn read_range(path: &Path, start: u64, len: usize) -> Vec<u8> {
+    let f = File::open(path).expect("open for reading");
+    let mut v = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut v, start).expect("read back");
+    v
+}
+
+fn stale_file(path: &Path, len: u64, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len as usize];
+    rng.fill_bytes(&mut v);
+    std::fs::write(path, &v).expect("write stale data");
+    v
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").blocks() * 512
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+// ---------- files ----------
+
+#[test]
+fn file_random_order_extents_match() {
+    for seed in 1..=4u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let vsize = rng.random_range((4u64 << 20)..(9u64 << 20)) | 1;
+        let mut pieces = layout(&mut rng, vsize);
+        let want = expected(&pieces, vsize);
+        pieces.shuffle(&mut rng);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("disk.img");
+        stale_file(&p, 12 << 20, seed + 100);
+        let opts = if seed % 2 == 0 {
+            small_opts()
+        } else {
+            TargetOptions::default()
+        };
+        let mut t = Target::open(&p, &opts).expect("open");
+        t.set_virtual_size(vsize).expect("vsize");
+        feed(&mut t, &pieces).expect("feed");
+        let stats = t.finish().expect("finish");
+        let got = std::fs::read(&p).expect("read");
+        assert_eq!(got.len() as u64, vsize, "seed {seed}: file length");
+        assert_eq!(first_diff(&got, &want), None, "seed {seed}: contents");
+        assert_eq!(stats.bytes_written + stats.bytes_zeroed, vsize);
+    }
+}
+
+#[test]
+fn file_in_order_sparse_image_stays_sparse() {
+    // 256 MiB virtual, 1 MiB of data at the start and 1 MiB at the end, the
+    // rest reported as 64 KiB zero clusters (as a qcow2 decoder would).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("sparse.img");
+    let vsize = 256u64 << 20;
+    let mut t = Target::open(&p, &TargetOptions::default()).expect("open");
+    t.set_virtual_size(vsize).expect("vsize");
+    let data = vec![0x5Au8; 1 << 20];
+    t.data(0, &data).expect("head");
+    let mut off = 1u64 << 20;
+    while off < vsize - (1 << 20) {
+        t.zero(off, 64 << 10).expect("zero");
+        off += 64 << 10;
+    }
+    t.data(off, &data).expect("tail");
+    t.finish().expect("finish");
+    assert_eq!(std::fs::metadata(&p).expect("stat").len(), vsize);
+    assert!(
+        allocated(&p) <= 4 << 20,
+        "allocated {} bytes",
+        allocated(&p)
+    );
+    assert_eq!(read_range(&p, vsize - 10, 10), vec![0x5A; 10]);
+    assert_eq!(read_range(&p, 100 << 20, 4096), vec![0; 4096]);
+}
+
+// ---------- loop devices ----------
+
+#[test]
+fn loop_random_order_extents_match_and_nothing_past_vsize_changes() {
+    require_loop!("loop_random_order_extents_match_and_nothing_past_vsize_changes");
+    for seed in 11..=13u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("backing.img");
+        let dev_size = 8u64 << 20;
+        let stale = stale_file(&backing, dev_size, seed);
+        let lo = LoopDev::attach(&backing);
+        let mut rng = StdRng::seed_from_u64(seed);
+        // An odd virtual size: the last logical block is shared with stale bytes.
+        let vsize = dev_size - rng.random_range(1..5000u64);
+        let mut pieces = layout(&mut rng, vsize);
+        let want = expected(&pieces, vsize);
+        pieces.shuffle(&mut rng);
+        let mut t = Target::open(&lo.dev, &small_opts()).expect("open device");
+        assert_eq!(t.kind(), TargetKind::BlockDevice);
+        assert_eq!(t.device_size(), Some(dev_size));
+        t.set_virtual_size(vsize).expect("vsize");
+        feed(&mut t, &pieces).expect("feed");
+        t.finish().expect("finish");
+        let got = read_range(&lo.dev, 0, dev_size as usize);
+        assert_eq!(
+            first_diff(&got[..vsize as usize], &want),
+            None,
+            "seed {seed}"
+        );
+        assert_eq!(
+            first_diff(&got[vsize as usize..], &stale[vsize as usize..]),
+            None,
+            "seed {seed}: bytes past the virtual size changed"
+        );
+    }
+}
+
+#[test]
+fn loop_zero_extents_clear_stale_data_without_allocating() {
+    require_loop!("loop_zero_extents_clear_stale_data_without_allocating");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let dev_size = 64u64 << 20;
+    // Fully allocated, non-zero stale data.
+    stale_file(&backing, dev_size, 7);
+    nix::unistd::fsync(File::open(&backing).expect("open")).expect("fsync");
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    t.set_virtual_size(dev_size).expect("vsize");
+    let data = vec![0xC3u8; 1 << 20];
+    t.data(0, &data).expect("data");
+    // Zero clusters in host order, with an unaligned piece in the middle.
+    let mut off = 1u64 << 20;
+    while off < dev_size {
+        let len = (64u64 << 10).min(dev_size - off);
+        t.zero(off, len).expect("zero");
+        off += len;
+    }
+    let stats = t.finish().expect("finish");
+    assert_eq!(stats.bytes_zeroed, dev_size - (1 << 20));
+    let got = read_range(&lo.dev, 0, dev_size as usize);
+    assert!(got[..1 << 20].iter().all(|&b| b == 0xC3));
+    assert_eq!(
+        got[1 << 20..].iter().position(|&b| b != 0),
+        None,
+        "stale data survived"
+    );
+    drop(lo);
+    // Punching deallocated the backing file (BLKZEROOUT alone would have kept it allocated).
+    let alloc = allocated(&backing);
+    assert!(
+        alloc <= 8 << 20,
+        "backing file still has {alloc} bytes allocated"
+    );
+}
+
+#[test]
+fn loop_sparse_backing_file_stays_sparse() {
+    require_loop!("loop_sparse_backing_file_stays_sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("sparse-backing.img");
+    let dev_size = 1u64 << 30;
+    File::create(&backing)
+        .and_then(|f| f.set_len(dev_size))
+        .expect("sparse backing file");
+    let lo = LoopDev::attach(&backing);
+    for target_is_zero in [false, true] {
+        let opts = TargetOptions {
+            target_is_zero,
+            ..TargetOptions::default()
+        };
+        let mut t = Target::open(&lo.dev, &opts).expect("open");
+        t.set_virtual_size(dev_size).expect("vsize");
+        t.data(4096, &[0x11u8; 512]).expect("data");
+        t.zero(0, 4096).expect("zero head");
+        t.zero(4608, dev_size - 4608).expect("zero rest");
+        t.finish().expect("finish");
+        assert_eq!(read_range(&lo.dev, 4000, 700)[96..608], [0x11u8; 512][..]);
+        let alloc = allocated(&backing);
+        assert!(
+            alloc <= 1 << 20,
+            "target_is_zero={target_is_zero}: {alloc} bytes allocated"
+        );
+    }
+}
+
+#[test]
+fn loop_too_large_is_refused_and_writes_nothing() {
+    require_loop!("loop_too_large_is_refused_and_writes_nothing");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let dev_size = 8u64 << 20;
+    let stale = stale_file(&backing, dev_size, 3);
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    let err = t.set_virtual_size(dev_size + 512).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "virtual image size {} is larger than the reported available storage {dev_size}. A larger PVC is required",
+            dev_size + 512
+        )
+    );
+    assert!(matches!(
+        TargetError::from_io(&err),
+        Some(TargetError::TooLarge { .. })
+    ));
+    // Nothing gets through afterwards either.
+    assert!(t.data(0, &[1u8; 4096]).is_err());
+    assert!(t.finish().is_err());
+    // `available` smaller than the device is the limit too.
+    let opts = TargetOptions {
+        available: Some(4 << 20),
+        ..TargetOptions::default()
+    };
+    let mut t = Target::open(&lo.dev, &opts).expect("open");
+    let err = t.set_virtual_size(5 << 20).expect_err("above available");
+    assert!(
+        err.to_string().contains("available storage 4194304"),
+        "{err}"
+    );
+    drop(t);
+    assert_eq!(
+        first_diff(&read_range(&lo.dev, 0, dev_size as usize), &stale),
+        None
+    );
+}
+
+#[test]
+fn loop_unknown_length_is_bounded_by_the_device() {
+    require_loop!("loop_unknown_length_is_bounded_by_the_device");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let dev_size = 4u64 << 20;
+    let stale = stale_file(&backing, dev_size, 5);
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
+    t.data(0, &[9u8; 1000]).expect("in range");
+    let err = t
+        .data(dev_size - 100, &[9u8; 200])
+        .expect_err("past the end");
+    assert!(err.to_string().contains("end of the block device"), "{err}");
+    assert!(t.finish().is_err(), "finish reports the earlier failure");
+    // Raw of unknown length that fits: only the covered bytes change.
+    let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
+    t.data(0, &[9u8; 1000]).expect("data");
+    t.finish().expect("finish");
+    let got = read_range(&lo.dev, 0, dev_size as usize);
+    assert!(got[..1000].iter().all(|&b| b == 9));
+    assert_eq!(first_diff(&got[1000..], &stale[1000..]), None);
+}
+
+// ---------- buffered fallback and failures ----------
+
+#[test]
+fn no_odirect_filesystem_uses_buffered_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    // ramfs refuses O_DIRECT (tmpfs accepts it since Linux 6.6).
+    let (_mount, base, must_fall_back) = if is_root() {
+        match Mount::new("ramfs", "mode=0755", &mnt) {
+            Ok(m) => (Some(m), mnt.clone(), true),
+            Err(e) => {
+                println!("ramfs unavailable ({e}); using /dev/shm");
+                (None, PathBuf::from("/dev/shm"), false)
+            }
+        }
+    } else {
+        println!("not root: using /dev/shm, which may accept O_DIRECT");
+        (None, PathBuf::from("/dev/shm"), false)
+    };
+    let sub = tempfile::tempdir_in(&base).expect("tempdir on the test filesystem");
+    let p = sub.path().join("disk.img");
+    let mut rng = StdRng::seed_from_u64(21);
+    let vsize = (6u64 << 20) + 333;
+    let mut pieces = layout(&mut rng, vsize);
+    let want = expected(&pieces, vsize);
+    pieces.shuffle(&mut rng);
+    let mut t = Target::open(&p, &small_opts()).expect("open");
+    t.set_virtual_size(vsize).expect("vsize");
+    feed(&mut t, &pieces).expect("feed");
+    let stats = t.finish().expect("finish");
+    if must_fall_back {
+        assert!(!stats.direct_io, "ramfs must use the buffered fallback");
+    }
+    let got = std::fs::read(&p).expect("read");
+    assert_eq!(got.len() as u64, vsize);
+    assert_eq!(first_diff(&got, &want), None);
+}
+
+#[test]
+fn full_filesystem_error_is_surfaced() {
+    if !is_root() {
+        println!("skipped full_filesystem_error_is_surfaced: not root (needs a tiny tmpfs)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _m = Mount::new("tmpfs", "size=1m", dir.path()).expect("mount tmpfs");
+    let p = dir.path().join("disk.img");
+    let mut t = Target::open(&p, &small_opts()).expect("open");
+    t.set_virtual_size(8 << 20).expect("a sparse size fits");
+    let data = vec![0x77u8; 1 << 20];
+    let mut fed = Ok(());
+    for i in 0..8u64 {
+        fed = t.data(i << 20, &data);
+        if fed.is_err() {
+            break;
+        }
+    }
+    let finished = t.finish();
+    println!("feeding: {fed:?}; finish: {:?}", finished.as_ref().err());
+    // The failure may surface while feeding or only at finish, but finish
+    // always reports it.
+    let e = finished.expect_err("a full filesystem reported success");
+    {
+        let msg = e.to_string();
+        assert!(msg.contains("disk.img"), "{msg}");
+    }
+}
+
+#[test]
+fn failing_block_device_error_is_surfaced() {
+    require_loop!("failing_block_device_error_is_surfaced");
+    // A loop device claiming 16 MiB over a sparse file on a 2 MiB tmpfs:
+    // writes fail once the backing filesystem is full.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _m = Mount::new("tmpfs", "size=2m", dir.path()).expect("mount tmpfs");
+    let backing = dir.path().join("backing.img");
+    File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("sparse backing");
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    t.set_virtual_size(16 << 20).expect("fits the claimed size");
+    let data = vec![0x42u8; 1 << 20];
+    let mut fed = Ok(());
+    for i in 0..16u64 {
+        fed = t.data(i << 20, &data);
+        if fed.is_err() {
+            break;
+        }
+    }
+    let finished = t.finish();
+    println!("feeding: {fed:?}; finish: {:?}", finished.as_ref().err());
+    assert!(fed.is_err(), "16 MiB cannot fit a 2 MiB backing filesystem");
+    assert!(finished.is_err(), "finish must report the earlier failure");
+    drop(lo);
+}
+
+#[test]
+fn directory_target_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Target::open(dir.path(), &TargetOptions::default())
+        .err()
+        .expect("a directory is not a target");
+    assert!(
+        err.to_string()
+            .contains("not a block device or a regular file"),
+        "{err}"
+    );
+    // A path in a missing directory fails with the path in the message.
+    let missing = dir.path().join("no/such/dir/disk.img");
+    let err = Target::open(&missing, &TargetOptions::default())
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("no/such/dir/disk.img"), "{err}");
+}
