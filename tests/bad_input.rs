@@ -198,6 +198,17 @@ fn refuses_bad_headers() {
     fs::write(&empty, b"").unwrap();
     cases.push(case("empty file", empty, &["empty"], FILE_STDIN_HTTP));
 
+    // Shorter than one 512-byte sector: no disk image is that small (qemu-img would pad it
+    // to a sector), so it is taken for a truncated download.
+    let tiny = d.join("tiny");
+    fs::write(&tiny, b"QFI").unwrap();
+    cases.push(case(
+        "3 bytes (cut in the magic)",
+        tiny,
+        &["sector", "truncat", "short"],
+        FILE_STDIN_HTTP,
+    ));
+
     let garbage = d.join("garbage.qcow2");
     let mut g = b"QFI\xfb".to_vec();
     let mut rng = common::SplitMix(77);

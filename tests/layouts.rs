@@ -146,6 +146,65 @@ fn layout_l1_at_end() {
     );
 }
 
+/// Thousands of small L2 tables interleaved with data clusters ([L2][data][L2][data]...,
+/// 4 KiB clusters), then the L1 table moved to the end by a resize: wherever the reorder
+/// window fills, it is likely to be in the middle of an L2 table. Over HTTP with Range the
+/// byte chunking varies from run to run, so that source is tried a few times.
+#[test]
+fn layout_interleaved_l2_tables_l1_at_end() {
+    let dir = common::tempdir();
+    let img = dir.path().join("interleaved.qcow2");
+    qcow2_create(&img, 4 << 30, "cluster_size=4096");
+    let cmds: Vec<String> = (0..2048u64)
+        .map(|i| {
+            format!(
+                "write -P 0x{:x} {} 4k",
+                i % 250 + 1,
+                i * 2 * MIB + (i % 7) * 4096
+            )
+        })
+        .collect();
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&img, &cmds);
+    qemu_img(&["resize", "-q", img.to_str().unwrap(), "8G"]);
+    let lay = layout(&img);
+    assert!(lay.l2_offsets.len() >= 2048);
+    assert!(lay.max_data_offset().unwrap() < lay.l1_offset);
+    let oracle = qemu_raw(&img);
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        failures.extend(run_matrix(
+            "interleaved L2 tables, L1 at end",
+            &img,
+            &oracle,
+            &[SourceKind::HttpRange],
+            &[TargetKind::NewFile],
+            &[],
+        ));
+    }
+    for w in [Wrapper::Zstd] {
+        if let Some(z) = wrap(&img, w) {
+            failures.extend(run_matrix(
+                "interleaved L2 tables, L1 at end, zstd",
+                &z,
+                &oracle,
+                &[SourceKind::File],
+                &[TargetKind::NewFile],
+                &[],
+            ));
+        }
+    }
+    failures.extend(run_matrix(
+        "interleaved L2 tables, L1 at end",
+        &img,
+        &oracle,
+        &[SourceKind::File, SourceKind::Stdin, SourceKind::HttpNoRange],
+        &[TargetKind::NewFile],
+        &[],
+    ));
+    assert_no_failures(&failures);
+}
+
 #[test]
 fn layout_l2_after_data() {
     let dir = common::tempdir();
