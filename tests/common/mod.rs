@@ -831,19 +831,35 @@ impl MemCgroup {
                 return Ok(cg);
             }
         }
-        // cgroup v2: "0::/path".
+        // cgroup v2: "0::/path". A child of our own group only gets memory.max when our
+        // group delegates the memory controller, which v2 forbids while it holds processes
+        // (the "no internal processes" rule); so walk up to the nearest ancestor whose
+        // children get it (the root always qualifies).
         if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
-            let base = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-            let dir = base.join(&name);
-            fs::create_dir(&dir)?;
-            let cg = MemCgroup {
-                procs_file: cstring(&dir.join("cgroup.procs")),
-                dir: dir.clone(),
-                v2: true,
-            };
-            fs::write(dir.join("memory.max"), limit.to_string())?;
-            let _ = fs::write(dir.join("memory.swap.max"), "0");
-            return Ok(cg);
+            let root = Path::new("/sys/fs/cgroup");
+            let mut base = root.join(path.trim_start_matches('/'));
+            loop {
+                let dir = base.join(&name);
+                if fs::create_dir(&dir).is_ok() {
+                    if dir.join("memory.max").exists() {
+                        let cg = MemCgroup {
+                            procs_file: cstring(&dir.join("cgroup.procs")),
+                            dir: dir.clone(),
+                            v2: true,
+                        };
+                        fs::write(dir.join("memory.max"), limit.to_string())?;
+                        let _ = fs::write(dir.join("memory.swap.max"), "0");
+                        return Ok(cg);
+                    }
+                    let _ = fs::remove_dir(&dir);
+                }
+                if base == root || !base.pop() {
+                    break;
+                }
+            }
+            return Err(io::Error::other(
+                "no cgroup v2 group with the memory controller delegated to its children",
+            ));
         }
         Err(io::Error::other(
             "no memory controller in /proc/self/cgroup",
