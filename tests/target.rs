@@ -542,3 +542,51 @@ fn directory_target_is_refused() {
         .expect("fails");
     assert!(err.to_string().contains("no/such/dir/disk.img"), "{err}");
 }
+
+// ---------- raw decoder into real targets ----------
+
+/// A raw image with data, long zero runs, a lone non-zero byte and an odd size.
+fn raw_image(seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut img = vec![0u8; (5 << 20) + 4321];
+    rng.fill_bytes(&mut img[..300_000]);
+    rng.fill_bytes(&mut img[(3 << 20)..(3 << 20) + 70_000]);
+    img[(4 << 20) + 17] = 1;
+    let n = img.len();
+    rng.fill_bytes(&mut img[n - 100..]);
+    img
+}
+
+#[test]
+fn raw_stream_into_a_file_with_and_without_size() {
+    let img = raw_image(31);
+    for hint in [Some(img.len() as u64), None] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("raw.img");
+        stale_file(&p, 8 << 20, 32);
+        let mut t = Target::open(&p, &TargetOptions::default()).expect("open");
+        let rep = streamdisk::format::raw::decode(&mut &img[..], hint, &mut t).expect("decode");
+        assert_eq!(rep.bytes_read, img.len() as u64);
+        assert!(rep.zero_bytes > 4 << 20, "zero runs detected");
+        t.finish().expect("finish");
+        let got = std::fs::read(&p).expect("read");
+        assert_eq!(got.len(), img.len(), "hint {hint:?}");
+        assert_eq!(first_diff(&got, &img), None, "hint {hint:?}");
+    }
+}
+
+#[test]
+fn raw_stream_into_a_loop_device_over_stale_data() {
+    require_loop!("raw_stream_into_a_loop_device_over_stale_data");
+    let img = raw_image(33);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let stale = stale_file(&backing, 6 << 20, 34);
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    streamdisk::format::raw::decode(&mut &img[..], Some(img.len() as u64), &mut t).expect("decode");
+    t.finish().expect("finish");
+    let got = read_range(&lo.dev, 0, 6 << 20);
+    assert_eq!(first_diff(&got[..img.len()], &img), None);
+    assert_eq!(first_diff(&got[img.len()..], &stale[img.len()..]), None);
+}
