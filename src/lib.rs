@@ -15,9 +15,11 @@
 pub mod cdi;
 pub mod checksum;
 pub mod format;
+pub mod info;
 pub mod job;
 pub mod pipeline;
 pub mod progress;
+pub mod signals;
 pub mod source;
 pub mod target;
 pub mod unwrap;

@@ -1,1 +1,28 @@
-fn main() {}
+//! `streamdisk` binary: parse the command line and dispatch. Nothing else lives here.
+
+mod cli;
+mod commands;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::Parser;
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Pod mode is chosen before clap sees anything: CDI passes Go/klog-style
+    // single-dash flags (`-alsologtostderr`, `-v=3`) that clap would reject.
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if invoked_as == "cdi-importer" {
+        std::process::exit(streamdisk::cdi::run_pod(args.into_iter().skip(1).collect()));
+    }
+    if args.get(1).is_some_and(|a| a == "cdi") {
+        std::process::exit(streamdisk::cdi::run_pod(args.into_iter().skip(2).collect()));
+    }
+    let cli = cli::Cli::parse();
+    std::process::exit(commands::dispatch(cli));
+}

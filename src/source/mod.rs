@@ -4,10 +4,21 @@
 //! on a blocking thread). Seekable sources (files, HTTP servers that honour
 //! `Range`) also hand out a [`RangeRead`] so that the qcow2 planner can fetch
 //! metadata out of order instead of spilling.
+//!
+//! Layout: `file` and `stdin` are thin; `http` holds the client (TLS,
+//! redirects, credentials), the resumable transfer loop, the retry policy,
+//! range reads and the parallel segmented download.
 
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod error;
+mod file;
+mod http;
+mod stdin;
+
+pub use error::SourceError;
 
 /// Where the image comes from.
 #[derive(Debug, Clone)]
@@ -31,6 +42,16 @@ impl SourceSpec {
             SourceSpec::File(PathBuf::from(s))
         }
     }
+
+    /// A name for logs and messages, never containing credentials
+    /// (URL userinfo is removed).
+    pub fn display(&self) -> String {
+        match self {
+            SourceSpec::Http(url) => http::redact_url(url),
+            SourceSpec::File(path) => path.display().to_string(),
+            SourceSpec::Stdin => "stdin".to_string(),
+        }
+    }
 }
 
 /// HTTP client settings shared by the CLI and the CDI pod mode.
@@ -47,8 +68,13 @@ pub struct HttpOptions {
     /// Reconnect when no byte arrived for this long.
     pub stall_timeout: Duration,
     /// Maximum attempts per request (first try included).
+    ///
+    /// Counted per streak of failures: any byte received resets the count,
+    /// so a long transfer survives many separate drops.
     pub max_attempts: u32,
     /// Upper bound on the total time spent in backoff.
+    ///
+    /// Measured from the first failure of a streak (see `max_attempts`).
     pub max_retry_time: Duration,
     /// Parallel range connections (1 = a single streaming GET).
     pub connections: usize,
@@ -90,18 +116,19 @@ pub struct OpenedSource {
     pub display: String,
 }
 
-/// Why a source could not be opened or read.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("{0}")]
-    Other(String),
-}
-
 /// Opens a source. HTTP work runs on `rt`; the returned reader blocks.
+///
+/// Must be called from a thread that is not driving `rt` (the pipeline's
+/// blocking thread, or a plain thread): opening an HTTP source waits for the
+/// first response with `rt.block_on`.
 pub fn open(
-    _spec: &SourceSpec,
-    _opts: &HttpOptions,
-    _rt: &tokio::runtime::Handle,
+    spec: &SourceSpec,
+    opts: &HttpOptions,
+    rt: &tokio::runtime::Handle,
 ) -> Result<OpenedSource, SourceError> {
-    Err(SourceError::Other("not implemented yet".into()))
+    match spec {
+        SourceSpec::Http(url) => http::open(url, opts, rt),
+        SourceSpec::File(path) => file::open(path),
+        SourceSpec::Stdin => Ok(stdin::open()),
+    }
 }

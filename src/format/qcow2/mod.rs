@@ -4,11 +4,27 @@
 //! sans-IO state machine, and applies the plan (reorder window, range reads of
 //! metadata on seekable sources, spill to scratch otherwise).
 
+pub mod decompress;
+mod driver;
+mod emit;
+mod entry;
+mod header;
+mod info;
+mod map;
+mod spill;
+pub mod stream;
+mod window;
+mod workers;
+
 use std::io::{self, Read};
 use std::path::PathBuf;
 
 use crate::format::ExtentSink;
 use crate::source::RangeRead;
+
+pub use header::CompressionType;
+pub use info::{probe, probe_len, ImageInfo, PROBE_MAX_BYTES};
+pub use map::MAPPING_BUDGET;
 
 /// What to do with data that arrives before the metadata that maps it.
 #[derive(Debug, Clone)]
@@ -65,11 +81,20 @@ pub enum Qcow2Error {
 }
 
 /// Decodes a qcow2 stream into `sink`.
+///
+/// `input` is the unwrapped image from its first byte. `range`, when given,
+/// must read the same bytes at random (a plain file or an HTTP server with
+/// `Range` support, and no compression wrapper): it is used only to fetch
+/// tables the stream has not reached when the reorder window is full.
+///
+/// Memory: the reorder window (`opts.window`), the mapping state (at most
+/// [`MAPPING_BUDGET`]), one read chunk (256 KiB), and a few cluster buffers
+/// (up to 2 MiB each for 2 MiB clusters). None of it grows with the virtual size.
 pub fn decode(
-    _input: &mut dyn Read,
-    _range: Option<&mut dyn RangeRead>,
-    _opts: &PlanOptions,
-    _sink: &mut dyn ExtentSink,
+    input: &mut dyn Read,
+    range: Option<&mut dyn RangeRead>,
+    opts: &PlanOptions,
+    sink: &mut dyn ExtentSink,
 ) -> Result<DecodeReport, Qcow2Error> {
-    Err(Qcow2Error::Invalid("not implemented yet".into()))
+    driver::decode(input, range, opts, sink)
 }

@@ -1,0 +1,161 @@
+//! Command-line definitions. The doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use streamdisk::job::FormatChoice;
+use streamdisk::progress::ProgressMode;
+
+/// Stream a disk image (qcow2 or raw, optionally gzip/xz/zstd-compressed) from
+/// HTTP(S), a file or stdin onto a block device or file in one pass, with
+/// O_DIRECT writes and memory that does not grow with the image.
+#[derive(Debug, Parser)]
+#[command(name = "streamdisk", version, propagate_version = true)]
+pub struct Cli {
+    /// Less output (only errors).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import SOURCE into TARGET (a block device, or a file that is created or overwritten).
+    Convert(ConvertArgs),
+    /// Describe SOURCE: wrapper, format, virtual size, cluster size, features. Reads only the header.
+    Info(InfoArgs),
+    /// Run as the CDI importer pod entrypoint (same as invoking the binary as `cdi-importer`).
+    #[command(disable_help_flag = true)]
+    Cdi {
+        /// Go/klog-style flags passed by the pod (`-alsologtostderr`, `-v=N`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Options shared by every command that reads a source.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Image to read: an http:// or https:// URL, a local path, or - for stdin.
+    pub source: String,
+    /// Basic-auth user for HTTP (password from --password-env).
+    #[arg(long, requires = "password_env")]
+    pub user: Option<String>,
+    /// Name of the environment variable holding the basic-auth password.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// Extra HTTP request header, "Name: value" (repeatable). Sent only to the original origin.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Directory of extra PEM CA certificates (repeatable); added to the built-in web roots.
+    #[arg(long = "ca-dir", value_name = "DIR")]
+    pub ca_dirs: Vec<PathBuf>,
+    /// Do not verify TLS certificates.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Reconnect (resuming at the next byte) when no data arrived for this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub stall_timeout: u64,
+    /// Maximum attempts per HTTP request, first one included.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub retries: u32,
+    /// Upper bound on the total time spent waiting between retries.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub retry_time: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub src: SourceArgs,
+    /// Block device or regular file to write the raw disk into.
+    pub target: PathBuf,
+    /// Image format after decompression.
+    #[arg(long, value_enum, default_value_t = FormatChoice::Auto)]
+    pub format: FormatChoice,
+    /// Verify ALGO:HEX (md5, sha1, sha256, sha512) over the bytes as received.
+    #[arg(long, value_name = "ALGO:HEX")]
+    pub checksum: Option<streamdisk::checksum::Checksum>,
+    /// The target already reads as zeros (e.g. a fresh thin volume): skip zeroing.
+    #[arg(long)]
+    pub target_is_zero: bool,
+    /// Size of each aligned write buffer (e.g. 1M, 4MiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
+    pub buffer_size: u64,
+    /// Writes in flight. Write-side memory is about buffer-size x (queue-depth + 1).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub queue_depth: usize,
+    /// Bytes of not-yet-mapped qcow2 data held in memory before a range read or spill.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size, value_name = "BYTES")]
+    pub window: u64,
+    /// Directory for spilling qcow2 data that arrives before its metadata on a
+    /// non-seekable source (default: the system temporary directory).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_spill")]
+    pub scratch: Option<PathBuf>,
+    /// Never spill: stop with an error if the image layout needs scratch space.
+    #[arg(long)]
+    pub no_spill: bool,
+    /// Parallel HTTP range connections (servers with Range support only).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub connections: usize,
+    /// How to show progress: a bar on a terminal, log lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub src: SourceArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+/// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("invalid size unit in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,177 @@
+//! One function per subcommand: build the job from flags, run it, map the outcome to an exit code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, ConvertArgs, InfoArgs, OutputFormat, SourceArgs};
+use streamdisk::format::qcow2::{PlanOptions, SpillPolicy};
+use streamdisk::job::{ImportError, ImportJob};
+use streamdisk::progress::{Counter, Reporter};
+use streamdisk::source::{HttpOptions, SourceSpec};
+use streamdisk::target::TargetOptions;
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    init_logging(cli.quiet, cli.verbose);
+    let result = match cli.command {
+        Command::Convert(a) => convert(a, cli.quiet),
+        Command::Info(a) => info(a),
+        Command::Cdi { args } => return streamdisk::cdi::run_pod(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure { message, code }) => {
+            eprintln!("streamdisk: error: {}", message.replace('\n', " "));
+            code
+        }
+    }
+}
+
+/// An error message plus the exit code it maps to.
+struct Failure {
+    message: String,
+    code: i32,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            message: format!("{e:#}"),
+            code: 1,
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMDISK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {
+    let mut o = HttpOptions::default();
+    if let (Some(user), Some(var)) = (&a.user, &a.password_env) {
+        let pass =
+            std::env::var(var).with_context(|| format!("reading the password from ${var}"))?;
+        o.basic_auth = Some((user.clone(), pass));
+    }
+    for h in &a.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("invalid --header {h:?}: expected \"Name: value\""))?;
+        o.extra_headers
+            .push((name.trim().to_string(), value.trim().to_string()));
+    }
+    o.ca_dirs = a.ca_dirs.clone();
+    o.insecure_tls = a.insecure;
+    o.stall_timeout = Duration::from_secs(a.stall_timeout.max(1));
+    o.max_attempts = a.retries.max(1);
+    o.max_retry_time = Duration::from_secs(a.retry_time);
+    Ok(o)
+}
+
+fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
+    let mut http = http_options(&a.src)?;
+    http.connections = a.connections.max(1);
+    let job = ImportJob {
+        source: SourceSpec::parse(&a.src.source),
+        http,
+        target: a.target.clone(),
+        format: a.format,
+        checksum: a.checksum.clone(),
+        target_opts: TargetOptions {
+            target_is_zero: a.target_is_zero,
+            buffer_size: usize::try_from(a.buffer_size)
+                .ok()
+                .filter(|b| *b >= 4096)
+                .ok_or_else(|| anyhow::anyhow!("--buffer-size must be at least 4096"))?,
+            queue_depth: a.queue_depth.max(1),
+            available: None,
+        },
+        plan: PlanOptions {
+            window: usize::try_from(a.window)
+                .map_err(|_| anyhow::anyhow!("--window is too large"))?,
+            spill: if a.no_spill {
+                SpillPolicy::Forbid
+            } else {
+                SpillPolicy::Dir(a.scratch.clone().unwrap_or_else(std::env::temp_dir))
+            },
+        },
+        progress: if quiet {
+            streamdisk::progress::ProgressMode::None
+        } else {
+            a.progress
+        },
+    };
+    let rt = runtime()?;
+    streamdisk::signals::install(rt.handle(), |_| {});
+    let counter = Arc::new(Counter::default());
+    let reporter = Reporter::start(job.progress, Arc::clone(&counter));
+    let started = std::time::Instant::now();
+    let result = streamdisk::pipeline::run(&job, rt.handle(), Arc::clone(&counter));
+    drop(reporter);
+    match result {
+        Ok(r) => {
+            counter.set_done();
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                "import complete: {} bytes virtual, {} MiB received, {} MiB written, {:.2}s{}",
+                r.virtual_size,
+                r.bytes_received >> 20,
+                r.bytes_written >> 20,
+                secs,
+                if r.spilled_bytes > 0 {
+                    format!(", {} MiB spilled to scratch", r.spilled_bytes >> 20)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+        Err(ImportError::Interrupted(sig)) => Err(Failure {
+            message: format!("interrupted by {sig}; the import is incomplete"),
+            code: streamdisk::signals::exit_code(sig),
+        }),
+        Err(e) => Err(Failure {
+            message: format!("{:#}", anyhow::Error::new(e)),
+            code: 1,
+        }),
+    }
+}
+
+fn info(a: InfoArgs) -> Result<(), Failure> {
+    let http = http_options(&a.src)?;
+    let rt = runtime()?;
+    let info =
+        streamdisk::info::probe_source(&SourceSpec::parse(&a.src.source), &http, rt.handle())
+            .map_err(anyhow::Error::new)?;
+    match a.output {
+        OutputFormat::Json => {
+            let s = serde_json::to_string_pretty(&info).context("encoding JSON")?;
+            println!("{s}");
+        }
+        OutputFormat::Human => print!("{}", info.human()),
+    }
+    Ok(())
+}

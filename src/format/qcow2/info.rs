@@ -1,0 +1,112 @@
+//! `streamdisk info`: what the header cluster says, without decoding anything.
+//!
+//! Unlike decoding, probing reports features it would refuse (a backing file,
+//! encryption, an external data file, unknown incompatible bits) instead of
+//! failing on them, so that `info` can show why an import would be refused.
+
+use super::header::{
+    cluster_size_hint, CompressionType, Header, HeaderError, COMPAT_LAZY_REFCOUNTS, FIXED_PREFIX,
+    INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2,
+};
+use super::Qcow2Error;
+
+/// Most bytes `probe` can need: one cluster of the largest size (2 MiB).
+pub const PROBE_MAX_BYTES: usize = 2 << 20;
+
+/// How many bytes `probe` needs, given the first bytes of the image: the
+/// header cluster, once `cluster_bits` (byte 20..24) is known; before that,
+/// at least 24. Reading fewer is fine when the stream ends first.
+pub fn probe_len(head: &[u8]) -> usize {
+    match cluster_size_hint(head) {
+        Some(cs) => cs as usize,
+        None if head.len() < FIXED_PREFIX => FIXED_PREFIX,
+        None => head.len(),
+    }
+}
+
+/// The header facts that matter for import.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageInfo {
+    pub version: u32,
+    pub virtual_size: u64,
+    pub cluster_size: u64,
+    pub compression_type: CompressionType,
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+    /// "none", "aes", "luks" or "unknown(N)".
+    pub encryption: String,
+    pub extended_l2: bool,
+    pub external_data_file: Option<String>,
+    pub dirty: bool,
+    pub corrupt: bool,
+    pub lazy_refcounts: bool,
+    pub nb_snapshots: u32,
+    pub l1_table_offset: u64,
+    pub l1_entries: u32,
+    pub refcount_order: u32,
+    pub header_length: u32,
+    /// Incompatible feature bits this reader does not know (with names when
+    /// the image's feature name table has them).
+    pub unknown_incompatible_bits: Vec<String>,
+}
+
+/// Reads the header cluster (or a prefix of it holding the header and its
+/// extensions) into an [`ImageInfo`].
+pub fn probe(head: &[u8]) -> Result<ImageInfo, Qcow2Error> {
+    let (h, unknown) = parse_lenient(head)?;
+    let encryption = match h.crypt_method {
+        0 => "none".to_string(),
+        1 => "aes".to_string(),
+        2 => "luks".to_string(),
+        m => format!("unknown({m})"),
+    };
+    Ok(ImageInfo {
+        version: h.version,
+        virtual_size: h.virtual_size,
+        cluster_size: h.cluster_size(),
+        compression_type: h.compression_type,
+        backing_file: h.backing_file.clone(),
+        backing_format: h.backing_format.clone(),
+        encryption,
+        extended_l2: h.incompatible_features & INCOMPAT_EXTL2 != 0,
+        external_data_file: h.external_data_file.clone().or_else(|| {
+            (h.incompatible_features & INCOMPAT_DATA_FILE != 0).then(|| "<unnamed>".to_string())
+        }),
+        dirty: h.incompatible_features & INCOMPAT_DIRTY != 0,
+        corrupt: h.incompatible_features & INCOMPAT_CORRUPT != 0,
+        lazy_refcounts: h.compatible_features & COMPAT_LAZY_REFCOUNTS != 0,
+        nb_snapshots: h.nb_snapshots,
+        l1_table_offset: h.l1_table_offset,
+        l1_entries: h.l1_size,
+        refcount_order: h.refcount_order,
+        header_length: h.header_length,
+        unknown_incompatible_bits: unknown,
+    })
+}
+
+/// Parses a header while tolerating the refusable features: they are
+/// reported, not errors. Structural problems still fail.
+fn parse_lenient(head: &[u8]) -> Result<(Header, Vec<String>), Qcow2Error> {
+    let mut h = Header::parse_raw(head).map_err(|e| match e {
+        HeaderError::NeedMore(n) => Qcow2Error::Invalid(format!(
+            "truncated header: need {n} bytes, have {}",
+            head.len()
+        )),
+        HeaderError::Invalid(m) => Qcow2Error::Invalid(m),
+    })?;
+    let unknown_bits = h.incompatible_features & !0x1f;
+    let mut unknown = Vec::new();
+    for b in (0u8..64).filter(|b| unknown_bits & (1u64 << b) != 0) {
+        match h.incompat_names.iter().find(|(n, _)| *n == b) {
+            Some((_, name)) => unknown.push(format!("{b} ({name})")),
+            None => unknown.push(b.to_string()),
+        }
+    }
+    // The structural checks run on a copy without the refusable features.
+    let mut check = h.clone();
+    check.incompatible_features &= 0x1f & !INCOMPAT_DATA_FILE;
+    check.external_data_file = None;
+    check.validate().map_err(Qcow2Error::from)?;
+    h.compression_type = check.compression_type;
+    Ok((h, unknown))
+}

@@ -1,0 +1,870 @@
+//! The sans-IO qcow2 stream decoder.
+//!
+//! Fed the image in increasing host-offset order, it parses the header, then
+//! the L1 and L2 tables as they pass, and reports guest extents to the sink:
+//! standard clusters straight from the input slices (no copy), compressed
+//! clusters once their bytes are all in, zeros for everything unallocated.
+//! Bytes that arrive before the table mapping them are held in the [`Window`];
+//! when a table later maps bytes already passed, they are taken from there.
+//! The decoder itself does no I/O: when holding would overflow and the caller
+//! said metadata can be fetched out of order, `feed` stops and returns
+//! [`Feed::NeedMetadata`]; the driver then reads [`StreamDecoder::missing_metadata`]
+//! and hands the bytes back with [`StreamDecoder::supply`].
+
+use crate::format::ExtentSink;
+
+use super::emit::Emitter;
+use super::entry::{Geometry, Mapping, SUBCLUSTERS};
+use super::header::{align_up, cluster_size_hint, Header, HeaderError, MAX_HOST_OFFSET};
+use super::map::{describe, CompressedRegion, MapState, Plain, TableCursor};
+use super::window::Window;
+use super::workers::{Done, Pool};
+use super::{Qcow2Error, SpillPolicy};
+
+/// Decoder settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// In-memory reorder window (bytes).
+    pub window: usize,
+    pub spill: SpillPolicy,
+    /// Whether the driver can fetch metadata out of order (range reads).
+    pub can_fetch: bool,
+    /// Budget of the mapping state (bytes), see `map.rs`.
+    pub mapping_budget: usize,
+}
+
+/// What `feed` did with a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// The whole chunk was consumed.
+    Done,
+    /// Only the first `n` bytes were consumed: fetch the missing metadata
+    /// (see `missing_metadata`), supply it, then feed the rest.
+    NeedMetadata(usize),
+}
+
+fn inv(m: impl Into<String>) -> Qcow2Error {
+    Qcow2Error::Invalid(m.into())
+}
+
+/// Everything known once the header is parsed.
+struct Body {
+    header: Header,
+    geo: Geometry,
+    map: MapState,
+    emit: Emitter,
+    pool: Pool,
+    /// Finished decompressions waiting to be emitted.
+    done: Vec<Done>,
+    l1_done: bool,
+    pending_l2: u64,
+    complete: bool,
+    /// Scratch for decoded table entries.
+    entries: Vec<(u64, u64, u64)>,
+}
+
+pub struct StreamDecoder {
+    cfg: Config,
+    pos: u64,
+    head: Vec<u8>,
+    body: Option<Body>,
+    window: Window,
+    fetched: bool,
+}
+
+impl StreamDecoder {
+    pub fn new(cfg: Config) -> StreamDecoder {
+        let window = Window::new(cfg.window, cfg.spill.clone());
+        StreamDecoder {
+            cfg,
+            pos: 0,
+            head: Vec::new(),
+            body: None,
+            window,
+            fetched: false,
+        }
+    }
+
+    /// Host offset of the next byte expected.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn header(&self) -> Option<&Header> {
+        self.body.as_ref().map(|b| &b.header)
+    }
+
+    pub fn spilled_bytes(&self) -> u64 {
+        self.window.spilled_bytes()
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, Qcow2Error> {
+        let mut off = 0usize;
+        if self.body.is_none() {
+            off = self.feed_head(chunk, sink)?;
+        }
+        while off < chunk.len() {
+            let rest = chunk.get(off..).unwrap_or_default();
+            match self.step(rest, sink)? {
+                Some(n) => off += n,
+                None => return Ok(Feed::NeedMetadata(off)),
+            }
+        }
+        Ok(Feed::Done)
+    }
+
+    /// Collects the header cluster; returns bytes consumed from `chunk`.
+    fn feed_head(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<usize, Qcow2Error> {
+        let mut off = 0usize;
+        loop {
+            let want = if self.head.len() < super::header::FIXED_PREFIX {
+                super::header::FIXED_PREFIX
+            } else {
+                // Validates magic/version/cluster bits before trusting the size.
+                match Header::parse(&self.head) {
+                    Err(HeaderError::Invalid(m)) => return Err(inv(m)),
+                    _ => cluster_size_hint(&self.head)
+                        .ok_or_else(|| inv("cluster_bits out of range"))?
+                        as usize,
+                }
+            };
+            if self.head.len() >= want {
+                break;
+            }
+            let take = (want - self.head.len()).min(chunk.len() - off);
+            if take == 0 {
+                return Ok(off);
+            }
+            self.head
+                .extend_from_slice(chunk.get(off..off + take).unwrap_or_default());
+            off += take;
+        }
+        let header = Header::parse(&self.head)?;
+        self.pos = self.head.len() as u64;
+        self.head = Vec::new();
+        self.start_body(header, sink)?;
+        Ok(off)
+    }
+
+    fn start_body(&mut self, header: Header, sink: &mut dyn ExtentSink) -> Result<(), Qcow2Error> {
+        let geo = Geometry::new(&header).map_err(inv)?;
+        let cs = header.cluster_size();
+        let mut map = MapState::new(cs, self.cfg.mapping_budget);
+        map.fixed.push((0, cs, "image header"));
+        let l1_bytes = u64::from(header.l1_size) * 8;
+        if l1_bytes > 0 {
+            // The whole clusters of the L1: its padding is no guest data and
+            // should not wait in the window (entries past `l1_size` are ignored).
+            let a = header.l1_table_offset;
+            let end = a + align_up(l1_bytes, cs);
+            map.fixed.push((a, end, "L1 table"));
+            map.insert_table(a, end, Plain::L1(TableCursor::default()))
+                .map_err(inv)?;
+        }
+        let rt = header.refcount_table_offset;
+        let rt_end = rt + u64::from(header.refcount_table_clusters) * cs;
+        map.fixed.push((rt, rt_end, "refcount table"));
+        map.insert_table(rt, rt_end, Plain::RefTable(TableCursor::default()))
+            .map_err(inv)?;
+        sink.set_virtual_size(header.virtual_size)
+            .map_err(Qcow2Error::Sink)?;
+        let pool = Pool::new(header.compression_type, cs).map_err(inv)?;
+        let vsize = header.virtual_size;
+        let mut body = Body {
+            geo,
+            map,
+            emit: Emitter::new(vsize),
+            pool,
+            done: Vec::new(),
+            l1_done: l1_bytes == 0,
+            pending_l2: 0,
+            complete: false,
+            entries: Vec::new(),
+            header,
+        };
+        body.update_complete(&mut self.window);
+        self.body = Some(body);
+        Ok(())
+    }
+
+    /// Processes bytes at `self.pos`; returns how many were consumed, or
+    /// `None` when metadata must be fetched first.
+    fn step(
+        &mut self,
+        bytes: &[u8],
+        sink: &mut dyn ExtentSink,
+    ) -> Result<Option<usize>, Qcow2Error> {
+        let pos = self.pos;
+        let body = self.body.as_mut().ok_or_else(|| inv("no header"))?;
+        if let Some(start) = body.map.plain_at(pos) {
+            let Some(region) = body.map.plain.remove(&start) else {
+                return Err(inv("mapping state lost a region"));
+            };
+            let n = (region.end - pos).min(bytes.len() as u64) as usize;
+            let piece = bytes.get(..n).unwrap_or_default();
+            let end = region.end;
+            let done = pos + n as u64 == end;
+            let kind =
+                body.plain_bytes(start, region.kind, pos, piece, pos, sink, &mut self.window)?;
+            if !done {
+                body.map
+                    .plain
+                    .insert(start, super::map::PlainRegion { end, kind });
+            } else {
+                body.region_done(&kind, &mut self.window);
+            }
+            self.pos += n as u64;
+            return Ok(Some(n));
+        }
+        // Bytes not covered by a plain region: compressed data, or unknown.
+        let limit = body
+            .map
+            .next_plain(pos)
+            .map_or(bytes.len() as u64, |s| (s - pos).min(bytes.len() as u64));
+        let n = limit as usize;
+        let piece = bytes.get(..n).unwrap_or_default();
+        if !body.complete {
+            if self.window.would_overflow(n) {
+                // Clusters still being decompressed hold their input in the
+                // window: finish them before deciding the window is full.
+                body.pool.drain(&mut body.done);
+                body.emit_done(sink, &mut self.window)?;
+            }
+            if self.cfg.can_fetch && !self.fetched && self.window.would_overflow(n) {
+                return Ok(None);
+            }
+            self.window.hold(pos, piece)?;
+        }
+        body.feed_compressed(pos, piece, sink, &mut self.window)?;
+        self.pos += n as u64;
+        Ok(Some(n))
+    }
+
+    /// Host ranges of metadata still missing, for the driver to fetch: the
+    /// rest of the L1 table if it has not been parsed, else every L2 table
+    /// not parsed yet. Empty once the mapping is complete.
+    pub fn missing_metadata(&self) -> Vec<(u64, u64)> {
+        let Some(body) = self.body.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let want_l1 = !body.l1_done;
+        for (&s, r) in &body.map.plain {
+            match &r.kind {
+                Plain::L1(c) if want_l1 => {
+                    let end = s + u64::from(body.header.l1_size) * 8;
+                    out.push((s + c.parsed, end.max(s + c.parsed)));
+                }
+                Plain::L2 { cursor, .. } if !want_l1 => out.push((s + cursor.parsed, r.end)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Hands over metadata bytes read out of order (`host` must be where the
+    /// table's parsing stands, as returned by `missing_metadata`).
+    pub fn supply(
+        &mut self,
+        host: u64,
+        bytes: &[u8],
+        sink: &mut dyn ExtentSink,
+    ) -> Result<(), Qcow2Error> {
+        self.fetched = true;
+        let live = self.pos;
+        let body = self.body.as_mut().ok_or_else(|| inv("no header"))?;
+        let mut host = host;
+        let mut bytes = bytes;
+        while !bytes.is_empty() {
+            let Some(start) = body.map.plain_at(host) else {
+                return Err(inv(format!(
+                    "supplied bytes at 0x{host:x} are not a pending table"
+                )));
+            };
+            let Some(region) = body.map.plain.remove(&start) else {
+                return Err(inv("mapping state lost a region"));
+            };
+            let next = match &region.kind {
+                Plain::L1(c) | Plain::L2 { cursor: c, .. } => start + c.parsed,
+                _ => return Err(inv(format!("supplied bytes at 0x{host:x} are not a table"))),
+            };
+            if next != host {
+                return Err(inv("supplied table bytes out of order"));
+            }
+            let n = (region.end - host).min(bytes.len() as u64) as usize;
+            let (piece, rest) = bytes.split_at(n);
+            let end = region.end;
+            // Tables parsed from a range read never pass through the window.
+            let kind = body.plain_bytes(
+                start,
+                region.kind,
+                host,
+                piece,
+                live,
+                sink,
+                &mut self.window,
+            )?;
+            if host + n as u64 == end {
+                body.region_done(&kind, &mut self.window);
+            } else {
+                body.map
+                    .plain
+                    .insert(start, super::map::PlainRegion { end, kind });
+            }
+            host += n as u64;
+            bytes = rest;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: everything mapped must have arrived.
+    pub fn finish(&mut self, sink: &mut dyn ExtentSink) -> Result<(u64, u64), Qcow2Error> {
+        let pos = self.pos;
+        let Some(body) = self.body.as_mut() else {
+            return Err(inv(if pos == 0 && self.head.is_empty() {
+                "empty stream: no qcow2 header".to_string()
+            } else {
+                format!(
+                    "truncated: the stream ended inside the header ({} bytes)",
+                    self.head.len()
+                )
+            }));
+        };
+        let l1_done = body.l1_done;
+        body.map.plain.retain(|_, r| match r.kind {
+            Plain::RefBlock => false,
+            Plain::L1(_) => !l1_done,
+            _ => true,
+        });
+        if let Some((&s, r)) = body.map.plain.iter().next() {
+            let what = describe(&r.kind);
+            return Err(inv(format!(
+                "truncated: the stream ended at {pos} bytes, before the {what} at 0x{s:x}..0x{:x} (truncated image, or a table past its end)",
+                r.end
+            )));
+        }
+        // Compressed clusters may legitimately end with a partial sector past
+        // the end of the file: decompress what arrived.
+        let pending: Vec<(u64, u64)> = body.map.compressed.keys().copied().collect();
+        for (host, guest) in pending {
+            let Some(r) = body.map.compressed.remove(&(host, guest)) else {
+                continue;
+            };
+            if r.buf.is_empty() {
+                return Err(inv(format!(
+                    "truncated: the stream ended at {pos} bytes, before the compressed cluster at 0x{host:x}"
+                )));
+            }
+            body.decompress(host, guest, r.buf, sink, &mut self.window)
+                .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
+        }
+        body.pool.drain(&mut body.done);
+        body.emit_done(sink, &mut self.window)
+            .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
+        body.emit.flush(sink)?;
+        let vsize = body.header.virtual_size;
+        if body.emit.covered() != vsize {
+            return Err(inv(format!(
+                "internal: reported {} of {vsize} guest bytes",
+                body.emit.covered()
+            )));
+        }
+        Ok((vsize, body.header.cluster_size()))
+    }
+}
+
+impl Body {
+    fn update_complete(&mut self, window: &mut Window) {
+        if !self.complete && self.l1_done && self.pending_l2 == 0 {
+            self.complete = true;
+            window.clear();
+        }
+    }
+
+    fn region_done(&mut self, kind: &Plain, window: &mut Window) {
+        match kind {
+            Plain::L1(_) => self.l1_done = true,
+            Plain::L2 { .. } => self.pending_l2 = self.pending_l2.saturating_sub(1),
+            _ => {}
+        }
+        self.update_complete(window);
+    }
+
+    /// Bytes of a plain region (`piece` found at host `pos`; the stream has
+    /// passed everything before `live`); returns the region's updated kind.
+    #[allow(clippy::too_many_arguments)]
+    fn plain_bytes(
+        &mut self,
+        start: u64,
+        kind: Plain,
+        pos: u64,
+        piece: &[u8],
+        live: u64,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<Plain, Qcow2Error> {
+        match kind {
+            Plain::Data { guest } => {
+                let g = guest
+                    .checked_add(pos - start)
+                    .ok_or_else(|| inv("guest offset overflow"))?;
+                self.emit.data(sink, g, piece)?;
+                Ok(Plain::Data { guest })
+            }
+            Plain::RefBlock => Ok(Plain::RefBlock),
+            Plain::RefTable(mut c) => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.clear();
+                c.feed(piece, 8, &mut entries);
+                let cs = self.geo.cluster_size;
+                for &(_, raw, _) in &entries {
+                    let off = raw & !0x1ff;
+                    if off != 0 && off % cs == 0 && off >= live && off < MAX_HOST_OFFSET {
+                        self.map.insert_refblock(off, off + cs);
+                    }
+                }
+                self.entries = entries;
+                Ok(Plain::RefTable(c))
+            }
+            Plain::L1(mut c) => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.clear();
+                c.feed(piece, 8, &mut entries);
+                for &(i, raw, _) in &entries {
+                    self.l1_entry(i, raw, live, sink, window)?;
+                }
+                self.entries = entries;
+                // The table may end before its cluster does (and the file with
+                // it, as after `qemu-img resize`): done once its entries are in.
+                if c.parsed >= u64::from(self.header.l1_size) * 8 {
+                    self.l1_done = true;
+                    self.update_complete(window);
+                }
+                Ok(Plain::L1(c))
+            }
+            Plain::L2 {
+                l1_index,
+                mut cursor,
+            } => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.clear();
+                cursor.feed(piece, self.geo.l2_entry_size() as usize, &mut entries);
+                for &(i, raw, bitmap) in &entries {
+                    self.l2_entry(l1_index, i, raw, bitmap, live, sink, window)?;
+                }
+                self.entries = entries;
+                self.emit.flush(sink)?;
+                Ok(Plain::L2 { l1_index, cursor })
+            }
+        }
+    }
+
+    fn l1_entry(
+        &mut self,
+        index: u64,
+        raw: u64,
+        live: u64,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        if index >= self.header.l1_entries_needed() {
+            return Ok(());
+        }
+        let span = self.header.l2_span();
+        let guest = index * span;
+        let l2 = match self.geo.l1_entry(raw) {
+            Ok(None) => return self.emit.zero(sink, guest, span),
+            Ok(Some(o)) => o,
+            Err(e) => return Err(inv(e)),
+        };
+        let cs = self.geo.cluster_size;
+        let end = l2 + cs;
+        if end > MAX_HOST_OFFSET {
+            return Err(inv(format!("L2 table offset 0x{l2:x} out of range")));
+        }
+        self.map.check_metadata(l2, end, "L2 table").map_err(inv)?;
+        self.map.l2_tables.insert(l2);
+        self.map.check_budget().map_err(inv)?;
+        // Where does the stream stand relative to this table?
+        let pos = live;
+        if l2 >= pos {
+            self.map
+                .insert_table(
+                    l2,
+                    end,
+                    Plain::L2 {
+                        l1_index: index,
+                        cursor: TableCursor::default(),
+                    },
+                )
+                .map_err(inv)?;
+            self.pending_l2 += 1;
+            return Ok(());
+        }
+        if end > pos {
+            return Err(inv(format!(
+                "L2 table at 0x{l2:x} overlaps data being received"
+            )));
+        }
+        // The table passed before the L1 that points at it: it must be held.
+        let mut table = vec![0u8; cs as usize];
+        if !window.take(l2, &mut table, true)? {
+            return Err(inv(format!(
+                "L2 table at 0x{l2:x} was not available when the L1 table arrived (it overlaps other image data)"
+            )));
+        }
+        let mut cursor = TableCursor::default();
+        let mut entries = Vec::new();
+        cursor.feed(&table, self.geo.l2_entry_size() as usize, &mut entries);
+        for &(i, raw, bitmap) in &entries {
+            self.l2_entry(index, i, raw, bitmap, pos, sink, window)?;
+        }
+        self.emit.flush(sink)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn l2_entry(
+        &mut self,
+        l1_index: u64,
+        index: u64,
+        raw: u64,
+        bitmap: u64,
+        pos: u64,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let cs = self.geo.cluster_size;
+        let cluster = l1_index
+            .checked_mul(self.header.l2_entries())
+            .and_then(|c| c.checked_add(index))
+            .ok_or_else(|| inv("guest cluster overflow"))?;
+        let Some(guest) = cluster.checked_mul(cs) else {
+            return Ok(());
+        };
+        let vsize = self.header.virtual_size;
+        if guest >= vsize {
+            return Ok(());
+        }
+        let len = cs.min(vsize - guest);
+        match self.geo.l2_entry(raw, bitmap).map_err(inv)? {
+            Mapping::Zero => self.emit.zero(sink, guest, len),
+            Mapping::Data { host } => self.data(host, guest, len, pos, sink, window),
+            Mapping::Compressed { host, len: clen } => {
+                self.compressed(host, clen, guest, pos, sink, window)
+            }
+            Mapping::Sub { host, alloc } => {
+                let sc = self.geo.subcluster_size();
+                let mut i = 0u32;
+                while i < SUBCLUSTERS {
+                    let bit = alloc >> i & 1;
+                    let mut j = i + 1;
+                    while j < SUBCLUSTERS && alloc >> j & 1 == bit {
+                        j += 1;
+                    }
+                    let g = guest + u64::from(i) * sc;
+                    if g < vsize {
+                        let l = (u64::from(j - i) * sc).min(vsize - g);
+                        if bit == 1 {
+                            self.data(host + u64::from(i) * sc, g, l, pos, sink, window)?;
+                        } else {
+                            self.emit.zero(sink, g, l)?;
+                        }
+                    }
+                    i = j;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Maps host `[host, host + len)` to guest `guest`.
+    fn data(
+        &mut self,
+        host: u64,
+        guest: u64,
+        len: u64,
+        pos: u64,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let end = host
+            .checked_add(len)
+            .filter(|&e| e <= MAX_HOST_OFFSET)
+            .ok_or_else(|| inv(format!("data cluster offset 0x{host:x} out of range")))?;
+        self.map
+            .check_metadata(host, end, "data cluster")
+            .map_err(inv)?;
+        let split = pos.clamp(host, end);
+        if split > host {
+            // Already passed: the bytes must be held.
+            let mut buf = vec![0u8; (split - host) as usize];
+            if !window.take(host, &mut buf, true)? {
+                return Err(inv(format!(
+                    "data cluster at 0x{host:x} (guest 0x{guest:x}) was not available when its L2 table arrived (it overlaps other image data)"
+                )));
+            }
+            self.emit.data(sink, guest, &buf)?;
+        }
+        if split < end {
+            self.map
+                .insert_data(split, end, guest + (split - host))
+                .map_err(inv)?;
+        }
+        Ok(())
+    }
+
+    fn compressed(
+        &mut self,
+        host: u64,
+        clen: u64,
+        guest: u64,
+        pos: u64,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let end = host
+            .checked_add(clen)
+            .filter(|&e| e <= MAX_HOST_OFFSET)
+            .ok_or_else(|| inv(format!("compressed cluster offset 0x{host:x} out of range")))?;
+        self.map
+            .check_metadata(host, end, "compressed cluster")
+            .map_err(inv)?;
+        self.map
+            .check_plain(host, end, "compressed cluster")
+            .map_err(inv)?;
+        let mut buf = self.pool.buffer();
+        let split = pos.clamp(host, end);
+        if split > host {
+            buf.resize((split - host) as usize, 0);
+            if !window.take(host, &mut buf, false)? {
+                return Err(inv(format!(
+                    "compressed cluster at 0x{host:x} (guest 0x{guest:x}) was not available when its L2 table arrived (it overlaps other image data)"
+                )));
+            }
+        }
+        if split == end {
+            return self.decompress(host, guest, buf, sink, window);
+        }
+        self.map
+            .compressed
+            .insert((host, guest), CompressedRegion { end, buf });
+        self.map.check_budget().map_err(inv)
+    }
+
+    /// Hands a compressed cluster to the pool, then emits whatever finished.
+    fn decompress(
+        &mut self,
+        host: u64,
+        guest: u64,
+        input: Vec<u8>,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        self.pool.submit(host, guest, input, &mut self.done);
+        self.emit_done(sink, window)
+    }
+
+    /// Emits finished clusters (in submission order) and releases the input
+    /// bytes they consumed from the window.
+    fn emit_done(
+        &mut self,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let done = std::mem::take(&mut self.done);
+        let mut result = Ok(());
+        for d in done {
+            if result.is_ok() {
+                let (host, guest) = (d.job.host, d.job.guest);
+                result = match d.result {
+                    Ok(used) => {
+                        window.release(host, host.saturating_add(used as u64));
+                        self.emit.data(sink, guest, &d.job.out)
+                    }
+                    Err(e) => Err(inv(format!(
+                        "compressed cluster at 0x{host:x} (guest 0x{guest:x}): {e}"
+                    ))),
+                };
+            }
+            self.pool.give_back(d.job);
+        }
+        result
+    }
+
+    /// Gives unplaced bytes at `pos` to the compressed clusters they belong to.
+    fn feed_compressed(
+        &mut self,
+        pos: u64,
+        piece: &[u8],
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        if self.map.compressed.is_empty() || piece.is_empty() {
+            return Ok(());
+        }
+        let end = pos + piece.len() as u64;
+        let lo = pos.saturating_sub(self.map.max_compressed);
+        let keys: Vec<(u64, u64)> = self
+            .map
+            .compressed
+            .range((lo, 0)..(end, 0))
+            .filter(|(_, r)| r.end > pos)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(r) = self.map.compressed.get_mut(&key) else {
+                continue;
+            };
+            let (s, e) = (key.0, r.end);
+            let a = pos.max(s);
+            let b = end.min(e);
+            if s + r.buf.len() as u64 != a {
+                return Err(inv(format!(
+                    "compressed cluster at 0x{s:x} received out of order"
+                )));
+            }
+            r.buf.extend_from_slice(
+                piece
+                    .get((a - pos) as usize..(b - pos) as usize)
+                    .unwrap_or_default(),
+            );
+            if b == e {
+                if let Some(r) = self.map.compressed.remove(&key) {
+                    self.decompress(key.0, key.1, r.buf, sink, window)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io;
+
+    /// Collects extents; panics on overlap or out-of-range writes.
+    #[derive(Default)]
+    struct Mem {
+        vsize: u64,
+        bytes: BTreeMap<u64, u8>,
+        zeros: Vec<(u64, u64)>,
+    }
+    impl ExtentSink for Mem {
+        fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
+            self.vsize = s;
+            Ok(())
+        }
+        fn data(&mut self, g: u64, d: &[u8]) -> io::Result<()> {
+            assert!(g + d.len() as u64 <= self.vsize);
+            for (i, &b) in d.iter().enumerate() {
+                assert!(self.bytes.insert(g + i as u64, b).is_none(), "twice");
+            }
+            Ok(())
+        }
+        fn zero(&mut self, g: u64, l: u64) -> io::Result<()> {
+            assert!(g + l <= self.vsize);
+            self.zeros.push((g, l));
+            Ok(())
+        }
+    }
+
+    const CS: usize = 512;
+
+    /// A 512-byte-cluster v3 image: header at 0, refcount table at cluster 1,
+    /// L1 at cluster `l1c`, one L2 at cluster `l2c`, and guest clusters 0 and 2
+    /// stored at `data` clusters (patterns 0xA1, 0xA2). Virtual size 20 clusters.
+    fn image(l1c: usize, l2c: usize, data: [usize; 2]) -> Vec<u8> {
+        let n = 1 + [l1c, l2c, data[0], data[1]].into_iter().max().unwrap_or(0);
+        let mut b = vec![0u8; n * CS];
+        b[0..4].copy_from_slice(b"QFI\xfb");
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[20..24].copy_from_slice(&9u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(20 * CS as u64).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+        b[40..48].copy_from_slice(&((l1c * CS) as u64).to_be_bytes());
+        b[48..56].copy_from_slice(&(CS as u64).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&112u32.to_be_bytes());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        put(&mut b, l1c * CS, (1 << 63) | (l2c * CS) as u64);
+        put(&mut b, l2c * CS, (1 << 63) | (data[0] * CS) as u64);
+        put(&mut b, l2c * CS + 16, (1 << 63) | (data[1] * CS) as u64);
+        put(&mut b, l2c * CS + 24, 1); // zero flag
+        b[data[0] * CS..data[0] * CS + CS].fill(0xA1);
+        b[data[1] * CS..data[1] * CS + CS].fill(0xA2);
+        b
+    }
+
+    fn run(img: &[u8], window: usize, piece: usize) -> Result<Mem, Qcow2Error> {
+        let mut d = StreamDecoder::new(Config {
+            window,
+            spill: SpillPolicy::Forbid,
+            can_fetch: false,
+            mapping_budget: super::super::MAPPING_BUDGET,
+        });
+        let mut m = Mem::default();
+        for p in img.chunks(piece) {
+            assert_eq!(d.feed(p, &mut m)?, Feed::Done);
+        }
+        d.finish(&mut m)?;
+        Ok(m)
+    }
+
+    fn check(m: &Mem) {
+        assert_eq!(m.vsize, 20 * CS as u64);
+        for g in 0..(20 * CS) as u64 {
+            let want = match g / CS as u64 {
+                0 => Some(0xA1),
+                2 => Some(0xA2),
+                _ => None,
+            };
+            assert_eq!(m.bytes.get(&g).copied(), want, "guest byte {g}");
+        }
+        let zeros: u64 = m.zeros.iter().map(|z| z.1).sum();
+        assert_eq!(zeros + m.bytes.len() as u64, m.vsize);
+    }
+
+    #[test]
+    fn forward_layout_needs_no_window() {
+        let img = image(2, 3, [4, 5]);
+        for piece in [1, 7, 512, 100_000] {
+            check(&run(&img, 0, piece).expect("decodes"));
+        }
+    }
+
+    #[test]
+    fn data_before_its_l2_is_held_then_placed() {
+        let img = image(2, 6, [3, 5]);
+        check(&run(&img, 4096, 100).expect("decodes"));
+        // Forbid with a window too small: scratch required, said so.
+        match run(&img, 600, 100) {
+            Err(Qcow2Error::ScratchRequired(m)) => assert!(m.contains("scratch space is required")),
+            other => panic!("expected ScratchRequired, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn l1_at_the_end() {
+        let img = image(7, 4, [3, 5]);
+        check(&run(&img, 8192, 333).expect("decodes"));
+    }
+
+    #[test]
+    fn truncation_anywhere_is_an_error() {
+        let img = image(2, 3, [4, 5]);
+        for cut in 0..img.len() {
+            match run(&img[..cut], 1 << 20, 64) {
+                Err(Qcow2Error::Invalid(m)) => {
+                    assert!(m.contains("truncated") || m.contains("empty"), "{cut}: {m}")
+                }
+                Err(e) => panic!("{cut}: {e}"),
+                Ok(_) => panic!("truncated at {cut} accepted"),
+            }
+        }
+    }
+}

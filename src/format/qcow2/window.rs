@@ -1,0 +1,276 @@
+//! The reorder window: stream bytes whose mapping is not known yet.
+//!
+//! qcow2 may store data before the L2 table that maps it (compressed images,
+//! up to ~120 KiB ahead), or everything before the L1 table (resized images).
+//! Such bytes are held here, keyed by host offset, until a table maps them or
+//! the mapping is complete (then they are garbage and dropped). The in-memory
+//! part is bounded by `limit`; beyond it the planner either fetches metadata
+//! with range reads (the decoder asks before holding), spills to a scratch file,
+//! or refuses, by [`SpillPolicy`].
+
+use std::collections::BTreeMap;
+
+use super::spill::SpillFile;
+use super::{Qcow2Error, SpillPolicy};
+
+/// Largest in-memory segment; bounds the copy done when a hole is freed inside one.
+const SEGMENT_MAX: usize = 64 << 10;
+
+/// Held bytes, in memory and (after an overflow) in a scratch file.
+pub struct Window {
+    limit: usize,
+    mem: BTreeMap<u64, Vec<u8>>,
+    mem_bytes: usize,
+    policy: SpillPolicy,
+    spill: Option<SpillFile>,
+    /// Bytes spilled over the whole decode (the file goes away early).
+    spilled_total: u64,
+}
+
+impl Window {
+    pub fn new(limit: usize, policy: SpillPolicy) -> Window {
+        Window {
+            limit,
+            mem: BTreeMap::new(),
+            mem_bytes: 0,
+            policy,
+            spill: None,
+            spilled_total: 0,
+        }
+    }
+
+    /// Bytes held in memory.
+    #[cfg(test)]
+    pub fn mem_bytes(&self) -> usize {
+        self.mem_bytes
+    }
+
+    /// Bytes written to the scratch file so far.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled_total
+    }
+
+    /// Whether holding `n` more bytes would exceed the in-memory limit.
+    pub fn would_overflow(&self, n: usize) -> bool {
+        self.mem_bytes.saturating_add(n) > self.limit
+    }
+
+    /// Holds `bytes` found at host offset `host`. On overflow, moves the
+    /// in-memory bytes to the scratch file, or fails if spilling is forbidden.
+    pub fn hold(&mut self, host: u64, bytes: &[u8]) -> Result<(), Qcow2Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.would_overflow(bytes.len()) {
+            self.spill_all()?;
+        }
+        let mut host = host;
+        let mut rest = bytes;
+        // Append to the last segment when contiguous and not full.
+        if let Some((&start, seg)) = self.mem.range_mut(..=host).next_back() {
+            if start.checked_add(seg.len() as u64) == Some(host) && seg.len() < SEGMENT_MAX {
+                let n = (SEGMENT_MAX - seg.len()).min(rest.len());
+                let (a, b) = rest.split_at(n);
+                seg.extend_from_slice(a);
+                self.mem_bytes += n;
+                rest = b;
+                host = host.saturating_add(n as u64);
+            }
+        }
+        for piece in rest.chunks(SEGMENT_MAX) {
+            self.mem.insert(host, piece.to_vec());
+            self.mem_bytes += piece.len();
+            host = host.saturating_add(piece.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn spill_all(&mut self) -> Result<(), Qcow2Error> {
+        let dir = match &self.policy {
+            SpillPolicy::Forbid => {
+                return Err(Qcow2Error::ScratchRequired(format!(
+                    "the image stores more than {} bytes of data before the tables that map it \
+                     and the source cannot be read out of order: scratch space is required \
+                     (allow spilling, or use a seekable source)",
+                    self.limit
+                )))
+            }
+            SpillPolicy::Dir(d) => d.clone(),
+        };
+        if self.spill.is_none() {
+            self.spill = Some(SpillFile::create(&dir).map_err(|e| {
+                Qcow2Error::Invalid(format!(
+                    "cannot create a scratch file in {}: {e}",
+                    dir.display()
+                ))
+            })?);
+        }
+        let spill = self
+            .spill
+            .as_mut()
+            .ok_or_else(|| Qcow2Error::Invalid("no spill".into()))?;
+        for (host, seg) in std::mem::take(&mut self.mem) {
+            spill
+                .append(host, &seg)
+                .map_err(|e| Qcow2Error::Invalid(format!("writing scratch file: {e}")))?;
+            self.spilled_total += seg.len() as u64;
+        }
+        self.mem_bytes = 0;
+        Ok(())
+    }
+
+    /// Copies the held bytes `[host, host + out.len())` into `out`. Returns
+    /// false when any of them is not held (never arrived as unknown bytes,
+    /// or was already used). With `release`, the bytes leave memory.
+    pub fn take(&mut self, host: u64, out: &mut [u8], release: bool) -> Result<bool, Qcow2Error> {
+        let Some(end) = host.checked_add(out.len() as u64) else {
+            return Ok(false);
+        };
+        let mut filled = 0u64;
+        // Memory segments first.
+        let first = self
+            .mem
+            .range(..=host)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(host);
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for (&s, seg) in self.mem.range(first..end) {
+            let e = s.saturating_add(seg.len() as u64);
+            let (a, b) = (s.max(host), e.min(end));
+            if a >= b {
+                continue;
+            }
+            let (src_a, src_b) = ((a - s) as usize, (b - s) as usize);
+            let (dst_a, dst_b) = ((a - host) as usize, (b - host) as usize);
+            if let (Some(d), Some(src)) = (out.get_mut(dst_a..dst_b), seg.get(src_a..src_b)) {
+                d.copy_from_slice(src);
+                spans.push((a, b));
+                filled += b - a;
+            }
+        }
+        if filled < out.len() as u64 {
+            // The rest may be in the scratch file.
+            let Some(spill) = self.spill.as_mut() else {
+                return Ok(false);
+            };
+            spans.sort_unstable();
+            let mut gaps = Vec::new();
+            let mut cur = host;
+            for &(a, b) in &spans {
+                if a > cur {
+                    gaps.push((cur, a));
+                }
+                cur = cur.max(b);
+            }
+            if cur < end {
+                gaps.push((cur, end));
+            }
+            for (a, b) in gaps {
+                let dst = out
+                    .get_mut((a - host) as usize..(b - host) as usize)
+                    .ok_or_else(|| Qcow2Error::Invalid("window bounds".into()))?;
+                let ok = spill
+                    .read(a, dst)
+                    .map_err(|e| Qcow2Error::Invalid(format!("reading scratch file: {e}")))?;
+                if !ok {
+                    return Ok(false);
+                }
+            }
+        }
+        if release {
+            self.release(host, end);
+        }
+        Ok(true)
+    }
+
+    /// Forgets the in-memory bytes of `[a, b)`.
+    pub fn release(&mut self, a: u64, b: u64) {
+        let first = self
+            .mem
+            .range(..=a)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(a);
+        let keys: Vec<u64> = self.mem.range(first..b).map(|(&s, _)| s).collect();
+        for s in keys {
+            let Some(seg) = self.mem.remove(&s) else {
+                continue;
+            };
+            let e = s.saturating_add(seg.len() as u64);
+            if e <= a || s >= b {
+                self.mem.insert(s, seg);
+                continue;
+            }
+            self.mem_bytes -= seg.len();
+            if s < a {
+                let left = seg.get(..(a - s) as usize).unwrap_or_default().to_vec();
+                self.mem_bytes += left.len();
+                self.mem.insert(s, left);
+            }
+            if e > b {
+                let right = seg.get((b - s) as usize..).unwrap_or_default().to_vec();
+                self.mem_bytes += right.len();
+                self.mem.insert(b, right);
+            }
+        }
+    }
+
+    /// Drops everything: the mapping is complete, what is held is garbage.
+    pub fn clear(&mut self) {
+        self.mem.clear();
+        self.mem_bytes = 0;
+        // The scratch file's bytes are no longer needed either; it was unlinked
+        // at creation, so dropping it frees the space.
+        self.spill = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_take_release() {
+        let mut w = Window::new(1 << 20, SpillPolicy::Forbid);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        w.hold(1000, &data).expect("hold");
+        let mut out = vec![0u8; 70_000];
+        assert!(w.take(1000 + 60_000, &mut out, true).expect("take"));
+        assert_eq!(&out[..], &data[60_000..130_000]);
+        assert_eq!(w.mem_bytes(), 200_000 - 70_000);
+        assert!(!w.take(1000 + 60_000, &mut out, false).expect("take"));
+        let mut out = vec![0u8; 10];
+        assert!(w.take(1000 + 130_000, &mut out, false).expect("take"));
+        assert_eq!(&out[..], &data[130_000..130_010]);
+        w.clear();
+        assert_eq!(w.mem_bytes(), 0);
+    }
+
+    #[test]
+    fn forbid_refuses_overflow() {
+        let mut w = Window::new(100, SpillPolicy::Forbid);
+        w.hold(0, &[1; 100]).expect("fits");
+        let e = w.hold(100, &[1]).unwrap_err();
+        assert!(e.to_string().contains("scratch space is required"), "{e}");
+    }
+
+    #[test]
+    fn spills_and_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Window::new(10_000, SpillPolicy::Dir(dir.path().to_path_buf()));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        for (i, c) in data.chunks(3000).enumerate() {
+            w.hold(5000 + (i * 3000) as u64, c).expect("hold");
+        }
+        assert!(w.spilled_bytes() > 0);
+        let mut out = vec![0u8; 50_000];
+        assert!(w.take(5000 + 40_000, &mut out, true).expect("take"));
+        assert_eq!(&out[..], &data[40_000..90_000]);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "unlinked"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! HTTP(S) source.
+//!
+//! - [`endpoint`]: reqwest client (rustls with built-in roots + CA dirs,
+//!   hickory DNS, env proxies, User-Agent) and hand-followed redirects that
+//!   keep credentials on the original origin;
+//! - [`fetch`]: the resumable transfer loop (Range + If-Range);
+//! - [`retry`]: backoff and which failures are transient;
+//! - [`validator`]: ETag / Last-Modified / length checks on resumes;
+//! - [`reader`]: the blocking `Read` over a bounded channel;
+//! - [`segments`]: the parallel segmented download;
+//! - [`range`]: `RangeRead` for the planner.
+
+mod endpoint;
+mod fetch;
+mod range;
+mod reader;
+mod retry;
+mod segments;
+mod tls;
+mod validator;
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+
+use self::endpoint::{Endpoint, Span};
+use self::reader::{pipe, ChannelReader, ChannelSink};
+use self::retry::RetryState;
+use self::validator::Validator;
+use super::{HttpOptions, OpenedSource, RangeRead, SourceError};
+
+/// Most parallel connections used, whatever is asked: beyond this a server
+/// sees abuse rather than a download, and each connection costs a segment
+/// of memory.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Smallest segment: tinier ones spend more on request round trips than
+/// they gain from parallelism.
+const MIN_SEGMENT: usize = 64 << 10;
+
+/// Opens `url`: sends the first GET (with retries), learns the length and
+/// validators, then streams the body from a task on `rt` (or, with
+/// `connections > 1` and Range support, runs the segmented download).
+pub(super) fn open(
+    url: &str,
+    opts: &HttpOptions,
+    rt: &tokio::runtime::Handle,
+) -> Result<OpenedSource, SourceError> {
+    let ep = {
+        // The client spawns nothing at build time, but entering the runtime
+        // keeps that an implementation detail of reqwest.
+        let _guard = rt.enter();
+        Arc::new(Endpoint::new(url, opts)?)
+    };
+    let mut retry = RetryState::new(opts);
+    let first = rt.block_on(async {
+        loop {
+            match ep.send(Span::Whole, None).await {
+                Ok(resp) if resp.status() == StatusCode::OK => return Ok(resp),
+                Ok(resp) => {
+                    // 2xx without a body we can use (204, 206 to no Range...).
+                    return Err(SourceError::Status {
+                        status: resp.status().to_string(),
+                        url: ep.display.clone(),
+                    });
+                }
+                Err(failure) => retry.backoff(failure).await?,
+            }
+        }
+    })?;
+    let validator = Arc::new(Validator::from_response(&first));
+    let label = ep.display.clone();
+    let size = validator.total;
+    tracing::debug!(
+        "{label}: length {size:?}, ETag {:?}, Last-Modified {:?}, ranges {}",
+        validator.etag,
+        validator.last_modified,
+        validator.accept_ranges
+    );
+    if !validator.accept_ranges {
+        tracing::warn!(
+            "{label}: the server does not advertise Range support; the download cannot be resumed if the connection breaks"
+        );
+    } else if validator.if_range().is_none() {
+        tracing::warn!(
+            "{label}: the server sends neither a strong ETag nor Last-Modified; resumes are checked by length only"
+        );
+    }
+
+    let range: Option<Box<dyn RangeRead>> = match (validator.accept_ranges, size) {
+        (true, Some(total)) => Some(Box::new(range::HttpRange {
+            ep: ep.clone(),
+            validator: validator.clone(),
+            opts: opts.clone(),
+            rt: rt.clone(),
+            total,
+        })),
+        _ => None,
+    };
+
+    let (sink, end) = pipe(&label);
+    let task = match (opts.connections > 1, validator.accept_ranges, size) {
+        (true, true, Some(total)) => {
+            let opts = HttpOptions {
+                connections: opts.connections.min(MAX_CONNECTIONS),
+                segment_size: opts.segment_size.max(MIN_SEGMENT),
+                ..opts.clone()
+            };
+            tracing::info!(
+                "{label}: downloading in segments of {} bytes over {} connections",
+                opts.segment_size,
+                opts.connections
+            );
+            // The first response only served to learn the file's identity.
+            drop(first);
+            // One client per connection: over HTTP/2 a single client would
+            // multiplex every segment onto one TCP connection, and the
+            // per-connection caps that make segments worthwhile would apply.
+            let mut clients = vec![ep.clone()];
+            for _ in 1..opts.connections {
+                let _guard = rt.enter();
+                clients.push(Arc::new(Endpoint::new(url, &opts)?));
+            }
+            rt.spawn(segments::run(clients, validator.clone(), opts, total, sink))
+        }
+        (multi, _, _) => {
+            if multi {
+                tracing::info!(
+                    "{label}: one connection only (parallel download needs Range support and a known length)"
+                );
+            }
+            rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink))
+        }
+    };
+    Ok(OpenedSource {
+        reader: Box::new(ChannelReader::new(end, task.abort_handle(), label.clone())),
+        size,
+        range,
+        display: label,
+    })
+}
+
+/// The single-connection stream: the first response's body, then resumes.
+async fn stream(
+    ep: Arc<Endpoint>,
+    validator: Arc<Validator>,
+    mut retry: RetryState,
+    first: reqwest::Response,
+    mut sink: ChannelSink,
+) {
+    let result = fetch::fetch(
+        &ep,
+        &validator,
+        &mut retry,
+        (0, validator.total),
+        Some(first),
+        &mut sink,
+    )
+    .await;
+    sink.finish(result).await;
+}
+
+/// `url` with any userinfo removed, for logs. Unparsable URLs are cut at
+/// the last `@` of their authority, so that a password never shows.
+pub(super) fn redact_url(url: &str) -> String {
+    if let Ok(mut parsed) = reqwest::Url::parse(url) {
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        return parsed.to_string();
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redaction_removes_userinfo() {
+        assert_eq!(
+            redact_url("https://user:secret@example.com/a/b.img?x=1"),
+            "https://example.com/a/b.img?x=1"
+        );
+        assert_eq!(redact_url("http://example.com/x"), "http://example.com/x");
+        assert_eq!(redact_url("http://u:p@[bad/x"), "http://[bad/x");
+    }
+}

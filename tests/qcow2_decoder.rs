@@ -1,0 +1,975 @@
+//! qcow2 decoder against qemu-img: images built at test time with qemu-img and
+//! qemu-io, decoded from a plain `Read` (with and without a `RangeRead`, with a
+//! spill directory and with spilling forbidden, with windows small enough to
+//! force every fallback), compared byte for byte with `qemu-img convert -O raw`.
+//! Broken images must be refused with `Qcow2Error::Invalid`, never a panic.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use streamdisk::format::qcow2::{decode, DecodeReport, PlanOptions, Qcow2Error, SpillPolicy};
+use streamdisk::format::ExtentSink;
+use streamdisk::source::RangeRead;
+
+// ---------------------------------------------------------------- helpers
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_img(args: &[&str]) {
+    run(Command::new("qemu-img").args(args));
+}
+
+/// Runs qemu-io commands on an image (each one a `-c`).
+fn qemu_io(img: &Path, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg("qcow2");
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    c.arg(img);
+    let out = c.output().expect("spawn qemu-io");
+    // `abort` kills qemu-io on purpose; anything else must succeed.
+    let aborted = cmds.contains(&"abort");
+    assert!(
+        aborted || out.status.success(),
+        "qemu-io {cmds:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("error") && !text.contains("failed"),
+        "qemu-io {cmds:?}: {text}"
+    );
+}
+
+/// A sink that checks every call and keeps the data.
+#[derive(Default)]
+struct CheckSink {
+    vsize: Option<u64>,
+    /// Covered ranges, start -> end (merged).
+    covered: BTreeMap<u64, u64>,
+    data: BTreeMap<u64, Vec<u8>>,
+    calls: u64,
+}
+
+impl CheckSink {
+    fn cover(&mut self, a: u64, len: u64) -> io::Result<()> {
+        let vs = self
+            .vsize
+            .ok_or_else(|| io::Error::other("extent before set_virtual_size"))?;
+        let b = a
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("overflow"))?;
+        assert!(len > 0, "empty extent at {a}");
+        assert!(b <= vs, "extent [{a}, {b}) past virtual size {vs}");
+        if let Some((&s, &e)) = self.covered.range(..b).next_back() {
+            assert!(
+                e <= a || s >= b,
+                "guest [{a}, {b}) written twice (overlaps [{s}, {e}))"
+            );
+        }
+        let mut start = a;
+        let mut end = b;
+        if let Some((&s, &e)) = self.covered.range(..=a).next_back() {
+            if e == a {
+                start = s;
+                self.covered.remove(&s);
+            }
+        }
+        if let Some(&e2) = self.covered.get(&b) {
+            self.covered.remove(&b);
+            end = e2;
+        }
+        self.covered.insert(start, end);
+        self.calls += 1;
+        Ok(())
+    }
+
+    /// Compares with the raw file qemu-img produced.
+    fn compare(&self, raw: &Path) {
+        let f = File::open(raw).expect("raw");
+        let vs = self.vsize.expect("virtual size set");
+        assert_eq!(f.metadata().expect("meta").len(), vs, "virtual size");
+        if vs > 0 {
+            assert_eq!(
+                self.covered.len(),
+                1,
+                "coverage has holes: {:?}",
+                self.covered.iter().take(5).collect::<Vec<_>>()
+            );
+            assert_eq!(self.covered.iter().next(), Some((&0, &vs)), "coverage");
+        }
+        // Data extents equal the raw bytes.
+        for (&g, d) in &self.data {
+            let mut want = vec![0u8; d.len()];
+            f.read_exact_at(&mut want, g).expect("read raw");
+            assert!(want == *d, "data differs at guest {g} (len {})", d.len());
+        }
+        // Everything else reads as zeros in the raw file: check its data
+        // regions (SEEK_DATA skips holes, which keeps 1 TiB images fast).
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+        let mut off: i64 = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            // SAFETY: lseek on our own descriptor.
+            let d = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+            if d < 0 {
+                break;
+            }
+            // SAFETY: as above.
+            let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) };
+            let (d, h) = (d as u64, (h as u64).min(vs));
+            let mut p = d;
+            while p < h {
+                let n = ((h - p) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], p).expect("read raw");
+                let mut i = 0usize;
+                while i < n {
+                    if buf[i] == 0 {
+                        i += 1;
+                        continue;
+                    }
+                    // A non-zero raw byte must be inside one of our data extents.
+                    let q = p + i as u64;
+                    let (&g, dd) = self
+                        .data
+                        .range(..=q)
+                        .next_back()
+                        .filter(|(&g, dd)| g + dd.len() as u64 > q)
+                        .unwrap_or_else(|| {
+                            panic!("raw has data at {q} that the decoder reported as zero")
+                        });
+                    i = ((g + dd.len() as u64 - p) as usize).min(n);
+                }
+                p += n as u64;
+            }
+            off = h as i64;
+            if h >= vs {
+                break;
+            }
+        }
+    }
+}
+
+impl ExtentSink for CheckSink {
+    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
+        assert!(self.vsize.is_none(), "set_virtual_size called twice");
+        self.vsize = Some(size);
+        Ok(())
+    }
+    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
+        self.cover(guest_offset, data.len() as u64)?;
+        // Merge with the previous extent when contiguous, to keep the map small.
+        if let Some((&g, d)) = self.data.range_mut(..guest_offset).next_back() {
+            if g + d.len() as u64 == guest_offset {
+                d.extend_from_slice(data);
+                return Ok(());
+            }
+        }
+        self.data.insert(guest_offset, data.to_vec());
+        Ok(())
+    }
+    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
+        self.cover(guest_offset, len)
+    }
+}
+
+/// A file-backed RangeRead that counts requests.
+struct FileRange {
+    f: File,
+    requests: u64,
+}
+
+impl RangeRead for FileRange {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.requests += 1;
+        self.f.read_exact_at(buf, offset)
+    }
+}
+
+/// Reads in small odd-sized pieces to exercise chunk boundaries.
+struct Dribble<R>(R, usize);
+impl<R: Read> Read for Dribble<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.1);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Plain Read, default options (spill to a temp dir).
+    Stream,
+    /// Plain Read and a RangeRead, tiny window.
+    Range,
+    /// Plain Read, tiny window, spill to a temp dir.
+    Spill,
+    /// Plain Read, tiny window, spilling forbidden.
+    Forbid,
+    /// Plain Read in 4099-byte pieces, default window.
+    Dribble,
+}
+
+const ALL: [Mode; 5] = [
+    Mode::Stream,
+    Mode::Range,
+    Mode::Spill,
+    Mode::Forbid,
+    Mode::Dribble,
+];
+
+fn decode_file(
+    img: &Path,
+    mode: Mode,
+    scratch: &Path,
+) -> (Result<DecodeReport, Qcow2Error>, CheckSink) {
+    let mut sink = CheckSink::default();
+    let f = File::open(img).expect("open image");
+    let small = 64 << 10;
+    let mut opts = PlanOptions {
+        window: 4 << 20,
+        spill: SpillPolicy::Dir(scratch.to_path_buf()),
+    };
+    let r = match mode {
+        Mode::Stream => decode(&mut io::BufReader::new(f), None, &opts, &mut sink),
+        Mode::Dribble => decode(&mut Dribble(f, 4099), None, &opts, &mut sink),
+        Mode::Range => {
+            opts.window = small;
+            opts.spill = SpillPolicy::Forbid;
+            let mut rr = FileRange {
+                f: File::open(img).expect("open"),
+                requests: 0,
+            };
+            let r = decode(&mut io::BufReader::new(f), Some(&mut rr), &opts, &mut sink);
+            if let Ok(rep) = &r {
+                assert_eq!(rep.range_requests, rr.requests);
+            }
+            r
+        }
+        Mode::Spill => {
+            opts.window = small;
+            decode(&mut io::BufReader::new(f), None, &opts, &mut sink)
+        }
+        Mode::Forbid => {
+            opts.window = small;
+            opts.spill = SpillPolicy::Forbid;
+            decode(&mut io::BufReader::new(f), None, &opts, &mut sink)
+        }
+    };
+    (r, sink)
+}
+
+fn to_raw(img: &Path) -> PathBuf {
+    let raw = img.with_extension("raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        img.to_str().expect("utf8"),
+        raw.to_str().expect("utf8"),
+    ]);
+    raw
+}
+
+/// Decodes `img` in every mode and compares with qemu-img. Returns the
+/// reports by mode; Forbid may legitimately need scratch space.
+fn check_all(img: &Path) -> Vec<(Mode, DecodeReport)> {
+    let raw = to_raw(img);
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut reports = Vec::new();
+    for mode in ALL {
+        let (r, sink) = decode_file(img, mode, scratch.path());
+        match r {
+            Ok(rep) => {
+                sink.compare(&raw);
+                reports.push((mode, rep));
+            }
+            Err(Qcow2Error::ScratchRequired(m)) if matches!(mode, Mode::Forbid) => {
+                assert!(m.contains("scratch space is required"), "{m}");
+            }
+            Err(e) => panic!("{} in mode {mode:?}: {e}", img.display()),
+        }
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).expect("scratch").count(),
+            0,
+            "scratch file left behind"
+        );
+    }
+    reports
+}
+
+fn report(reports: &[(Mode, DecodeReport)], mode: Mode) -> Option<&DecodeReport> {
+    reports
+        .iter()
+        .find(|(m, _)| std::mem::discriminant(m) == std::mem::discriminant(&mode))
+        .map(|(_, r)| r)
+}
+
+struct Img {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn create(opts: &str, size: &str) -> Img {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.qcow2");
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.push("-o");
+        args.push(opts);
+    }
+    let p = path.to_str().expect("utf8").to_string();
+    args.push(&p);
+    args.push(size);
+    qemu_img(&args);
+    Img { _dir: dir, path }
+}
+
+/// A raw file of mixed content: random, text-like, pattern and zeros.
+fn mixed_raw(path: &Path, mib: usize) {
+    let mut v = vec![0u8; mib << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, chunk) in v.chunks_mut(64 << 10).enumerate() {
+        match i % 5 {
+            0 => {
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            1 => {
+                for (j, b) in chunk.iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog "[j % 44];
+                }
+            }
+            2 => chunk.fill(0),
+            3 => {
+                // Low-entropy noise: compresses to roughly half.
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = (x as u8) & 0x0f;
+                }
+            }
+            _ => {
+                for (j, b) in chunk.iter_mut().enumerate() {
+                    *b = (j / 512) as u8;
+                }
+            }
+        }
+    }
+    std::fs::write(path, v).expect("write raw");
+}
+
+// ---------------------------------------------------------------- layouts
+
+#[test]
+fn plain_writes_zeroes_discards() {
+    let img = create("", "64M");
+    qemu_io(
+        &img.path,
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 5M 128k",
+            "write -P 0x33 63M 1M",
+            "write -z 5M 64k",
+            "discard 0 64k",
+            "write -P 0x44 30M 4k",
+        ],
+    );
+    let reps = check_all(&img.path);
+    assert_eq!(
+        report(&reps, Mode::Stream).map(|r| r.spilled_bytes),
+        Some(0)
+    );
+}
+
+#[test]
+fn cluster_sizes_and_odd_virtual_size() {
+    for cs in ["512", "4k", "2M"] {
+        let img = create(&format!("cluster_size={cs}"), "10000001");
+        qemu_io(
+            &img.path,
+            &[
+                "write -P 7 0 100k",
+                "write -P 9 9000k 700k",
+                "write -P 3 3M 1536",
+            ],
+        );
+        check_all(&img.path);
+    }
+}
+
+#[test]
+fn version_2() {
+    let img = create("compat=0.10", "32M");
+    qemu_io(
+        &img.path,
+        &["write -P 1 1M 2M", "write -P 2 31M 1M", "write -z 1M 64k"],
+    );
+    check_all(&img.path);
+}
+
+#[test]
+fn extended_l2_subclusters() {
+    for cs in ["16k", "64k", "2M"] {
+        let img = create(&format!("extended_l2=on,cluster_size={cs}"), "16M");
+        qemu_io(
+            &img.path,
+            &[
+                "write -P 1 0 4k",
+                "write -P 2 100k 3k",
+                "write -P 5 2M 1M",
+                "write -z 2M 512",
+                "write -P 6 8M 64k",
+                "discard 8M 2k",
+            ],
+        );
+        check_all(&img.path);
+    }
+}
+
+#[test]
+fn compressed_zlib_and_zstd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("src.raw");
+    mixed_raw(&raw, 8);
+    for ct in ["zlib", "zstd"] {
+        for cs in ["64k", "4k", "2M"] {
+            let img = dir.path().join(format!("c-{ct}-{cs}.qcow2"));
+            qemu_img(&[
+                "convert",
+                "-q",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                &format!("compression_type={ct},cluster_size={cs}"),
+                raw.to_str().expect("utf8"),
+                img.to_str().expect("utf8"),
+            ]);
+            check_all(&img);
+        }
+    }
+}
+
+#[test]
+fn preallocation_modes() {
+    for p in ["metadata", "falloc", "full"] {
+        let img = create(&format!("preallocation={p}"), "8M");
+        qemu_io(&img.path, &["write -P 1 1M 1M", "write -z 3M 64k"]);
+        check_all(&img.path);
+    }
+}
+
+#[test]
+fn internal_snapshots_and_l2_after_data() {
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 4M", "write -P 2 40M 1M"]);
+    qemu_img(&["snapshot", "-c", "snap1", img.path.to_str().expect("utf8")]);
+    // Rewriting after the snapshot copies L2 tables to the end of the file,
+    // after the data they still map.
+    qemu_io(
+        &img.path,
+        &["write -P 3 1M 64k", "write -P 4 41M 64k", "write -z 2M 64k"],
+    );
+    qemu_img(&["snapshot", "-c", "snap2", img.path.to_str().expect("utf8")]);
+    qemu_io(&img.path, &["discard 0 64k", "write -P 5 50M 64k"]);
+    check_all(&img.path);
+}
+
+#[test]
+fn dirty_lazy_refcounts() {
+    let img = create("lazy_refcounts=on", "16M");
+    qemu_io(
+        &img.path,
+        &["write -P 1 0 1M", "write -P 2 8M 64k", "abort"],
+    );
+    let hdr = std::fs::read(&img.path).expect("read");
+    assert_eq!(hdr[79] & 1, 1, "image should be dirty");
+    check_all(&img.path);
+}
+
+#[test]
+fn resized_l1_after_data() {
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 1M"]);
+    qemu_img(&["resize", "-q", img.path.to_str().expect("utf8"), "1G"]);
+    qemu_io(&img.path, &["write -P 2 900M 1M", "write -P 3 10M 64k"]);
+    let reps = check_all(&img.path);
+    let range = report(&reps, Mode::Range).expect("range mode works");
+    assert!(
+        range.range_requests > 0,
+        "range mode should have fetched tables"
+    );
+    let spill = report(&reps, Mode::Spill).expect("spill mode works");
+    assert!(spill.spilled_bytes > 0, "spill mode should have spilled");
+    assert!(
+        report(&reps, Mode::Forbid).is_none(),
+        "forbid must refuse this layout"
+    );
+}
+
+#[test]
+fn stress_1tib_sparse_l1_at_end() {
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 256k"]);
+    qemu_img(&["resize", "-q", img.path.to_str().expect("utf8"), "1T"]);
+    let mut cmds = Vec::new();
+    for i in 0..40u64 {
+        let off = (i * 26_843_545_600 + i * 7 * 65536) % (1u64 << 40);
+        cmds.push(format!("write -P {} {} 64k", i + 1, off & !0xffff));
+    }
+    let refs: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+    qemu_io(&img.path, &refs);
+    let reps = check_all(&img.path);
+    assert!(report(&reps, Mode::Range).is_some());
+}
+
+#[test]
+fn qcow2_rs_reader_agrees() {
+    // qcow2-rs's own reader (Qcow2Dev) as a second, independent oracle on an
+    // image it accepts (v3, zlib, no extended L2, clean).
+    let img = create("", "16M");
+    qemu_io(
+        &img.path,
+        &[
+            "write -P 0x5a 0 300k",
+            "write -P 0x6b 9M 64k",
+            "write -z 100k 64k",
+        ],
+    );
+    let scratch = tempfile::tempdir().expect("scratch");
+    let (r, sink) = decode_file(&img.path, Mode::Stream, scratch.path());
+    r.expect("decode");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let got = rt.block_on(async {
+        use qcow2_rs::dev::Qcow2DevParams;
+        let params = Qcow2DevParams::new(9, None, None, true, false);
+        let dev = qcow2_rs::utils::qcow2_setup_dev_tokio(&img.path, &params)
+            .await
+            .expect("qcow2-rs opens");
+        let mut out = vec![0u8; 16 << 20];
+        for (i, c) in out.chunks_mut(1 << 20).enumerate() {
+            let mut buf = qcow2_rs::helpers::Qcow2IoBuf::<u8>::new(c.len());
+            dev.read_at(&mut buf, (i as u64) << 20)
+                .await
+                .expect("qcow2-rs read");
+            c.copy_from_slice(&buf);
+        }
+        out
+    });
+    for (&g, d) in &sink.data {
+        assert_eq!(
+            &got[g as usize..g as usize + d.len()],
+            &d[..],
+            "qcow2-rs disagrees at {g}"
+        );
+    }
+    let nonzero_outside = got.iter().enumerate().any(|(i, &b)| {
+        b != 0
+            && sink
+                .data
+                .range(..=(i as u64))
+                .next_back()
+                .is_none_or(|(&g, d)| (i as u64) >= g + d.len() as u64)
+    });
+    assert!(
+        !nonzero_outside,
+        "qcow2-rs reads data where the decoder reported zeros"
+    );
+}
+
+// ---------------------------------------------------------------- refusals
+
+fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().expect("8"))
+}
+fn put64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
+}
+fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Decodes bytes in every streaming mode; must be refused as Invalid and
+/// mention `needle`.
+fn refused(bytes: &[u8], needle: &str, what: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bad.qcow2");
+    std::fs::write(&p, bytes).expect("write");
+    for mode in ALL {
+        let (r, _) = decode_file(&p, mode, dir.path());
+        match r {
+            Err(Qcow2Error::Invalid(m)) => {
+                assert!(
+                    m.to_lowercase().contains(&needle.to_lowercase()),
+                    "{what} ({mode:?}): message {m:?} should mention {needle:?}"
+                );
+                assert!(!m.contains('\n'), "one-line message: {m:?}");
+            }
+            Err(Qcow2Error::ScratchRequired(_)) if matches!(mode, Mode::Forbid) => {}
+            Ok(_) => panic!("{what} ({mode:?}): accepted"),
+            Err(e) => panic!("{what} ({mode:?}): wrong error kind: {e}"),
+        }
+    }
+}
+
+fn base_image() -> (Img, Vec<u8>) {
+    let img = create("", "8M");
+    qemu_io(&img.path, &["write -P 1 0 128k", "write -P 2 4M 64k"]);
+    let b = std::fs::read(&img.path).expect("read");
+    (img, b)
+}
+
+#[test]
+fn refuses_broken_headers() {
+    let (_i, good) = base_image();
+    refused(&[], "empty", "empty file");
+    refused(&good[..50], "truncated", "truncated header");
+    let mut b = good.clone();
+    b[0] = b'X';
+    refused(&b, "magic", "bad magic");
+    let mut b = good.clone();
+    put32(&mut b, 4, 4);
+    refused(&b, "version", "bad version");
+    for bits in [8u32, 22, 63, 0xffff_ffff] {
+        let mut b = good.clone();
+        put32(&mut b, 20, bits);
+        refused(&b, "cluster_bits", "cluster bits");
+    }
+    let mut b = good.clone();
+    put32(&mut b, 32, 1);
+    refused(&b, "AES", "aes");
+    let mut b = good.clone();
+    put64(&mut b, 24, u64::MAX);
+    refused(&b, "virtual size", "absurd vsize");
+    let mut b = good.clone();
+    put64(&mut b, 40, be64(&good, 40) + 512);
+    refused(&b, "aligned", "unaligned L1");
+    let mut b = good.clone();
+    put64(&mut b, 48, be64(&good, 48) + 4096);
+    refused(&b, "aligned", "unaligned refcount table");
+    let mut b = good.clone();
+    put64(&mut b, 72, 1 << 9);
+    refused(&b, "incompatible", "unknown incompatible bit");
+    let mut b = good.clone();
+    put64(&mut b, 72, 1 << 3);
+    refused(&b, "compression", "compression bit without type");
+}
+
+#[test]
+fn refuses_backing_luks_and_data_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base-disk.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        base.to_str().expect("utf8"),
+        "1M",
+    ]);
+    let over = dir.path().join("over.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().expect("utf8"),
+        "-F",
+        "qcow2",
+        over.to_str().expect("utf8"),
+    ]);
+    refused(
+        &std::fs::read(&over).expect("read"),
+        "base-disk.qcow2",
+        "backing file",
+    );
+
+    let luks = dir.path().join("luks.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=abc123",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        luks.to_str().expect("utf8"),
+        "1M",
+    ]);
+    refused(&std::fs::read(&luks).expect("read"), "LUKS", "luks");
+
+    let df = dir.path().join("df.qcow2");
+    let data = dir.path().join("df.raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", data.display()),
+        df.to_str().expect("utf8"),
+        "1M",
+    ]);
+    refused(
+        &std::fs::read(&df).expect("read"),
+        "external data file",
+        "data file",
+    );
+}
+
+/// (l1 offset, first L2 offset) of an image.
+fn tables(b: &[u8]) -> (u64, u64) {
+    let l1 = be64(b, 40);
+    let l2 = be64(b, l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    (l1, l2)
+}
+
+#[test]
+fn refuses_broken_tables() {
+    let (_i, good) = base_image();
+    let (l1, l2) = tables(&good);
+    let len = good.len() as u64;
+
+    let mut b = good.clone();
+    put64(&mut b, l1 as usize, (1 << 63) | l1);
+    refused(&b, "L1 table", "L1 entry pointing at the L1 table");
+    let mut b = good.clone();
+    put64(&mut b, l1 as usize, (1 << 63) | (len + 65536 * 4));
+    refused(&b, "truncated", "L2 past the end");
+    let mut b = good.clone();
+    put64(&mut b, l1 as usize, (1 << 63) | (l2 + 512));
+    refused(&b, "aligned", "unaligned L2");
+    let mut b = good.clone();
+    put64(&mut b, l1 as usize, be64(&good, l1 as usize) | (1 << 60));
+    refused(&b, "reserved", "reserved bits in L1 entry");
+    let mut b = good.clone();
+    put64(&mut b, 40, len + (1 << 20));
+    refused(&b, "truncated", "L1 past the end");
+    let mut b = good.clone();
+    put64(&mut b, 48, len + (1 << 20));
+    refused(&b, "truncated", "refcount table past the end");
+
+    // L2 entries.
+    let e0 = be64(&good, l2 as usize);
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, e0 | 2);
+    refused(&b, "reserved", "reserved bit in L2 entry");
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, (1 << 63) | l1);
+    refused(&b, "L1 table", "data cluster on the L1 table");
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, (1 << 63) | l2);
+    refused(&b, "L2 table", "data cluster on its own L2 table");
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, 1 << 63);
+    // Offset 0 with the copied flag reads as unallocated, like QEMU: accepted.
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("ok.qcow2");
+    std::fs::write(&p, &b).expect("write");
+    assert!(decode_file(&p, Mode::Stream, dir.path()).0.is_ok());
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, (1 << 63) | (len + (1 << 20)));
+    refused(&b, "truncated", "data past the end");
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, (1 << 62) | 100);
+    refused(&b, "header", "compressed cluster inside the header");
+    let mut b = good.clone();
+    put64(&mut b, l2 as usize, (1 << 62) | (len + 100));
+    refused(&b, "truncated", "compressed cluster past the end");
+}
+
+#[test]
+fn refuses_corrupt_compressed_data_and_truncation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("src.raw");
+    mixed_raw(&raw, 2);
+    for ct in ["zlib", "zstd"] {
+        let img = dir.path().join(format!("{ct}.qcow2"));
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            &format!("compression_type={ct}"),
+            raw.to_str().expect("utf8"),
+            img.to_str().expect("utf8"),
+        ]);
+        let good = std::fs::read(&img).expect("read");
+        let (_, l2) = tables(&good);
+        // Find the first compressed entry and damage its data.
+        let mut hit = false;
+        for i in 0..8192usize {
+            let e = be64(&good, l2 as usize + i * 8);
+            if e & (1 << 62) != 0 && (e >> 54) & 0xff >= 2 {
+                let off = (e & ((1 << 54) - 1)) as usize;
+                let mut b = good.clone();
+                for x in &mut b[off + 2..off + 40] {
+                    *x ^= 0x5a;
+                }
+                refused(&b, "compressed cluster", &format!("corrupt {ct}"));
+                // A descriptor claiming fewer sectors than the data needs.
+                let mut b = good.clone();
+                put64(&mut b, l2 as usize + i * 8, (1 << 62) | off as u64);
+                refused(&b, "compressed cluster", &format!("short {ct} descriptor"));
+                hit = true;
+                break;
+            }
+        }
+        assert!(hit, "no compressed cluster found");
+        // Truncated at many points: always refused, never silent zeros.
+        let n = good.len();
+        for cut in [n - 1, n - 700, n / 2, n / 3, 70_000, 65_536, 1000] {
+            refused(&good[..cut], "truncated", &format!("{ct} cut at {cut}"));
+        }
+    }
+}
+
+#[test]
+fn refuses_truncated_plain_images() {
+    let (_i, good) = base_image();
+    let n = good.len();
+    for cut in [
+        n - 1,
+        n - 65536,
+        n - 100_000,
+        4 * 65536 + 10,
+        3 * 65536,
+        100_000,
+    ] {
+        if cut < n {
+            refused(&good[..cut], "truncated", &format!("cut at {cut}"));
+        }
+    }
+}
+
+#[test]
+fn resized_without_later_writes_ends_inside_the_l1_cluster() {
+    // The grown L1 is the last thing in the file, which ends at the table's
+    // 512-byte-rounded size, not at a cluster boundary.
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 1M", "write -P 2 60M 64k"]);
+    qemu_img(&["resize", "-q", img.path.to_str().expect("utf8"), "1T"]);
+    check_all(&img.path);
+}
+
+// ---------------------------------------------------------------- probe
+
+/// Reads only what `probe_len` asks for, like `streamdisk info` does.
+fn probe_file(p: &Path) -> Result<streamdisk::format::qcow2::ImageInfo, Qcow2Error> {
+    use streamdisk::format::qcow2::{probe, probe_len};
+    let mut f = File::open(p).expect("open");
+    let mut head = Vec::new();
+    loop {
+        let want = probe_len(&head);
+        if head.len() >= want {
+            break;
+        }
+        let mut buf = vec![0u8; want - head.len()];
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.len() <= streamdisk::format::qcow2::PROBE_MAX_BYTES);
+    probe(&head)
+}
+
+#[test]
+fn probe_reports_features() {
+    let img = create(
+        "compression_type=zstd,extended_l2=on,cluster_size=128k,lazy_refcounts=on",
+        "3G",
+    );
+    let i = probe_file(&img.path).expect("probe");
+    assert_eq!(i.version, 3);
+    assert_eq!(i.virtual_size, 3 << 30);
+    assert_eq!(i.cluster_size, 128 << 10);
+    assert!(i.extended_l2 && i.lazy_refcounts && !i.dirty && !i.corrupt);
+    let json = serde_json::to_string(&i).expect("json");
+    assert!(json.contains("\"compression_type\":\"zstd\""), "{json}");
+
+    let v2 = create("compat=0.10", "1M");
+    let i = probe_file(&v2.path).expect("probe v2");
+    assert_eq!((i.version, i.refcount_order, i.header_length), (2, 4, 72));
+    assert!(serde_json::to_string(&i)
+        .expect("json")
+        .contains("\"compression_type\":\"zlib\""));
+
+    // Refused features are reported by probe, not refused.
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("golden.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        base.to_str().expect("utf8"),
+        "1M",
+    ]);
+    let over = dir.path().join("over.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().expect("utf8"),
+        "-F",
+        "qcow2",
+        over.to_str().expect("utf8"),
+    ]);
+    let i = probe_file(&over).expect("probe overlay");
+    assert!(i
+        .backing_file
+        .as_deref()
+        .is_some_and(|b| b.ends_with("golden.qcow2")));
+    assert_eq!(i.backing_format.as_deref(), Some("qcow2"));
+    let luks = dir.path().join("luks.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=abc123",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        luks.to_str().expect("utf8"),
+        "1M",
+    ]);
+    assert_eq!(probe_file(&luks).expect("probe luks").encryption, "luks");
+    let mut b = std::fs::read(&base).expect("read");
+    b[0] = 0;
+    assert!(streamdisk::format::qcow2::probe(&b).is_err());
+}
