@@ -117,6 +117,11 @@ impl SourceInfo {
                     if k == "virtual_size" {
                         continue;
                     }
+                    let v = match v {
+                        serde_json::Value::Null => "none".to_string(),
+                        serde_json::Value::String(t) => t,
+                        other => other.to_string(),
+                    };
                     s.push_str(&format!("{}: {}\n", k.replace('_', " "), v));
                 }
             }
