@@ -76,6 +76,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 results=()   # "name PASS|FAIL detail"
+http_port=
+https_port=
 record() { results+=("$1 $2 ${3:-}"); log "$1: $2${3:+ ($3)}"; }
 
 # --- helpers -------------------------------------------------------------------------------
@@ -103,8 +105,8 @@ start_server() {
     python3 "$here/serve.py" --dir "$dir" --port-file "$portfile" ${cert:+--cert "$cert" --key "$key"} \
         </dev/null >/dev/null 2>>"$work/server.log" &
     pids+=($!)
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         if [[ -s $portfile ]]; then
             _port=$(cat "$portfile")
             return 0
@@ -293,7 +295,7 @@ case_http_fs() {
     rc=$?
     check_success "$name" "$rc" "$termlog" || return 1
     local img=$data/disk.img
-    [[ -f $img ]] || { echo "/data/disk.img was not created (found: $(ls -A "$data" | tr '\n' ' '))"; return 1; }
+    [[ -f $img ]] || { echo "/data/disk.img was not created (found: $(find "$data" -mindepth 1 -printf '%f '))"; return 1; }
     compare_prefix "$img" "$work/sample.raw" || return 1
     # CDI resizes disk.img to min(IMAGE_SIZE, avail / (1 + overhead) rounded down to 1 MiB). This
     # directory's filesystem has far more than 8 MiB free, so that is the requested 8 MiB.
