@@ -339,15 +339,39 @@ case_memory_64m() {
     local name=memory-64m termlog=$work/memory-64m.termlog env=() rc dev
     dev=$(new_loop $((160 * 1024 * 1024))) || { echo "cannot set up a loop device"; return 1; }
     cdi_env env "http://127.0.0.1:$http_port/big.qcow2" 160Mi 0
+    sample_peak_memory "streamdisk-e2e-$name-$$" "$work/$name.peak" &
+    local sampler=$!
     run_importer "$name" "$termlog" "${env[@]}" --device "$dev:/dev/cdi-block-volume" \
         --memory 64m --memory-swap 64m
     rc=$?
+    wait "$sampler"
+    local peak
+    peak=$(cat "$work/$name.peak" 2>/dev/null)
+    log "$name: peak container memory (cgroup, page cache included): ${peak:-not sampled}"
     if [[ $rc -eq 137 ]]; then
         echo "killed (exit 137): the import did not fit in 64 MiB"
         return 1
     fi
     check_success "$name" "$rc" "$termlog" || return 1
     compare_prefix "$dev" "$work/big.raw" || return 1
+}
+
+# sample_peak_memory CONTAINER OUTFILE: while CONTAINER runs, copies its cgroup v1
+# memory.max_usage_in_bytes (a high-water mark) to OUTFILE as "N MiB". The cgroup disappears when
+# the container exits, so the last value read is the peak up to at most one poll before the end.
+# Informational only; gives up quietly where the cgroup is not found (cgroup v2, systemd manager).
+sample_peak_memory() {
+    local name=$1 out=$2 id="" f="" v _
+    for _ in $(seq 200); do
+        id=$("${PODMAN[@]}" inspect --format '{{.Id}}' "$name" 2>/dev/null) && [[ -n $id ]] && break
+        sleep 0.05
+    done
+    [[ -n $id ]] || return 0
+    f=/sys/fs/cgroup/memory/libpod_parent/libpod-$id/memory.max_usage_in_bytes
+    while v=$(cat "$f" 2>/dev/null); do
+        echo "$((v / 1048576)) MiB" >"$out"
+        sleep 0.05
+    done
 }
 
 # memory_limit_works: podman here can enforce --memory (cgroup memory controller available).
