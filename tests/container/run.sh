@@ -67,13 +67,17 @@ pids=()
 
 cleanup() {
     local c p l
-    while read -r c; do "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1; done <"$work/containers"
+    # A second signal must not cut the cleanup short (the TERM trap's `exit` would end it here).
+    trap '' INT TERM
+    while read -r c; do
+        "${PODMAN[@]}" container exists "$c" 2>/dev/null && "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1
+    done <"$work/containers"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     while read -r l; do losetup -d "$l" 2>/dev/null; done <"$work/loops"
     rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "container e2e: FAIL (interrupted)"; exit 130' INT TERM
 
 results=()   # "name PASS|FAIL detail"
 http_port=
@@ -325,6 +329,7 @@ case_too_small() {
     run_importer "$name" "$termlog" "${env[@]}" --device "$dev:/dev/cdi-block-volume"
     rc=$?
     msg=$(cat "$termlog")
+    log "$name: termination message: $msg"
     if [[ $rc -eq 0 ]]; then
         echo "exit status 0 for an image larger than the device (message: $msg)"
         return 1
