@@ -16,7 +16,8 @@
 #   https-block     the same over HTTPS by host name (--add-host), CA in /certs via IMPORTER_CERT_DIR
 #   http-fs         filesystem target: /data/disk.img, resized as CDI does
 #   too-small       an image larger than the device: exit 1 and CDI's size message
-#   memory-64m      a larger image (128 MiB of data) into a loop device under --memory 64m
+#   memory-64m      a larger image (128 MiB of data) into a loop device under --memory 64m, with
+#                   the progress metric scraped over HTTPS and parsed with the controller's regex
 #
 # Every case checks device or file contents byte for byte against `qemu-img convert -O raw`, and
 # the termination message against CDI's format. The last line is the summary:
@@ -346,10 +347,19 @@ case_memory_64m() {
     cdi_env env "http://127.0.0.1:$http_port/big.qcow2" 160Mi 0
     sample_peak_memory "streamdisk-e2e-$name-$$" "$work/$name.peak" &
     local sampler=$!
+    # Scrape the progress metric during this (longest) import, as the controller does. A free
+    # port instead of 8443, so that nothing else on the host can answer in its place.
+    local mport scraper
+    mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 "$here/scrape.py" --port "$mport" --owner-uid "$OWNER_UID" \
+        --out "$work/$name.metrics" --until-file "$work/$name.done" </dev/null >/dev/null 2>&1 &
+    scraper=$!
     run_importer "$name" "$termlog" "${env[@]}" --device "$dev:/dev/cdi-block-volume" \
-        --memory 64m --memory-swap 64m
+        --memory 64m --memory-swap 64m -e "STREAMDISK_METRICS_PORT=$mport"
     rc=$?
-    wait "$sampler"
+    touch "$work/$name.done"
+    wait "$sampler" "$scraper"
+    check_metric_samples "$name" "$work/$name.metrics" || return 1
     local peak
     peak=$(cat "$work/$name.peak" 2>/dev/null)
     log "$name: peak container memory (cgroup, page cache included): ${peak:-not sampled}"
@@ -359,6 +369,27 @@ case_memory_64m() {
     fi
     check_success "$name" "$rc" "$termlog" || return 1
     compare_prefix "$dev" "$work/big.raw" || return 1
+}
+
+# check_metric_samples NAME FILE: the progress values scraped (one per line) all parse with the
+# controller's regex, stay within 0..100 and never go down. No samples at all is only logged: a
+# fast import may end between two scrapes.
+check_metric_samples() {
+    local name=$1 file=$2 n
+    n=$(grep -c . "$file" 2>/dev/null)
+    if [[ ${n:-0} -eq 0 ]]; then
+        log "$name: progress metric: no samples caught"
+        return 0
+    fi
+    log "$name: progress metric: $n samples, first $(head -1 "$file"), last $(tail -1 "$file")"
+    if grep -q '^MALFORMED' "$file"; then
+        echo "progress metric does not parse with the controller's regex: $(grep -m1 '^MALFORMED' "$file")"
+        return 1
+    fi
+    if ! awk 'BEGIN { prev = -1 } { if ($1 < prev || $1 > 100) exit 1; prev = $1 }' "$file"; then
+        echo "progress metric goes down or above 100: $(tr '\n' ' ' <"$file" | head -c 300)"
+        return 1
+    fi
 }
 
 # sample_peak_memory CONTAINER OUTFILE: while CONTAINER runs, copies its cgroup v1
