@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2046 # $(sd ...) expands to a list of variant names, one word each
 # End-to-end benchmark of streamdisk against the peers of shared/design/PEERS.md.
 #
 #   sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
@@ -74,7 +75,7 @@ human() { awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1; while (b 
 
 # ---------------------------------------------------------------- tools
 need_tools() {
-    local missing="" t pkg
+    local missing="" t
     for t in qemu-img:qemu-utils qemu-io:qemu-utils nginx:nginx-light nbdkit:nbdkit curl:curl \
              xz:xz-utils mkfs.ext4:e2fsprogs debootstrap:debootstrap losetup:mount \
              blkdiscard:util-linux /usr/bin/time:time ss:iproute2 openssl:openssl; do
@@ -85,6 +86,7 @@ need_tools() {
     [ -z "$missing" ] && return 0
     if [ -n "$NO_INSTALL" ]; then die "missing packages:$missing (run without --no-install to apt-get them)"; fi
     log "installing:$missing"
+    # shellcheck disable=SC2086 # one word per package
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing > "$WORK/apt.log" 2>&1 \
         || { apt-get update -q >> "$WORK/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >> "$WORK/apt.log" 2>&1; } \
         || die "apt-get install$missing failed; see $WORK/apt.log"
@@ -244,7 +246,8 @@ if want_group scaling; then
 fi
 want_group throttled && plan throttled throttled slow $(sd streamdisk streamdisk-c4) cdi-http
 
-# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH)
+# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH).
+# The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
         streamdisk|streamdisk-c4) echo 0 ;;
@@ -252,6 +255,7 @@ variant_limit() {
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
 }
+# shellcheck disable=SC2016
 variant_cmd() {
     case $1 in
         streamdisk|streamdisk@*) echo 'exec "$SD" convert "$URL" "$DEV"' ;;
@@ -294,12 +298,12 @@ reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || t
 # image, byte for byte. The 1 TiB image is compared through the loop device's backing file,
 # whose holes qemu-img skips, instead of reading 1 TiB through the device.
 verify_one() { # image variant url
-    local name=$1 v=$2 url=$3 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} stripe k off n=16 src lg
+    local name=$1 v=$2 url=$3 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} k off n=16 src lg
     lg="$OUT/logs/verify-$name-$v.log"
     head -c $((4 * M)) /dev/zero | tr '\0' 'Z' > "$RUNTMP/stripe"
     reset_dev "$dev"
     for ((k = 0; k < n; k++)); do
-        off=$(( vs / n * k / (4 * M) ))
+        off=$(( vs * k / n / (4 * M) ))
         dd if="$RUNTMP/stripe" of="$dev" bs=4M seek="$off" oflag=direct conv=notrunc status=none 2>/dev/null
     done
     dd if="$RUNTMP/stripe" of="$dev" bs=4M seek=$(( (vs - 4 * M) / (4 * M) )) oflag=direct status=none 2>/dev/null
@@ -382,7 +386,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         [ -n "${seen[$name/$loc]:-}" ] && continue
         seen[$name/$loc]=1
         grp=()
-        for l2 in "${PLAN[@]}"; do read -r g2 n2 loc2 v2 <<< "$l2"; [ "$n2/$loc2" = "$name/$loc" ] && grp+=("$l2"); done
+        for l2 in "${PLAN[@]}"; do read -r _ n2 loc2 _ <<< "$l2"; [ "$n2/$loc2" = "$name/$loc" ] && grp+=("$l2"); done
         k=${#grp[@]}
         for ((j = 0; j < k; j++)); do order+=("${grp[$(( (j + r - 1) % k ))]}"); done
     done
@@ -401,7 +405,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
             "$(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')" \
             "$R_PEAK" "$R_FAILCNT" "$R_OOM" "$R_T0" "$R_NOTE" >> "$RES"
         status="ok"; [ "$R_RC" = 0 ] || status="rc=$R_RC $(tail -n1 "$OUT/logs/$tag.log" | cut -c1-100)"
-        log "[$done_n/$total] round $r  $name  $v (limit ${limit/#0/none} MiB): wall ${R_WALL}s cpu $(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')s peak $(human "${R_PEAK:-0}") oom=$R_OOM $status ${R_NOTE}"
+        lim_s="limit $limit MiB"; [ "$limit" = 0 ] && lim_s="no limit"
+        log "[$done_n/$total] round $r  $name  $v ($lim_s): wall ${R_WALL}s cpu $(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')s peak $(human "${R_PEAK:-0}") oom=$R_OOM $status ${R_NOTE}"
     done
     unset seen
 done

@@ -150,7 +150,7 @@ get_rootfs_tar() {
         local i
         for i in $(seq 1 24); do
             head -c 4M "$CACHE/pool-random" > "$d/var/lib/blob$i"
-            dd if="$CACHE/pool-text" of="$d/usr/lib/lib$i.so" bs=4M skip=$i count=1 status=none
+            dd if="$CACHE/pool-text" of="$d/usr/lib/lib$i.so" bs=4M skip="$i" count=1 status=none
         done
         ROOTFS_KIND=synthetic
     fi
