@@ -18,8 +18,9 @@ usage() {
     cat <<'EOF'
 usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
 
-  --quick            small images (512 MiB class, about 10-15 minutes); for checking the harness
-  --full             the sizes of BENCHMARKS.md (default; about 1.5-2 hours on 2 cores)
+  --quick            small images (512 MiB class, about 10 minutes); for checking the harness
+  --full             the sizes of BENCHMARKS.md (default; about 1 hour on 2 cores, plus
+                     15-25 minutes the first time to build the images)
   --out DIR          where results go (default: benches/e2e/results/<mode>-<UTC time>)
   --work DIR         images, loop backing files and scratch (default /var/tmp/streamdisk-bench)
   --rounds N         rounds of the interleaved commands (default 3, at least 3 for a report)
@@ -30,13 +31,14 @@ usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
                      docs/bench-quick for --quick)
   --rebuild          rebuild the images even when cached ones match
   --no-install       do not apt-get install missing tools
+  --dry-run          print the sizes and the disk space check, then stop
 EOF
 }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 MODE=full OUT="" ROUNDS=3 WORK=/var/tmp/streamdisk-bench SD_BIN="" PEERS_ONLY="" GROUPS_ARG=""
-PUBLISH="" REBUILD="" NO_INSTALL=""
+PUBLISH="" REBUILD="" NO_INSTALL="" DRY_RUN=""
 ARGS_ORIG="$*"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
         --publish) PUBLISH=1 ;;
         --rebuild) REBUILD=1 ;;
         --no-install) NO_INSTALL=1 ;;
+        --dry-run) DRY_RUN=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -151,6 +154,12 @@ if [ $halvings -gt 0 ]; then
     IMGDIR="$WORK/images-$MODE-s$halvings"; mkdir -p "$IMGDIR"
 fi
 [ $((need + DISK_RESERVE_BYTES)) -le "$avail" ] || die "not enough disk space under $WORK even at 1/16 of the sizes"
+if [ -n "$DRY_RUN" ]; then
+    sizes=""; for s in $SCALE; do sizes="$sizes $(human "$s"),"; done
+    log "$MODE sizes: mixed $(human "$MIXED"); scaling${sizes%,}; rootfs filesystem $(human "$ROOTFS_FS") with about $(human "$ROOTFS_DATA") of files; sparse $(human "$SPARSE_V") with $(human "$SPARSE_DATA") of data; L1-at-end $(human "$L1_BASE") + $(human "$L1_GROW"); throttled $(human "$THROTTLE_V") at $THROTTLE_RATE per request; $ROUNDS rounds"
+    rmdir "$OUT/samples" "$OUT/logs" 2>/dev/null; rm -f "$OUT/warnings.txt"; rmdir "$OUT" 2>/dev/null
+    exit 0
+fi
 
 cg_init
 log "$(cg_describe)"
