@@ -158,6 +158,7 @@ if [ -n "$DRY_RUN" ]; then
     sizes=""; for s in $SCALE; do sizes="$sizes $(human "$s"),"; done
     log "$MODE sizes: mixed $(human "$MIXED"); scaling${sizes%,}; rootfs filesystem $(human "$ROOTFS_FS") with about $(human "$ROOTFS_DATA") of files; sparse $(human "$SPARSE_V") with $(human "$SPARSE_DATA") of data; L1-at-end $(human "$L1_BASE") + $(human "$L1_GROW"); throttled $(human "$THROTTLE_V") at $THROTTLE_RATE per request; $ROUNDS rounds"
     rmdir "$OUT/samples" "$OUT/logs" 2>/dev/null; rm -f "$OUT/warnings.txt"; rmdir "$OUT" 2>/dev/null
+    rm -rf "$RUNTMP"
     exit 0
 fi
 
