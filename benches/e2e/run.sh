@@ -137,6 +137,16 @@ mkdir -p "$OUT/samples" "$OUT/logs" || die "cannot create $OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/warnings.txt"
 RUNTMP=$(mktemp -d /tmp/streamdisk-bench.XXXXXX)
+LOOPS=()
+cleanup() {
+    nginx_stop
+    local l
+    for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
+    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"
+    rm -rf "$RUNTMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 need_tools
 
@@ -158,23 +168,12 @@ if [ -n "$DRY_RUN" ]; then
     sizes=""; for s in $SCALE; do sizes="$sizes $(human "$s"),"; done
     log "$MODE sizes: mixed $(human "$MIXED"); scaling${sizes%,}; rootfs filesystem $(human "$ROOTFS_FS") with about $(human "$ROOTFS_DATA") of files; sparse $(human "$SPARSE_V") with $(human "$SPARSE_DATA") of data; L1-at-end $(human "$L1_BASE") + $(human "$L1_GROW"); throttled $(human "$THROTTLE_V") at $THROTTLE_RATE per request; $ROUNDS rounds"
     rmdir "$OUT/samples" "$OUT/logs" 2>/dev/null; rm -f "$OUT/warnings.txt"; rmdir "$OUT" 2>/dev/null
-    rm -rf "$RUNTMP"
     exit 0
 fi
 
 cg_init
 log "$(cg_describe)"
 
-LOOPS=()
-cleanup() {
-    nginx_stop
-    local l
-    for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
-    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"
-    rm -rf "$RUNTMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- binaries
 SD_VERSION=""
