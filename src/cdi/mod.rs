@@ -38,7 +38,8 @@ pub mod termination;
 
 use std::ffi::OsString;
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use crate::progress::Counter;
 
@@ -78,6 +79,8 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
         .build()
     {
         Ok(rt) => {
+            let _ = FORCE_EXIT_LOG.set(paths.termination_log.clone());
+            crate::signals::install(rt.handle(), on_force_exit);
             let counter = Arc::new(Counter::default());
             start_metrics(&rt, &vars, Arc::clone(&counter));
             let outcome = run_with(&rt, &vars, &paths, counter);
@@ -88,6 +91,20 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
         Err(e) => Outcome::Failed(format!("Unable to start the async runtime: {e}")),
     };
     finish(&paths, &outcome)
+}
+
+/// Where [`on_force_exit`] writes (a `fn` pointer cannot capture it).
+static FORCE_EXIT_LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Runs when a SIGTERM/SIGINT did not unwind the import in time: leave the
+/// controller a plain-text failure before the process exits non-zero.
+fn on_force_exit(signal: &'static str) {
+    if let Some(p) = FORCE_EXIT_LOG.get() {
+        let _ = termination::write(
+            p,
+            &format!("Unable to process data: interrupted by {signal}"),
+        );
+    }
 }
 
 /// Logs the outcome, writes the termination message, and picks the exit code.
