@@ -52,6 +52,12 @@ struct Pod {
     metrics_port: u16,
 }
 
+/// A pod being run.
+struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
 /// How a pod run ended.
 #[derive(Debug)]
 struct Ended {
@@ -126,7 +132,9 @@ impl Pod {
         self
     }
 
-    fn spawn(&self) -> Child {
+    /// Starts the pod; its stderr is drained from the start (a full pipe
+    /// would block the child's logging).
+    fn spawn(&self) -> Running {
         let mut cmd = Command::new(common::bin());
         // As CDI's image runs it: klog flags, one unknown, then -v.
         cmd.args(["cdi", "-alsologtostderr", "-some_future_flag=x", "-v=3"])
@@ -146,16 +154,21 @@ impl Pod {
                 });
             }
         }
-        cmd.spawn().expect("spawn streamdisk cdi")
-    }
-
-    fn wait(&self, mut child: Child) -> Ended {
+        let mut child = cmd.spawn().expect("spawn streamdisk cdi");
         let mut err = child.stderr.take().expect("stderr");
-        let reader = std::thread::spawn(move || {
+        let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err.read_to_string(&mut s);
             s
         });
+        Running { child, stderr }
+    }
+
+    fn wait(&self, running: Running) -> Ended {
+        let Running {
+            mut child,
+            stderr: reader,
+        } = running;
         let start = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait().expect("wait") {
@@ -737,11 +750,12 @@ fn custom_ca_over_tls() {
 // Scratch space
 // ---------------------------------------------------------------------------------------
 
-/// An image whose L1 table sits after its data (written, grown, written again).
+/// An image whose L1 table sits after its data (written, grown, written
+/// again), with more data before the L1 than the decoder's 4 MiB reorder window.
 fn l1_after_data_image(dir: &Path) -> (PathBuf, PathBuf) {
     let img = dir.join("grown.qcow2");
     qcow2_create(&img, 64 * MIB, "");
-    qemu_io(&img, &["write -P 1 0 1M"]);
+    qemu_io(&img, &["write -P 1 0 12M"]);
     common::qemu_img(&["resize", "-q", img.to_str().expect("utf8"), "1G"]);
     qemu_io(&img, &["write -P 2 900M 1M"]);
     let raw = qemu_raw(&img);
@@ -766,6 +780,11 @@ fn scratch_required_without_scratch_and_used_with_it() {
         .env("IMPORTER_IMAGE_SIZE", "1Gi");
     pod.run().assert_code(0).assert_message(SUCCESS);
     assert_prefix_equals(&pod.disk(), &raw, 1 << 30);
+    assert_eq!(
+        fs::read_dir(pod.path("scratch")).expect("ls").count(),
+        0,
+        "spill files are removed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -802,16 +821,13 @@ fn progress_metric_during_import() {
         .env("IMPORTER_IMAGE_SIZE", "6Mi");
     let uid = "0b1c7f5e-test";
     let re = progress_regex(uid);
-    let child = pod.spawn();
+    let mut running = pod.spawn();
     let mut seen = Vec::new();
     let start = Instant::now();
     let mut paths = ["/metrics", "/", "/anything"].iter().cycle();
-    let mut child = Some(child);
     while start.elapsed() < Duration::from_secs(60) {
-        if let Some(c) = child.as_mut() {
-            if c.try_wait().expect("wait").is_some() {
-                break;
-            }
+        if running.child.try_wait().expect("wait").is_some() {
+            break;
         }
         if let Some(body) = scrape(pod.metrics_port, paths.next().expect("cycle")) {
             let caps = re
@@ -822,7 +838,8 @@ fn progress_metric_during_import() {
         }
         std::thread::sleep(Duration::from_millis(150));
     }
-    let end = pod.wait(child.take().expect("child"));
+    let end = pod.wait(running);
+    eprintln!("progress values scraped: {seen:?}");
     end.assert_code(0).assert_message(SUCCESS);
     assert!(
         seen.iter().any(|&v| v > 0.0 && v < 100.0),
