@@ -869,3 +869,104 @@ fn busy_metrics_port_does_not_stop_the_import() {
     assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
     assert!(end.stderr.contains("metrics"), "the bind failure is logged");
 }
+
+// ---------------------------------------------------------------------------------------
+// Entry point and volume-full wording
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invoked_as_cdi_importer() {
+    let dir = tempdir();
+    let link = dir.path().join("cdi-importer");
+    std::os::unix::fs::symlink(common::bin(), &link).expect("symlink");
+    let pod = Pod::new();
+    let out = Command::new(&link)
+        .args(["-alsologtostderr", "-v=1"])
+        .env_clear()
+        .env("STREAMDISK_POD_ROOT", pod.root.path())
+        .env("STREAMDISK_METRICS_PORT", "0")
+        .env("PREALLOCATION", "false")
+        .env("IMPORTER_SOURCE", "nfs")
+        .output()
+        .expect("run cdi-importer");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        fs::read_to_string(pod.path("dev/termination-log")).expect("message"),
+        "Unknown data source: nfs"
+    );
+}
+
+#[test]
+fn url_credentials_are_used_but_never_printed() {
+    let work = tempdir();
+    let (img, raw) = sample_qcow2(work.path(), 8 * MIB);
+    let srv = TestServer::builder(Body::file(&img))
+        .basic_auth("importer", "url-pa55word")
+        .start();
+    let url = srv
+        .url("/disk.qcow2")
+        .replace("http://", "http://importer:url-pa55word@");
+    let mut pod = Pod::new();
+    pod.http(&url).env("IMPORTER_IMAGE_SIZE", "8Mi");
+    let end = pod.run();
+    end.assert_code(0).assert_message(SUCCESS);
+    assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
+    assert!(!end.stderr.contains("url-pa55word"), "{}", end.stderr);
+}
+
+/// A small tmpfs mounted on `<root>/data`, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> Option<SmallFs> {
+        if !common::is_root() {
+            eprintln!("SKIP: mounting a small tmpfs needs root");
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIP: cannot mount a tmpfs");
+            return None;
+        }
+        Some(SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_volume_is_reported_with_the_controller_wording() {
+    // A raw stream without Content-Length has no size to check up front, so a
+    // too-small volume shows up as ENOSPC while writing.
+    let work = tempdir();
+    let img = work.path().join("random.raw");
+    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(3))]);
+    let srv = TestServer::builder(Body::file(&img))
+        .omit_content_length(true)
+        .ranges(false)
+        .start();
+    let mut pod = Pod::new();
+    let Some(_fs) = SmallFs::mount(&pod.path("data"), "4m") else {
+        return;
+    };
+    pod.http(&srv.url("/random.raw"));
+    let end = pod.run();
+    end.assert_code(1);
+    let m = end.message();
+    eprintln!("termination message: {m}");
+    assert!(
+        m.contains("no space left on device")
+            || m.contains("is larger than the reported available"),
+        "{m}"
+    );
+    assert!(!pod.disk().exists(), "partial disk.img removed");
+}
