@@ -970,3 +970,30 @@ fn full_volume_is_reported_with_the_controller_wording() {
     );
     assert!(!pod.disk().exists(), "partial disk.img removed");
 }
+
+#[test]
+fn sigterm_never_reports_success() {
+    let work = tempdir();
+    let img = work.path().join("random.raw");
+    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(5))]);
+    let srv = TestServer::builder(Body::file(&img))
+        .rate_limit(MIB)
+        .start();
+    let mut pod = Pod::new();
+    pod.http(&srv.url("/random.raw"))
+        .env("IMPORTER_IMAGE_SIZE", "8Mi");
+    let running = pod.spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = i32::try_from(running.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let end = pod.wait(running);
+    assert_ne!(end.code, Some(0), "stderr:\n{}", end.stderr);
+    assert!(
+        end.message().contains("interrupted by SIGTERM"),
+        "{}",
+        end.message()
+    );
+    // A partial disk.img may remain after a forced exit; the next attempt
+    // starts over (see filesystem_target_with_overhead_resize_and_leftover).
+}

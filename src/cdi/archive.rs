@@ -92,7 +92,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io_err(format!("chmod {}", target.display())))?;
                 set_mtime(&f, mtime);
-                stats.files += 1;
+                stats.files = stats.files.saturating_add(1);
                 stats.bytes = stats.bytes.saturating_add(n);
             }
             EntryType::Directory => {
@@ -105,7 +105,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     Err(_) => mkdir(&target)?,
                 }
                 dir_modes.push((target, mode, mtime));
-                stats.dirs += 1;
+                stats.dirs = stats.dirs.saturating_add(1);
             }
             EntryType::Symlink => {
                 let link = entry
@@ -115,13 +115,13 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     .into_owned();
                 if !symlink_stays_inside(&rel, &link) {
                     tracing::warn!(member = %raw_name, target = %link.display(), "skipping a symbolic link that points outside the volume");
-                    stats.skipped += 1;
+                    stats.skipped = stats.skipped.saturating_add(1);
                     continue;
                 }
                 remove_existing(&target)?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(io_err(format!("creating symlink {}", target.display())))?;
-                stats.links += 1;
+                stats.links = stats.links.saturating_add(1);
             }
             EntryType::Link => {
                 let link = entry
@@ -131,7 +131,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     .into_owned();
                 let Some(Some(link_rel)) = member_path(&link) else {
                     tracing::warn!(member = %raw_name, target = %link.display(), "skipping a hard link to outside the volume");
-                    stats.skipped += 1;
+                    stats.skipped = stats.skipped.saturating_add(1);
                     continue;
                 };
                 let source = prepare_parent(dest, &link_rel, &raw_name)?;
@@ -140,11 +140,11 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                 // the symlink itself, never what it points to.
                 fs::hard_link(&source, &target)
                     .map_err(io_err(format!("creating hard link {}", target.display())))?;
-                stats.links += 1;
+                stats.links = stats.links.saturating_add(1);
             }
             other => {
                 tracing::warn!(member = %raw_name, kind = ?other, "skipping an archive member that is not a file, directory or link");
-                stats.skipped += 1;
+                stats.skipped = stats.skipped.saturating_add(1);
             }
         }
     }
