@@ -66,11 +66,10 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
             )
         })
         .collect();
-    let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let root = env(paths::POD_ROOT_ENV);
-    let paths = PodPaths::from_override(root.as_deref());
-    if let Some(r) = root.filter(|r| !r.is_empty()) {
-        tracing::warn!(root = %r, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
+    let root = config::env_value(&vars, paths::POD_ROOT_ENV);
+    let paths = PodPaths::from_override(Some(root));
+    if !root.is_empty() {
+        tracing::warn!(root = %root, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
     }
 
     let outcome = match tokio::runtime::Builder::new_multi_thread()
@@ -126,18 +125,13 @@ fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
 }
 
 fn start_metrics(rt: &tokio::runtime::Runtime, vars: &[(String, String)], counter: Arc<Counter>) {
-    let get = |name: &str| {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let owner_uid = get(config::ENV_OWNER_UID).unwrap_or("");
-    let port = match get(metrics::PORT_ENV) {
-        Some(p) if !p.is_empty() => p.parse::<u16>().unwrap_or_else(|_| {
+    let owner_uid = config::env_value(vars, config::ENV_OWNER_UID);
+    let port = match config::env_value(vars, metrics::PORT_ENV) {
+        "" => metrics::DEFAULT_PORT,
+        p => p.parse::<u16>().unwrap_or_else(|_| {
             tracing::warn!(value = %p, "invalid {}, using {}", metrics::PORT_ENV, metrics::DEFAULT_PORT);
             metrics::DEFAULT_PORT
         }),
-        _ => metrics::DEFAULT_PORT,
     };
     let reg = Arc::new(metrics::registry(counter, owner_uid));
     match metrics::start(rt.handle(), port, reg) {
@@ -154,12 +148,7 @@ fn run_with(
     paths: &PodPaths,
     counter: Arc<Counter>,
 ) -> Outcome {
-    let get = |name: &str| {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let get = |name: &str| config::env_value(vars, name);
 
     // 1. PREALLOCATION: CDI refuses to start without a valid boolean.
     let prealloc = get(config::ENV_PREALLOCATION);
