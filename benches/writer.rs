@@ -56,7 +56,11 @@ fn zero_detect(c: &mut Criterion) {
         ("u64_fold", is_zero_u64_fold),
     ];
     for (name, f) in impls {
-        for (case, buf) in [("all_zero", &zero), ("first_byte", &first), ("last_byte", &last)] {
+        for (case, buf) in [
+            ("all_zero", &zero),
+            ("first_byte", &first),
+            ("last_byte", &last),
+        ] {
             g.bench_with_input(BenchmarkId::new(name, case), buf, |b, buf| {
                 b.iter(|| f(black_box(buf)))
             });
@@ -109,13 +113,17 @@ fn raw_decode(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(img.len() as u64));
     g.sample_size(10);
     for granule in [4usize << 10, 64 << 10, 1 << 20] {
-        g.bench_with_input(BenchmarkId::from_parameter(granule), &granule, |b, &granule| {
-            b.iter(|| {
-                let mut sink = NullSink::default();
-                decode_with_granule(&mut &img[..], None, &mut sink, granule).expect("decode");
-                sink.calls
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(granule),
+            &granule,
+            |b, &granule| {
+                b.iter(|| {
+                    let mut sink = NullSink::default();
+                    decode_with_granule(&mut &img[..], None, &mut sink, granule).expect("decode");
+                    sink.calls
+                })
+            },
+        );
     }
     g.finish();
 }

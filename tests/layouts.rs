@@ -514,3 +514,59 @@ fn stress_1tib_l1_at_end() {
         common::assert_same_sparse(&out, &oracle);
     }
 }
+
+/// Memory stays bounded: an image holding more data than the cgroup limit, with the L1
+/// table at the end, converts from HTTP (Range), stdin (spilling) and a file inside a
+/// 40 MiB memory cgroup (page cache included). Not a speed test; the peak is printed.
+#[test]
+fn bounded_memory_under_cgroup() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("mem.raw");
+    make_raw(
+        &raw,
+        96 * MIB,
+        &[
+            (0, 24 * MIB, Fill::Random(11)),
+            (40 * MIB, 24 * MIB, Fill::Text),
+            (80 * MIB, 16 * MIB, Fill::Random(12)),
+        ],
+    );
+    let img = dir.path().join("mem.qcow2");
+    qcow2_from_raw(&raw, &img, false, "");
+    qemu_img(&["resize", "-q", img.to_str().unwrap(), "1G"]);
+    assert!(layout(&img).l1_after_data());
+    let oracle = qemu_raw(&img);
+    for source in [SourceKind::HttpRange, SourceKind::Stdin, SourceKind::File] {
+        let Some(cg) = common::MemCgroup::new(40 << 20) else {
+            return;
+        };
+        let out = dir.path().join("mem.out");
+        let _ = fs::remove_file(&out);
+        let _server;
+        let src = match source {
+            SourceKind::File => img.to_str().unwrap().to_string(),
+            SourceKind::Stdin => "-".to_string(),
+            _ => {
+                let s = common::server::TestServer::serve(common::server::Body::file(&img));
+                let u = s.url("/mem.qcow2");
+                _server = s;
+                u
+            }
+        };
+        let input = if source == SourceKind::Stdin {
+            Input::Pipe(img.clone())
+        } else {
+            Input::Null
+        };
+        let run = Streamdisk::convert(&src, &out)
+            .input(input)
+            .in_cgroup(&cg)
+            .run();
+        run.assert_ok();
+        eprintln!(
+            "bounded memory from {source:?}: peak cgroup memory {} KiB",
+            cg.peak().unwrap_or(0) / 1024
+        );
+        common::assert_same_bytes(&out, &oracle);
+    }
+}

@@ -40,7 +40,7 @@ fn qemu_io(img: &Path, cmds: &[&str]) {
     c.arg(img);
     let out = c.output().expect("spawn qemu-io");
     // `abort` kills qemu-io on purpose; anything else must succeed.
-    let aborted = cmds.iter().any(|x| *x == "abort");
+    let aborted = cmds.contains(&"abort");
     assert!(
         aborted || out.status.success(),
         "qemu-io {cmds:?}: {}",
@@ -589,11 +589,11 @@ fn qcow2_rs_reader_agrees() {
     }
     let nonzero_outside = got.iter().enumerate().any(|(i, &b)| {
         b != 0
-            && !sink
+            && sink
                 .data
                 .range(..=(i as u64))
                 .next_back()
-                .is_some_and(|(&g, d)| (i as u64) < g + d.len() as u64)
+                .is_none_or(|(&g, d)| (i as u64) >= g + d.len() as u64)
     });
     assert!(
         !nonzero_outside,
@@ -870,4 +870,106 @@ fn refuses_truncated_plain_images() {
             refused(&good[..cut], "truncated", &format!("cut at {cut}"));
         }
     }
+}
+
+#[test]
+fn resized_without_later_writes_ends_inside_the_l1_cluster() {
+    // The grown L1 is the last thing in the file, which ends at the table's
+    // 512-byte-rounded size, not at a cluster boundary.
+    let img = create("", "64M");
+    qemu_io(&img.path, &["write -P 1 0 1M", "write -P 2 60M 64k"]);
+    qemu_img(&["resize", "-q", img.path.to_str().expect("utf8"), "1T"]);
+    check_all(&img.path);
+}
+
+// ---------------------------------------------------------------- probe
+
+/// Reads only what `probe_len` asks for, like `streamdisk info` does.
+fn probe_file(p: &Path) -> Result<streamdisk::format::qcow2::ImageInfo, Qcow2Error> {
+    use streamdisk::format::qcow2::{probe, probe_len};
+    let mut f = File::open(p).expect("open");
+    let mut head = Vec::new();
+    loop {
+        let want = probe_len(&head);
+        if head.len() >= want {
+            break;
+        }
+        let mut buf = vec![0u8; want - head.len()];
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.len() <= streamdisk::format::qcow2::PROBE_MAX_BYTES);
+    probe(&head)
+}
+
+#[test]
+fn probe_reports_features() {
+    let img = create(
+        "compression_type=zstd,extended_l2=on,cluster_size=128k,lazy_refcounts=on",
+        "3G",
+    );
+    let i = probe_file(&img.path).expect("probe");
+    assert_eq!(i.version, 3);
+    assert_eq!(i.virtual_size, 3 << 30);
+    assert_eq!(i.cluster_size, 128 << 10);
+    assert!(i.extended_l2 && i.lazy_refcounts && !i.dirty && !i.corrupt);
+    let json = serde_json::to_string(&i).expect("json");
+    assert!(json.contains("\"compression_type\":\"zstd\""), "{json}");
+
+    let v2 = create("compat=0.10", "1M");
+    let i = probe_file(&v2.path).expect("probe v2");
+    assert_eq!((i.version, i.refcount_order, i.header_length), (2, 4, 72));
+    assert!(serde_json::to_string(&i)
+        .expect("json")
+        .contains("\"compression_type\":\"zlib\""));
+
+    // Refused features are reported by probe, not refused.
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("golden.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        base.to_str().expect("utf8"),
+        "1M",
+    ]);
+    let over = dir.path().join("over.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().expect("utf8"),
+        "-F",
+        "qcow2",
+        over.to_str().expect("utf8"),
+    ]);
+    let i = probe_file(&over).expect("probe overlay");
+    assert!(i
+        .backing_file
+        .as_deref()
+        .is_some_and(|b| b.ends_with("golden.qcow2")));
+    assert_eq!(i.backing_format.as_deref(), Some("qcow2"));
+    let luks = dir.path().join("luks.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=abc123",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        luks.to_str().expect("utf8"),
+        "1M",
+    ]);
+    assert_eq!(probe_file(&luks).expect("probe luks").encryption, "luks");
+    let mut b = std::fs::read(&base).expect("read");
+    b[0] = 0;
+    assert!(streamdisk::format::qcow2::probe(&b).is_err());
 }

@@ -21,7 +21,6 @@ pub struct Geometry {
     pub cluster_size: u64,
     pub extended_l2: bool,
     pub version: u32,
-    pub virtual_size: u64,
     info: Qcow2Info,
 }
 
@@ -48,7 +47,6 @@ impl Geometry {
             cluster_size: h.cluster_size(),
             extended_l2: h.extended_l2(),
             version: h.version,
-            virtual_size: h.virtual_size,
             info,
         })
     }

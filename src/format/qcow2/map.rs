@@ -22,6 +22,9 @@ pub const MAPPING_BUDGET: usize = 8 << 20;
 const PLAIN_COST: usize = 64;
 const COMPRESSED_COST: usize = 80;
 const L2_COST: usize = 32;
+/// Refcount blocks tracked at most (one per 2 GiB of a 64 KiB-cluster image,
+/// so this covers 8 TiB; beyond, their bytes just pass through the window).
+const MAX_REFBLOCKS: usize = 4096;
 
 /// Parsing progress through a table that arrives in pieces.
 #[derive(Debug, Clone, Default)]
@@ -93,8 +96,11 @@ pub enum Plain {
     L1(TableCursor),
     /// An L2 table mapped by L1 entry `l1_index`.
     L2 { l1_index: u64, cursor: TableCursor },
-    /// Bytes known to hold no guest data (the refcount table).
-    Skip,
+    /// The refcount table: parsed only to learn where refcount blocks are.
+    RefTable(TableCursor),
+    /// A refcount block: holds no guest data, so its bytes are dropped
+    /// instead of filling the reorder window.
+    RefBlock,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +130,8 @@ pub struct MapState {
     pub max_compressed: u64,
     pub cluster_size: u64,
     pub budget: usize,
+    /// Refcount blocks marked so far.
+    refblocks: usize,
 }
 
 impl MapState {
@@ -233,6 +241,25 @@ impl MapState {
         self.check_budget()
     }
 
+    /// Marks a refcount block as known garbage, if it overlaps nothing
+    /// (refcounts do not matter for reading, so a bad entry is ignored).
+    pub fn insert_refblock(&mut self, host: u64, end: u64) {
+        let ok = self.check_metadata(host, end, "").is_ok()
+            && self.check_plain(host, end, "").is_ok()
+            && self.check_compressed(host, end, "").is_ok()
+            && self.refblocks < MAX_REFBLOCKS;
+        if ok {
+            self.refblocks += 1;
+            self.plain.insert(
+                host,
+                PlainRegion {
+                    end,
+                    kind: Plain::RefBlock,
+                },
+            );
+        }
+    }
+
     /// The plain region covering `pos`, if any, with its start.
     pub fn plain_at(&self, pos: u64) -> Option<u64> {
         match self.plain.range(..=pos).next_back() {
@@ -252,7 +279,8 @@ pub fn describe(k: &Plain) -> &'static str {
         Plain::Data { .. } => "data cluster",
         Plain::L1(_) => "L1 table",
         Plain::L2 { .. } => "L2 table",
-        Plain::Skip => "refcount table",
+        Plain::RefTable(_) => "refcount table",
+        Plain::RefBlock => "refcount block",
     }
 }
 

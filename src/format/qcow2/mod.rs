@@ -4,7 +4,7 @@
 //! sans-IO state machine, and applies the plan (reorder window, range reads of
 //! metadata on seekable sources, spill to scratch otherwise).
 
-mod decompress;
+pub mod decompress;
 mod driver;
 mod emit;
 mod entry;
@@ -14,6 +14,7 @@ mod map;
 mod spill;
 pub mod stream;
 mod window;
+mod workers;
 
 use std::io::{self, Read};
 use std::path::PathBuf;

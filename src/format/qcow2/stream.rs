@@ -13,12 +13,12 @@
 
 use crate::format::ExtentSink;
 
-use super::decompress::Decompressor;
 use super::emit::Emitter;
 use super::entry::{Geometry, Mapping, SUBCLUSTERS};
 use super::header::{align_up, cluster_size_hint, Header, HeaderError, MAX_HOST_OFFSET};
 use super::map::{describe, CompressedRegion, MapState, Plain, TableCursor};
 use super::window::Window;
+use super::workers::{Done, Pool};
 use super::{Qcow2Error, SpillPolicy};
 
 /// Decoder settings.
@@ -53,9 +53,9 @@ struct Body {
     geo: Geometry,
     map: MapState,
     emit: Emitter,
-    decomp: Decompressor,
-    /// Cluster output buffer for decompression (one cluster).
-    cluster_buf: Vec<u8>,
+    pool: Pool,
+    /// Finished decompressions waiting to be emitted.
+    done: Vec<Done>,
     l1_done: bool,
     pending_l2: u64,
     complete: bool,
@@ -154,25 +154,29 @@ impl StreamDecoder {
         map.fixed.push((0, cs, "image header"));
         let l1_bytes = u64::from(header.l1_size) * 8;
         if l1_bytes > 0 {
+            // The whole clusters of the L1: its padding is no guest data and
+            // should not wait in the window (entries past `l1_size` are ignored).
             let a = header.l1_table_offset;
-            map.fixed.push((a, a + align_up(l1_bytes, cs), "L1 table"));
-            map.insert_table(a, a + l1_bytes, Plain::L1(TableCursor::default()))
+            let end = a + align_up(l1_bytes, cs);
+            map.fixed.push((a, end, "L1 table"));
+            map.insert_table(a, end, Plain::L1(TableCursor::default()))
                 .map_err(inv)?;
         }
         let rt = header.refcount_table_offset;
         let rt_end = rt + u64::from(header.refcount_table_clusters) * cs;
         map.fixed.push((rt, rt_end, "refcount table"));
-        map.insert_table(rt, rt_end, Plain::Skip).map_err(inv)?;
+        map.insert_table(rt, rt_end, Plain::RefTable(TableCursor::default()))
+            .map_err(inv)?;
         sink.set_virtual_size(header.virtual_size)
             .map_err(Qcow2Error::Sink)?;
-        let decomp = Decompressor::new(header.compression_type).map_err(inv)?;
+        let pool = Pool::new(header.compression_type, cs).map_err(inv)?;
         let vsize = header.virtual_size;
         let mut body = Body {
             geo,
             map,
             emit: Emitter::new(vsize),
-            decomp,
-            cluster_buf: Vec::new(),
+            pool,
+            done: Vec::new(),
             l1_done: l1_bytes == 0,
             pending_l2: 0,
             complete: false,
@@ -221,6 +225,12 @@ impl StreamDecoder {
         let n = limit as usize;
         let piece = bytes.get(..n).unwrap_or_default();
         if !body.complete {
+            if self.window.would_overflow(n) {
+                // Clusters still being decompressed hold their input in the
+                // window: finish them before deciding the window is full.
+                body.pool.drain(&mut body.done);
+                body.emit_done(sink, &mut self.window)?;
+            }
             if self.cfg.can_fetch && !self.fetched && self.window.would_overflow(n) {
                 return Ok(None);
             }
@@ -242,7 +252,10 @@ impl StreamDecoder {
         let want_l1 = !body.l1_done;
         for (&s, r) in &body.map.plain {
             match &r.kind {
-                Plain::L1(c) if want_l1 => out.push((s + c.parsed, r.end)),
+                Plain::L1(c) if want_l1 => {
+                    let end = s + u64::from(body.header.l1_size) * 8;
+                    out.push((s + c.parsed, end.max(s + c.parsed)));
+                }
                 Plain::L2 { cursor, .. } if !want_l1 => out.push((s + cursor.parsed, r.end)),
                 _ => {}
             }
@@ -318,6 +331,12 @@ impl StreamDecoder {
                 )
             }));
         };
+        let l1_done = body.l1_done;
+        body.map.plain.retain(|_, r| match r.kind {
+            Plain::RefBlock => false,
+            Plain::L1(_) => !l1_done,
+            _ => true,
+        });
         if let Some((&s, r)) = body.map.plain.iter().next() {
             let what = describe(&r.kind);
             return Err(inv(format!(
@@ -337,9 +356,12 @@ impl StreamDecoder {
                     "truncated: the stream ended at {pos} bytes, before the compressed cluster at 0x{host:x}"
                 )));
             }
-            body.decompress(host, guest, &r.buf, sink, &mut self.window)
+            body.decompress(host, guest, r.buf, sink, &mut self.window)
                 .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
         }
+        body.pool.drain(&mut body.done);
+        body.emit_done(sink, &mut self.window)
+            .map_err(|e| inv(format!("truncated or corrupt: {e}")))?;
         body.emit.flush(sink)?;
         let vsize = body.header.virtual_size;
         if body.emit.covered() != vsize {
@@ -390,7 +412,21 @@ impl Body {
                 self.emit.data(sink, g, piece)?;
                 Ok(Plain::Data { guest })
             }
-            Plain::Skip => Ok(Plain::Skip),
+            Plain::RefBlock => Ok(Plain::RefBlock),
+            Plain::RefTable(mut c) => {
+                let mut entries = std::mem::take(&mut self.entries);
+                entries.clear();
+                c.feed(piece, 8, &mut entries);
+                let cs = self.geo.cluster_size;
+                for &(_, raw, _) in &entries {
+                    let off = raw & !0x1ff;
+                    if off != 0 && off % cs == 0 && off >= live && off < MAX_HOST_OFFSET {
+                        self.map.insert_refblock(off, off + cs);
+                    }
+                }
+                self.entries = entries;
+                Ok(Plain::RefTable(c))
+            }
             Plain::L1(mut c) => {
                 let mut entries = std::mem::take(&mut self.entries);
                 entries.clear();
@@ -399,6 +435,12 @@ impl Body {
                     self.l1_entry(i, raw, live, sink, window)?;
                 }
                 self.entries = entries;
+                // The table may end before its cluster does (and the file with
+                // it, as after `qemu-img resize`): done once its entries are in.
+                if c.parsed >= u64::from(self.header.l1_size) * 8 {
+                    self.l1_done = true;
+                    self.update_complete(window);
+                }
                 Ok(Plain::L1(c))
             }
             Plain::L2 {
@@ -591,7 +633,7 @@ impl Body {
         self.map
             .check_plain(host, end, "compressed cluster")
             .map_err(inv)?;
-        let mut buf = Vec::new();
+        let mut buf = self.pool.buffer();
         let split = pos.clamp(host, end);
         if split > host {
             buf.resize((split - host) as usize, 0);
@@ -602,7 +644,7 @@ impl Body {
             }
         }
         if split == end {
-            return self.decompress(host, guest, &buf, sink, window);
+            return self.decompress(host, guest, buf, sink, window);
         }
         self.map
             .compressed
@@ -610,29 +652,44 @@ impl Body {
         self.map.check_budget().map_err(inv)
     }
 
+    /// Hands a compressed cluster to the pool, then emits whatever finished.
     fn decompress(
         &mut self,
         host: u64,
         guest: u64,
-        input: &[u8],
+        input: Vec<u8>,
         sink: &mut dyn ExtentSink,
         window: &mut Window,
     ) -> Result<(), Qcow2Error> {
-        let cs = self.geo.cluster_size as usize;
-        self.cluster_buf.resize(cs, 0);
-        let used = self
-            .decomp
-            .cluster(input, &mut self.cluster_buf)
-            .map_err(|e| {
-                inv(format!(
-                    "compressed cluster at 0x{host:x} (guest 0x{guest:x}): {e}"
-                ))
-            })?;
-        window.release(host, host.saturating_add(used as u64));
-        let out = std::mem::take(&mut self.cluster_buf);
-        let r = self.emit.data(sink, guest, &out);
-        self.cluster_buf = out;
-        r
+        self.pool.submit(host, guest, input, &mut self.done);
+        self.emit_done(sink, window)
+    }
+
+    /// Emits finished clusters (in submission order) and releases the input
+    /// bytes they consumed from the window.
+    fn emit_done(
+        &mut self,
+        sink: &mut dyn ExtentSink,
+        window: &mut Window,
+    ) -> Result<(), Qcow2Error> {
+        let done = std::mem::take(&mut self.done);
+        let mut result = Ok(());
+        for d in done {
+            if result.is_ok() {
+                let (host, guest) = (d.job.host, d.job.guest);
+                result = match d.result {
+                    Ok(used) => {
+                        window.release(host, host.saturating_add(used as u64));
+                        self.emit.data(sink, guest, &d.job.out)
+                    }
+                    Err(e) => Err(inv(format!(
+                        "compressed cluster at 0x{host:x} (guest 0x{guest:x}): {e}"
+                    ))),
+                };
+            }
+            self.pool.give_back(d.job);
+        }
+        result
     }
 
     /// Gives unplaced bytes at `pos` to the compressed clusters they belong to.
@@ -674,10 +731,140 @@ impl Body {
             );
             if b == e {
                 if let Some(r) = self.map.compressed.remove(&key) {
-                    self.decompress(key.0, key.1, &r.buf, sink, window)?;
+                    self.decompress(key.0, key.1, r.buf, sink, window)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io;
+
+    /// Collects extents; panics on overlap or out-of-range writes.
+    #[derive(Default)]
+    struct Mem {
+        vsize: u64,
+        bytes: BTreeMap<u64, u8>,
+        zeros: Vec<(u64, u64)>,
+    }
+    impl ExtentSink for Mem {
+        fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
+            self.vsize = s;
+            Ok(())
+        }
+        fn data(&mut self, g: u64, d: &[u8]) -> io::Result<()> {
+            assert!(g + d.len() as u64 <= self.vsize);
+            for (i, &b) in d.iter().enumerate() {
+                assert!(self.bytes.insert(g + i as u64, b).is_none(), "twice");
+            }
+            Ok(())
+        }
+        fn zero(&mut self, g: u64, l: u64) -> io::Result<()> {
+            assert!(g + l <= self.vsize);
+            self.zeros.push((g, l));
+            Ok(())
+        }
+    }
+
+    const CS: usize = 512;
+
+    /// A 512-byte-cluster v3 image: header at 0, refcount table at cluster 1,
+    /// L1 at cluster `l1c`, one L2 at cluster `l2c`, and guest clusters 0 and 2
+    /// stored at `data` clusters (patterns 0xA1, 0xA2). Virtual size 20 clusters.
+    fn image(l1c: usize, l2c: usize, data: [usize; 2]) -> Vec<u8> {
+        let n = 1 + [l1c, l2c, data[0], data[1]].into_iter().max().unwrap_or(0);
+        let mut b = vec![0u8; n * CS];
+        b[0..4].copy_from_slice(b"QFI\xfb");
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[20..24].copy_from_slice(&9u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(20 * CS as u64).to_be_bytes());
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+        b[40..48].copy_from_slice(&((l1c * CS) as u64).to_be_bytes());
+        b[48..56].copy_from_slice(&(CS as u64).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&112u32.to_be_bytes());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        put(&mut b, l1c * CS, (1 << 63) | (l2c * CS) as u64);
+        put(&mut b, l2c * CS, (1 << 63) | (data[0] * CS) as u64);
+        put(&mut b, l2c * CS + 16, (1 << 63) | (data[1] * CS) as u64);
+        put(&mut b, l2c * CS + 24, 1); // zero flag
+        b[data[0] * CS..data[0] * CS + CS].fill(0xA1);
+        b[data[1] * CS..data[1] * CS + CS].fill(0xA2);
+        b
+    }
+
+    fn run(img: &[u8], window: usize, piece: usize) -> Result<Mem, Qcow2Error> {
+        let mut d = StreamDecoder::new(Config {
+            window,
+            spill: SpillPolicy::Forbid,
+            can_fetch: false,
+            mapping_budget: super::super::MAPPING_BUDGET,
+        });
+        let mut m = Mem::default();
+        for p in img.chunks(piece) {
+            assert_eq!(d.feed(p, &mut m)?, Feed::Done);
+        }
+        d.finish(&mut m)?;
+        Ok(m)
+    }
+
+    fn check(m: &Mem) {
+        assert_eq!(m.vsize, 20 * CS as u64);
+        for g in 0..(20 * CS) as u64 {
+            let want = match g / CS as u64 {
+                0 => Some(0xA1),
+                2 => Some(0xA2),
+                _ => None,
+            };
+            assert_eq!(m.bytes.get(&g).copied(), want, "guest byte {g}");
+        }
+        let zeros: u64 = m.zeros.iter().map(|z| z.1).sum();
+        assert_eq!(zeros + m.bytes.len() as u64, m.vsize);
+    }
+
+    #[test]
+    fn forward_layout_needs_no_window() {
+        let img = image(2, 3, [4, 5]);
+        for piece in [1, 7, 512, 100_000] {
+            check(&run(&img, 0, piece).expect("decodes"));
+        }
+    }
+
+    #[test]
+    fn data_before_its_l2_is_held_then_placed() {
+        let img = image(2, 6, [3, 5]);
+        check(&run(&img, 4096, 100).expect("decodes"));
+        // Forbid with a window too small: scratch required, said so.
+        match run(&img, 600, 100) {
+            Err(Qcow2Error::ScratchRequired(m)) => assert!(m.contains("scratch space is required")),
+            other => panic!("expected ScratchRequired, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn l1_at_the_end() {
+        let img = image(7, 4, [3, 5]);
+        check(&run(&img, 8192, 333).expect("decodes"));
+    }
+
+    #[test]
+    fn truncation_anywhere_is_an_error() {
+        let img = image(2, 3, [4, 5]);
+        for cut in 0..img.len() {
+            match run(&img[..cut], 1 << 20, 64) {
+                Err(Qcow2Error::Invalid(m)) => {
+                    assert!(m.contains("truncated") || m.contains("empty"), "{cut}: {m}")
+                }
+                Err(e) => panic!("{cut}: {e}"),
+                Ok(_) => panic!("truncated at {cut} accepted"),
+            }
+        }
     }
 }

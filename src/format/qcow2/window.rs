@@ -40,6 +40,7 @@ impl Window {
     }
 
     /// Bytes held in memory.
+    #[cfg(test)]
     pub fn mem_bytes(&self) -> usize {
         self.mem_bytes
     }
