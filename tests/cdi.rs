@@ -997,3 +997,97 @@ fn sigterm_never_reports_success() {
     // A partial disk.img may remain after a forced exit; the next attempt
     // starts over (see filesystem_target_with_overhead_resize_and_leftover).
 }
+
+// ---------------------------------------------------------------------------------------
+// Registry node pull: the image-server sidecar
+// ---------------------------------------------------------------------------------------
+
+/// A minimal stand-in for CDI's image-server sidecar: `/info` answers JSON,
+/// every other path the disk; no Range support. Returns the port and the
+/// paths requested.
+fn fake_sidecar(
+    disk: Vec<u8>,
+    info: &'static str,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = std::sync::Arc::clone(&seen);
+    let disk = std::sync::Arc::new(disk);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut stream) = conn else { continue };
+            let disk = std::sync::Arc::clone(&disk);
+            let seen = std::sync::Arc::clone(&seen2);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                seen.lock().expect("lock").push(format!("{method} {path}"));
+                let body: &[u8] = if path == "/info" {
+                    info.as_bytes()
+                } else {
+                    &disk
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                if method != "HEAD" {
+                    let _ = stream.write_all(body);
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn registry_node_pull_with_sidecar() {
+    let work = tempdir();
+    let (img, raw) = sample_qcow2(work.path(), 8 * MIB);
+    let (port, seen) = fake_sidecar(
+        fs::read(&img).expect("read"),
+        r#"{"env":["PATH=/bin","INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small","KUBEVIRT_IO_OS=fedora"]}"#,
+    );
+    let shared = work.path().join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    let ready = shared.join("ready");
+    let done = shared.join("done");
+    let mut pod = Pod::new();
+    pod.http(&format!("http://127.0.0.1:{port}/disk.img"))
+        .env("IMPORTER_IMAGE_SIZE", "8Mi")
+        .env("IMPORTER_PULL_METHOD", "node")
+        .env("IMPORTER_READY_FILE", ready.to_str().expect("utf8"))
+        .env("IMPORTER_DONE_FILE", done.to_str().expect("utf8"));
+    let running = pod.spawn();
+    // The sidecar becomes ready a little later and names the disk file.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!done.exists());
+    fs::write(&ready, "disk/fedora.qcow2").expect("ready");
+    let end = pod.wait(running);
+    end.assert_code(0).assert_message(
+        r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small","kubevirt.io/os":"fedora"},"message":"Import Complete"}"#,
+    );
+    assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
+    assert!(done.exists(), "done file lets the sidecar exit");
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter().any(|r| r == "GET /disk/fedora.qcow2"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|r| r == "GET /info"), "{seen:?}");
+}

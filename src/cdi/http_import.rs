@@ -196,6 +196,7 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                     Outcome::Complete {
                         scratch_space_required: Some(false),
                         preallocation_applied: cfg.preallocation,
+                        labels: Default::default(),
                     }
                 }
                 Err(e) => {
@@ -404,6 +405,7 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 Outcome::Complete {
                     scratch_space_required: Some(false),
                     preallocation_applied: false,
+                    labels: Default::default(),
                 }
             }
             Err(e) => Outcome::Failed(unable(e)),

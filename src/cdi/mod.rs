@@ -18,6 +18,7 @@
 //! | [`space`] | available space, usable space and resize arithmetic |
 //! | [`blank`] | `IMPORTER_SOURCE=none` |
 //! | [`http_import`], [`archive`] | `IMPORTER_SOURCE=http`, disk image or archive |
+//! | [`sidecar`] | registry node-pull imports: ready/done files, labels |
 //! | [`metrics`] | the HTTPS progress endpoint |
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
 //! | [`logging`] | stderr logs and secret scrubbing |
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod paths;
 pub mod quantity;
+pub mod sidecar;
 pub mod space;
 pub mod termination;
 
@@ -215,18 +217,53 @@ fn run_with(
             }
             outcome
         }
-        _ => {
-            let ctx = http_import::HttpContext {
-                cfg: &cfg,
-                paths,
-                block,
-                rt,
-                counter,
-                redactor: &redactor,
-            };
-            http_import::run(&ctx)
+        _ => http_pod(rt, vars, cfg, paths, block, counter, &redactor),
+    }
+}
+
+/// `IMPORTER_SOURCE=http`, including the registry node-pull variant with its
+/// image-server sidecar (ready file, done file, labels; see [`sidecar`]).
+fn http_pod(
+    rt: &tokio::runtime::Runtime,
+    vars: &[(String, String)],
+    mut cfg: PodConfig,
+    paths: &PodPaths,
+    block: bool,
+    counter: Arc<Counter>,
+    redactor: &logging::Redactor,
+) -> Outcome {
+    let ready = config::env_value(vars, sidecar::ENV_READY_FILE);
+    if !ready.is_empty() {
+        let ready = std::path::Path::new(ready);
+        let poll = std::time::Duration::from_secs(1);
+        if let Err(m) = sidecar::wait_ready(ready, sidecar::READY_TIMEOUT, poll) {
+            return Outcome::Failed(m);
+        }
+        match sidecar::endpoint(&cfg.endpoint, ready) {
+            Ok(ep) => cfg.endpoint = ep,
+            Err(m) => return Outcome::Failed(m),
         }
     }
+    let ctx = http_import::HttpContext {
+        cfg: &cfg,
+        paths,
+        block,
+        rt,
+        counter,
+        redactor,
+    };
+    let mut outcome = http_import::run(&ctx);
+    // The labels first: once the done file exists the sidecar exits.
+    if let Outcome::Complete { labels, .. } = &mut outcome {
+        if config::env_value(vars, sidecar::ENV_PULL_METHOD) == "node" {
+            *labels = sidecar::fetch_labels(rt, &cfg.endpoint);
+        }
+    }
+    let done = config::env_value(vars, sidecar::ENV_DONE_FILE);
+    if !done.is_empty() && matches!(outcome, Outcome::Complete { .. } | Outcome::ScratchRequired) {
+        sidecar::touch_done(std::path::Path::new(done));
+    }
+    outcome
 }
 
 /// `IMPORTER_SOURCE=none`.
@@ -239,6 +276,7 @@ fn blank_disk(cfg: &PodConfig, paths: &PodPaths, block: bool) -> Outcome {
     let done = Outcome::Complete {
         scratch_space_required: None,
         preallocation_applied: cfg.preallocation,
+        labels: Default::default(),
     };
     if block && !cfg.preallocation {
         tracing::info!("blank block volume without preallocation is already an empty disk");
