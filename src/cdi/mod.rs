@@ -117,9 +117,9 @@ fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
     }
     if let Err(e) = termination::write(&paths.termination_log, &message) {
         tracing::error!(path = %paths.termination_log.display(), error = %e, "could not write the termination message");
-        // CDI exits 1 when the success message cannot be written: without it
-        // the controller cannot tell what happened.
-        if matches!(outcome, Outcome::Complete { .. }) {
+        // CDI exits 1 when a success (or scratch-required) message cannot be
+        // written: without it the controller cannot tell what happened.
+        if matches!(outcome, Outcome::Complete { .. } | Outcome::ScratchRequired) {
             return 1;
         }
     }
