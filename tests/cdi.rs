@@ -1091,3 +1091,14 @@ fn registry_node_pull_with_sidecar() {
     );
     assert!(seen.iter().any(|r| r == "GET /info"), "{seen:?}");
 }
+
+#[test]
+fn unwritable_termination_log_is_not_a_success() {
+    let mut pod = Pod::new();
+    // A directory where the file should be: the message cannot be written.
+    fs::create_dir(pod.path("dev/termination-log")).expect("mkdir");
+    pod.env("IMPORTER_SOURCE", "none")
+        .env("IMPORTER_IMAGE_SIZE", "1Mi");
+    let end = pod.run();
+    assert_eq!(end.code, Some(1), "stderr:\n{}", end.stderr);
+}
