@@ -200,7 +200,9 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                     }
                 }
                 Err(e) => {
-                    let _ = (!ctx.block).then(|| clean(&target));
+                    if !ctx.block {
+                        let _ = clean(&target);
+                    }
                     Outcome::Failed(unable(e))
                 }
             }
