@@ -21,7 +21,10 @@ fn image(dir: &Path) -> std::path::PathBuf {
     make_raw(
         &raw,
         32 << 20,
-        &[(0, 12 << 20, Fill::Random(7)), (20 << 20, 12 << 20, Fill::Random(9))],
+        &[
+            (0, 12 << 20, Fill::Random(7)),
+            (20 << 20, 12 << 20, Fill::Random(9)),
+        ],
     );
     let img = dir.join("src.qcow2");
     qcow2_from_raw(&raw, &img, false, "");
@@ -152,7 +155,11 @@ fn five_connection_drops_are_resumed_through_the_whole_pipeline() {
         .into_iter()
         .filter(|r| r.method == "GET")
         .collect();
-    assert!(gets.len() >= 7, "expected 6 resumes, saw {} GETs", gets.len());
+    assert!(
+        gets.len() >= 7,
+        "expected 6 resumes, saw {} GETs",
+        gets.len()
+    );
     let mut expected_from = 0u64;
     for (i, (g, cut)) in gets
         .iter()

@@ -110,7 +110,9 @@ impl Target {
     fn feed(&mut self, mut off: u64, mut src: Src<'_>) -> io::Result<()> {
         let align = self.align as u64;
         while !src.is_empty() {
-            let continues = self.run.as_ref().is_some_and(|r| r.end() == off);
+            // With a gap pending, the run's logical end is past the gap:
+            // nothing may be appended before the gap is placed.
+            let continues = self.gap == 0 && self.run.as_ref().is_some_and(|r| r.end() == off);
             if !continues {
                 if self.run.is_some() {
                     // Flushing may place a pending gap, which may open a new run
