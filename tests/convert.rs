@@ -483,3 +483,45 @@ fn info_over_http_reads_only_the_start() {
         "info made the server send {sent} of {size} bytes"
     );
 }
+
+/// HTTPS end to end through the CLI: a server certificate from a private CA is trusted
+/// with `--ca-dir`, refused without it (naming the certificate problem), and accepted with
+/// `--insecure`.
+#[test]
+fn https_with_private_ca() {
+    let dir = common::tempdir();
+    let raw = mixed_raw(dir.path(), "tls.raw", 2 * MIB);
+    let img = dir.path().join("tls.qcow2");
+    qcow2_from_raw(&raw, &img, true, "");
+    let oracle = qemu_raw(&img);
+    let certs = common::server::make_ca_and_cert("localhost");
+    let ca_dir = dir.path().join("ca");
+    fs::create_dir(&ca_dir).unwrap();
+    fs::write(ca_dir.join("test-ca.pem"), &certs.ca_cert_pem).unwrap();
+    let srv = common::server::TestServer::builder(common::server::Body::file(&img))
+        .tls(&certs.server_cert_pem, &certs.server_key_pem)
+        .start();
+    let url = srv.url("/tls.qcow2");
+    assert!(url.starts_with("https://localhost:"));
+
+    let out = dir.path().join("tls.out");
+    Streamdisk::convert(&url, &out)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .run()
+        .assert_ok();
+    common::assert_same_bytes(&out, &oracle);
+
+    let out2 = dir.path().join("tls2.out");
+    let run = Streamdisk::convert(&url, &out2)
+        .args(["--retries", "1"])
+        .run();
+    run.assert_refused(&["certificate", "tls", "issuer", "trust"]);
+
+    let out3 = dir.path().join("tls3.out");
+    Streamdisk::convert(&url, &out3)
+        .arg("--insecure")
+        .run()
+        .assert_ok();
+    common::assert_same_bytes(&out3, &oracle);
+}
