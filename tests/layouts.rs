@@ -205,6 +205,35 @@ fn layout_interleaved_l2_tables_l1_at_end() {
     assert_no_failures(&failures);
 }
 
+/// `qemu-img convert -c` (how cloud images are made) with small clusters stores many
+/// compressed clusters before the L2 table that maps them (up to about 1 MiB ahead here):
+/// the reorder window's job.
+#[test]
+fn layout_compressed_data_before_its_l2() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("cz.raw");
+    let regions: Vec<(u64, u64, Fill)> = (0..24u64)
+        .filter(|i| i % 3 != 2)
+        .map(|i| {
+            let fill = if i % 3 == 0 {
+                Fill::Random(100 + i)
+            } else {
+                Fill::Text
+            };
+            (i * MIB, MIB, fill)
+        })
+        .collect();
+    make_raw(&raw, 24 * MIB, &regions);
+    let img = dir.path().join("cz.qcow2");
+    qcow2_from_raw(&raw, &img, true, "cluster_size=4096");
+    let lay = layout(&img);
+    assert!(
+        lay.l2_after_its_data,
+        "no compressed cluster stored before its L2 table"
+    );
+    check_all_sources("compressed data before its L2 table", &img);
+}
+
 #[test]
 fn layout_l2_after_data() {
     let dir = common::tempdir();
