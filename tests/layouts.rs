@@ -61,6 +61,21 @@ fn check_all_sources(label: &str, image: &Path) {
     assert_no_failures(&failures);
 }
 
+/// Converts `image` from a file into a stale file and a loop device full of stale bytes:
+/// zero ranges smaller than 4 KiB (subclusters, 512-byte clusters) must read as zeros there
+/// too.
+fn check_into_devices(label: &str, image: &Path) {
+    let oracle = qemu_raw(image);
+    assert_no_failures(&run_matrix(
+        label,
+        image,
+        &oracle,
+        &[SourceKind::File],
+        &[TargetKind::StaleFile, TargetKind::Loop],
+        &[],
+    ));
+}
+
 /// Written, grown with `qemu-img resize` (the L1 table moves to the end of the file), then
 /// written again (those clusters land after the new L1).
 fn build_l1_after_data(dir: &Path) -> PathBuf {
@@ -334,6 +349,9 @@ fn layout_cluster_sizes() {
         assert_eq!(read_header(&img).cluster_bits, bits);
         poison_zero_ranges(&img);
         check_all_sources(&format!("cluster size {cs}"), &img);
+        if cs < 4096 {
+            check_into_devices(&format!("cluster size {cs}"), &img);
+        }
     }
 }
 
@@ -365,6 +383,7 @@ fn layout_extended_l2() {
             "no unallocated/zero subcluster with a host cluster"
         );
         check_all_sources(&format!("extended L2, cluster {cs}"), &img);
+        check_into_devices(&format!("extended L2, cluster {cs}"), &img);
     }
 }
 
