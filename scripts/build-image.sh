@@ -15,6 +15,7 @@
 #   BUILDER          buildah | podman        (default: buildah if installed, else podman)
 #   STORAGE_DRIVER   containers storage driver (default vfs: works without overlay support)
 #   SKIP_CARGO=1     reuse the static binary already built (fails if it is missing)
+#   CARGO_TARGET_DIR honoured as cargo does (default: target/ at the top of the repository)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,8 +24,9 @@ cd "$root"
 image=${IMAGE:-localhost/streamdisk:latest}
 driver=${STORAGE_DRIVER:-vfs}
 triple=x86_64-unknown-linux-gnu
-bin=$root/target/$triple/release/streamdisk
-ctx=$root/target/image
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+bin=$target_dir/$triple/release/streamdisk
+ctx=$target_dir/image
 
 if [[ -z ${BUILDER:-} ]]; then
     if command -v buildah >/dev/null; then BUILDER=buildah

@@ -52,6 +52,12 @@ struct Pod {
     metrics_port: u16,
 }
 
+/// A pod being run.
+struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
 /// How a pod run ended.
 #[derive(Debug)]
 struct Ended {
@@ -126,7 +132,9 @@ impl Pod {
         self
     }
 
-    fn spawn(&self) -> Child {
+    /// Starts the pod; its stderr is drained from the start (a full pipe
+    /// would block the child's logging).
+    fn spawn(&self) -> Running {
         let mut cmd = Command::new(common::bin());
         // As CDI's image runs it: klog flags, one unknown, then -v.
         cmd.args(["cdi", "-alsologtostderr", "-some_future_flag=x", "-v=3"])
@@ -146,16 +154,21 @@ impl Pod {
                 });
             }
         }
-        cmd.spawn().expect("spawn streamdisk cdi")
-    }
-
-    fn wait(&self, mut child: Child) -> Ended {
+        let mut child = cmd.spawn().expect("spawn streamdisk cdi");
         let mut err = child.stderr.take().expect("stderr");
-        let reader = std::thread::spawn(move || {
+        let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err.read_to_string(&mut s);
             s
         });
+        Running { child, stderr }
+    }
+
+    fn wait(&self, running: Running) -> Ended {
+        let Running {
+            mut child,
+            stderr: reader,
+        } = running;
         let start = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait().expect("wait") {
@@ -737,11 +750,12 @@ fn custom_ca_over_tls() {
 // Scratch space
 // ---------------------------------------------------------------------------------------
 
-/// An image whose L1 table sits after its data (written, grown, written again).
+/// An image whose L1 table sits after its data (written, grown, written
+/// again), with more data before the L1 than the decoder's 4 MiB reorder window.
 fn l1_after_data_image(dir: &Path) -> (PathBuf, PathBuf) {
     let img = dir.join("grown.qcow2");
     qcow2_create(&img, 64 * MIB, "");
-    qemu_io(&img, &["write -P 1 0 1M"]);
+    qemu_io(&img, &["write -P 1 0 12M"]);
     common::qemu_img(&["resize", "-q", img.to_str().expect("utf8"), "1G"]);
     qemu_io(&img, &["write -P 2 900M 1M"]);
     let raw = qemu_raw(&img);
@@ -766,6 +780,11 @@ fn scratch_required_without_scratch_and_used_with_it() {
         .env("IMPORTER_IMAGE_SIZE", "1Gi");
     pod.run().assert_code(0).assert_message(SUCCESS);
     assert_prefix_equals(&pod.disk(), &raw, 1 << 30);
+    assert_eq!(
+        fs::read_dir(pod.path("scratch")).expect("ls").count(),
+        0,
+        "spill files are removed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -802,16 +821,13 @@ fn progress_metric_during_import() {
         .env("IMPORTER_IMAGE_SIZE", "6Mi");
     let uid = "0b1c7f5e-test";
     let re = progress_regex(uid);
-    let child = pod.spawn();
+    let mut running = pod.spawn();
     let mut seen = Vec::new();
     let start = Instant::now();
     let mut paths = ["/metrics", "/", "/anything"].iter().cycle();
-    let mut child = Some(child);
     while start.elapsed() < Duration::from_secs(60) {
-        if let Some(c) = child.as_mut() {
-            if c.try_wait().expect("wait").is_some() {
-                break;
-            }
+        if running.child.try_wait().expect("wait").is_some() {
+            break;
         }
         if let Some(body) = scrape(pod.metrics_port, paths.next().expect("cycle")) {
             let caps = re
@@ -822,7 +838,8 @@ fn progress_metric_during_import() {
         }
         std::thread::sleep(Duration::from_millis(150));
     }
-    let end = pod.wait(child.take().expect("child"));
+    let end = pod.wait(running);
+    eprintln!("progress values scraped: {seen:?}");
     end.assert_code(0).assert_message(SUCCESS);
     assert!(
         seen.iter().any(|&v| v > 0.0 && v < 100.0),
@@ -851,4 +868,237 @@ fn busy_metrics_port_does_not_stop_the_import() {
     end.assert_code(0).assert_message(SUCCESS);
     assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
     assert!(end.stderr.contains("metrics"), "the bind failure is logged");
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry point and volume-full wording
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invoked_as_cdi_importer() {
+    let dir = tempdir();
+    let link = dir.path().join("cdi-importer");
+    std::os::unix::fs::symlink(common::bin(), &link).expect("symlink");
+    let pod = Pod::new();
+    let out = Command::new(&link)
+        .args(["-alsologtostderr", "-v=1"])
+        .env_clear()
+        .env("STREAMDISK_POD_ROOT", pod.root.path())
+        .env("STREAMDISK_METRICS_PORT", "0")
+        .env("PREALLOCATION", "false")
+        .env("IMPORTER_SOURCE", "nfs")
+        .output()
+        .expect("run cdi-importer");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        fs::read_to_string(pod.path("dev/termination-log")).expect("message"),
+        "Unknown data source: nfs"
+    );
+}
+
+#[test]
+fn url_credentials_are_used_but_never_printed() {
+    let work = tempdir();
+    let (img, raw) = sample_qcow2(work.path(), 8 * MIB);
+    let srv = TestServer::builder(Body::file(&img))
+        .basic_auth("importer", "url-pa55word")
+        .start();
+    let url = srv
+        .url("/disk.qcow2")
+        .replace("http://", "http://importer:url-pa55word@");
+    let mut pod = Pod::new();
+    pod.http(&url).env("IMPORTER_IMAGE_SIZE", "8Mi");
+    let end = pod.run();
+    end.assert_code(0).assert_message(SUCCESS);
+    assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
+    assert!(!end.stderr.contains("url-pa55word"), "{}", end.stderr);
+}
+
+/// A small tmpfs mounted on `<root>/data`, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> Option<SmallFs> {
+        if !common::is_root() {
+            eprintln!("SKIP: mounting a small tmpfs needs root");
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIP: cannot mount a tmpfs");
+            return None;
+        }
+        Some(SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_volume_is_reported_with_the_controller_wording() {
+    // A raw stream without Content-Length has no size to check up front, so a
+    // too-small volume shows up as ENOSPC while writing.
+    let work = tempdir();
+    let img = work.path().join("random.raw");
+    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(3))]);
+    let srv = TestServer::builder(Body::file(&img))
+        .omit_content_length(true)
+        .ranges(false)
+        .start();
+    let mut pod = Pod::new();
+    let Some(_fs) = SmallFs::mount(&pod.path("data"), "4m") else {
+        return;
+    };
+    pod.http(&srv.url("/random.raw"));
+    let end = pod.run();
+    end.assert_code(1);
+    let m = end.message();
+    eprintln!("termination message: {m}");
+    assert!(
+        m.contains("no space left on device")
+            || m.contains("is larger than the reported available"),
+        "{m}"
+    );
+    assert!(!pod.disk().exists(), "partial disk.img removed");
+}
+
+#[test]
+fn sigterm_never_reports_success() {
+    let work = tempdir();
+    let img = work.path().join("random.raw");
+    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(5))]);
+    let srv = TestServer::builder(Body::file(&img))
+        .rate_limit(MIB)
+        .start();
+    let mut pod = Pod::new();
+    pod.http(&srv.url("/random.raw"))
+        .env("IMPORTER_IMAGE_SIZE", "8Mi");
+    let running = pod.spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = i32::try_from(running.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let end = pod.wait(running);
+    assert_ne!(end.code, Some(0), "stderr:\n{}", end.stderr);
+    assert!(
+        end.message().contains("interrupted by SIGTERM"),
+        "{}",
+        end.message()
+    );
+    // A partial disk.img may remain after a forced exit; the next attempt
+    // starts over (see filesystem_target_with_overhead_resize_and_leftover).
+}
+
+// ---------------------------------------------------------------------------------------
+// Registry node pull: the image-server sidecar
+// ---------------------------------------------------------------------------------------
+
+/// A minimal stand-in for CDI's image-server sidecar: `/info` answers JSON,
+/// every other path the disk; no Range support. Returns the port and the
+/// paths requested.
+fn fake_sidecar(
+    disk: Vec<u8>,
+    info: &'static str,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = std::sync::Arc::clone(&seen);
+    let disk = std::sync::Arc::new(disk);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut stream) = conn else { continue };
+            let disk = std::sync::Arc::clone(&disk);
+            let seen = std::sync::Arc::clone(&seen2);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                seen.lock().expect("lock").push(format!("{method} {path}"));
+                let body: &[u8] = if path == "/info" {
+                    info.as_bytes()
+                } else {
+                    &disk
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                if method != "HEAD" {
+                    let _ = stream.write_all(body);
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn registry_node_pull_with_sidecar() {
+    let work = tempdir();
+    let (img, raw) = sample_qcow2(work.path(), 8 * MIB);
+    let (port, seen) = fake_sidecar(
+        fs::read(&img).expect("read"),
+        r#"{"env":["PATH=/bin","INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small","KUBEVIRT_IO_OS=fedora"]}"#,
+    );
+    let shared = work.path().join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    let ready = shared.join("ready");
+    let done = shared.join("done");
+    let mut pod = Pod::new();
+    pod.http(&format!("http://127.0.0.1:{port}/disk.img"))
+        .env("IMPORTER_IMAGE_SIZE", "8Mi")
+        .env("IMPORTER_PULL_METHOD", "node")
+        .env("IMPORTER_READY_FILE", ready.to_str().expect("utf8"))
+        .env("IMPORTER_DONE_FILE", done.to_str().expect("utf8"));
+    let running = pod.spawn();
+    // The sidecar becomes ready a little later and names the disk file.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!done.exists());
+    fs::write(&ready, "disk/fedora.qcow2").expect("ready");
+    let end = pod.wait(running);
+    end.assert_code(0).assert_message(
+        r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small","kubevirt.io/os":"fedora"},"message":"Import Complete"}"#,
+    );
+    assert_prefix_equals(&pod.disk(), &raw, 8 * MIB);
+    assert!(done.exists(), "done file lets the sidecar exit");
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter().any(|r| r == "GET /disk/fedora.qcow2"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|r| r == "GET /info"), "{seen:?}");
+}
+
+#[test]
+fn unwritable_termination_log_is_not_a_success() {
+    let mut pod = Pod::new();
+    // A directory where the file should be: the message cannot be written.
+    fs::create_dir(pod.path("dev/termination-log")).expect("mkdir");
+    pod.env("IMPORTER_SOURCE", "none")
+        .env("IMPORTER_IMAGE_SIZE", "1Mi");
+    let end = pod.run();
+    assert_eq!(end.code, Some(1), "stderr:\n{}", end.stderr);
 }

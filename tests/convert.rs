@@ -134,6 +134,13 @@ fn raw_images() {
     let dir = common::tempdir();
     let a = mixed_raw(dir.path(), "mixed.raw", 4 * MIB);
     check("raw 4 MiB", &a);
+}
+
+/// A raw image whose size is not a multiple of 512: qemu-img reports (and writes) the
+/// size rounded up to whole 512-byte sectors, zero-padded; so must streamdisk.
+#[test]
+fn raw_size_not_a_multiple_of_512() {
+    let dir = common::tempdir();
     let b = dir.path().join("odd.raw");
     make_raw(
         &b,
@@ -423,5 +430,56 @@ fn block_device_too_small_is_refused_untouched() {
     assert!(
         common::range_is(&backing, 0, 4 * MIB, common::matrix::STALE),
         "the device was written before the refusal"
+    );
+}
+
+/// An HTTP server that sends no Content-Length (a close-delimited body) and no Range
+/// support: the image still converts, qcow2 and raw, also wrapped.
+#[test]
+fn http_without_content_length() {
+    let dir = common::tempdir();
+    let raw = mixed_raw(dir.path(), "ncl.raw", 2 * MIB);
+    let img = dir.path().join("ncl.qcow2");
+    qcow2_from_raw(&raw, &img, true, "");
+    let mut inputs = vec![(img.clone(), qemu_raw(&img)), (raw.clone(), qemu_raw(&raw))];
+    if let Some(gz) = wrap(&img, Wrapper::Gzip) {
+        inputs.push((gz, qemu_raw(&img)));
+    }
+    for (input, oracle) in inputs {
+        let srv = common::server::TestServer::builder(common::server::Body::file(&input))
+            .ranges(false)
+            .omit_content_length(true)
+            .start();
+        let out = dir.path().join("ncl.out");
+        let _ = fs::remove_file(&out);
+        Streamdisk::convert(srv.url("/image"), &out)
+            .run()
+            .assert_ok();
+        common::assert_same_bytes(&out, &oracle);
+    }
+}
+
+/// `info` reads only as much as it needs: over HTTP, far less than the whole image.
+#[test]
+fn info_over_http_reads_only_the_start() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("big.raw");
+    make_raw(&raw, 64 * MIB, &[(0, 64 * MIB, Fill::Random(21))]);
+    let img = dir.path().join("big.qcow2");
+    qcow2_from_raw(&raw, &img, false, "");
+    let srv = common::server::TestServer::serve(common::server::Body::file(&img));
+    let run = Streamdisk::new()
+        .arg("info")
+        .arg(srv.url("/big.qcow2"))
+        .args(["--output", "json"])
+        .run();
+    run.assert_ok();
+    let j: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("info JSON");
+    assert_eq!(json_u64(&j, "virtual_size"), 64 * MIB, "{j}");
+    let size = fs::metadata(&img).unwrap().len();
+    let sent = srv.body_bytes_sent();
+    assert!(
+        sent < size / 2,
+        "info made the server send {sent} of {size} bytes"
     );
 }

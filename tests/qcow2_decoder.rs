@@ -546,8 +546,9 @@ fn stress_1tib_sparse_l1_at_end() {
 
 #[test]
 fn qcow2_rs_reader_agrees() {
-    // qcow2-rs's own reader (Qcow2Dev) as a second, independent oracle on an
-    // image it accepts (v3, zlib, no extended L2, clean).
+    // qcow2-rs's own reader (Qcow2Dev) as a second, independent oracle on
+    // images it accepts (v3, zlib, no extended L2, clean): written in place,
+    // and compressed by qemu-img convert -c.
     let img = create("", "16M");
     qemu_io(
         &img.path,
@@ -557,9 +558,30 @@ fn qcow2_rs_reader_agrees() {
             "write -z 100k 64k",
         ],
     );
+    let raw = img.path.with_extension("src");
+    mixed_raw(&raw, 16);
+    let comp = img.path.with_extension("c.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().expect("utf8"),
+        comp.to_str().expect("utf8"),
+    ]);
+    for path in [&img.path, &comp] {
+        crosscheck_with_qcow2_rs(path);
+    }
+}
+
+fn crosscheck_with_qcow2_rs(path: &Path) {
     let scratch = tempfile::tempdir().expect("scratch");
-    let (r, sink) = decode_file(&img.path, Mode::Stream, scratch.path());
+    let (r, sink) = decode_file(path, Mode::Stream, scratch.path());
     r.expect("decode");
+    let vsize = sink.vsize.expect("vsize") as usize;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -567,10 +589,10 @@ fn qcow2_rs_reader_agrees() {
     let got = rt.block_on(async {
         use qcow2_rs::dev::Qcow2DevParams;
         let params = Qcow2DevParams::new(9, None, None, true, false);
-        let dev = qcow2_rs::utils::qcow2_setup_dev_tokio(&img.path, &params)
+        let dev = qcow2_rs::utils::qcow2_setup_dev_tokio(path, &params)
             .await
             .expect("qcow2-rs opens");
-        let mut out = vec![0u8; 16 << 20];
+        let mut out = vec![0u8; vsize];
         for (i, c) in out.chunks_mut(1 << 20).enumerate() {
             let mut buf = qcow2_rs::helpers::Qcow2IoBuf::<u8>::new(c.len());
             dev.read_at(&mut buf, (i as u64) << 20)
@@ -597,7 +619,8 @@ fn qcow2_rs_reader_agrees() {
     });
     assert!(
         !nonzero_outside,
-        "qcow2-rs reads data where the decoder reported zeros"
+        "qcow2-rs reads data where the decoder reported zeros ({})",
+        path.display()
     );
 }
 

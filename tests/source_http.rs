@@ -286,6 +286,20 @@ fn length_change_is_caught_without_validators() {
 }
 
 #[test]
+fn shrunk_source_is_caught_by_416() {
+    let srv = TestServer::builder(Body::mem(sample(300_000, 30)))
+        .etag(false)
+        .last_modified(false)
+        .drop_after(vec![200_000])
+        .change_after(1, Body::mem(sample(100_000, 31)))
+        .start();
+    let err = fetch_all(&srv.url("/x"), &fast_opts()).expect_err("file shrank");
+    assert!(err.starts_with("source changed during download"), "{err}");
+    assert!(err.contains("416"), "{err}");
+    assert_eq!(srv.request_count(), 2, "a changed source is not retried");
+}
+
+#[test]
 fn server_without_range_streams_but_cannot_resume() {
     let body = sample(300_000, 12);
     let plain = TestServer::builder(Body::mem(body.clone()))
@@ -404,6 +418,44 @@ fn unknown_length_streams_to_the_end() {
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("read");
     assert!(got == body);
+    let log = srv.log();
+    let ranges: Vec<_> = gets(&log)
+        .iter()
+        .map(|r| (r.range.clone(), r.status))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(None, 200), (Some("bytes=200000-".to_string()), 416)],
+        "the end of a length-less body is confirmed"
+    );
+}
+
+#[test]
+fn close_delimited_body_cut_short_is_completed() {
+    // Without Content-Length, a connection closed early looks like the end
+    // of the body. With Range support the client asks what follows: a 206
+    // continues the download, a 416 naming the length proves the end.
+    let body = sample(200_000, 32);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .omit_content_length(true)
+        .keep_alive(false)
+        .drop_after(vec![50_000])
+        .start();
+    let got = fetch_all(&srv.url("/x"), &fast_opts()).expect("completed");
+    assert!(got == body, "got {} of {} bytes", got.len(), body.len());
+    let log = srv.log();
+    let ranges: Vec<_> = gets(&log)
+        .iter()
+        .map(|r| (r.range.clone(), r.status))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (None, 200),
+            // The 206 has a Content-Length: its end needs no probe.
+            (Some("bytes=50000-".to_string()), 206),
+        ]
+    );
 }
 
 #[test]

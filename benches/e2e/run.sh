@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2046 # $(sd ...) expands to a list of variant names, one word each
 # End-to-end benchmark of streamdisk against the peers of shared/design/PEERS.md.
 #
 #   sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
@@ -17,8 +18,9 @@ usage() {
     cat <<'EOF'
 usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
 
-  --quick            small images (512 MiB class, about 10-15 minutes); for checking the harness
-  --full             the sizes of BENCHMARKS.md (default; about 1.5-2 hours on 2 cores)
+  --quick            small images (512 MiB class, about 10 minutes); for checking the harness
+  --full             the sizes of BENCHMARKS.md (default; about 1 hour on 2 cores, plus
+                     15-25 minutes the first time to build the images)
   --out DIR          where results go (default: benches/e2e/results/<mode>-<UTC time>)
   --work DIR         images, loop backing files and scratch (default /var/tmp/streamdisk-bench)
   --rounds N         rounds of the interleaved commands (default 3, at least 3 for a report)
@@ -29,13 +31,14 @@ usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
                      docs/bench-quick for --quick)
   --rebuild          rebuild the images even when cached ones match
   --no-install       do not apt-get install missing tools
+  --dry-run          print the sizes and the disk space check, then stop
 EOF
 }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 MODE=full OUT="" ROUNDS=3 WORK=/var/tmp/streamdisk-bench SD_BIN="" PEERS_ONLY="" GROUPS_ARG=""
-PUBLISH="" REBUILD="" NO_INSTALL=""
+PUBLISH="" REBUILD="" NO_INSTALL="" DRY_RUN=""
 ARGS_ORIG="$*"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
         --publish) PUBLISH=1 ;;
         --rebuild) REBUILD=1 ;;
         --no-install) NO_INSTALL=1 ;;
+        --dry-run) DRY_RUN=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -74,7 +78,7 @@ human() { awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1; while (b 
 
 # ---------------------------------------------------------------- tools
 need_tools() {
-    local missing="" t pkg
+    local missing="" t
     for t in qemu-img:qemu-utils qemu-io:qemu-utils nginx:nginx-light nbdkit:nbdkit curl:curl \
              xz:xz-utils mkfs.ext4:e2fsprogs debootstrap:debootstrap losetup:mount \
              blkdiscard:util-linux /usr/bin/time:time ss:iproute2 openssl:openssl; do
@@ -85,6 +89,7 @@ need_tools() {
     [ -z "$missing" ] && return 0
     if [ -n "$NO_INSTALL" ]; then die "missing packages:$missing (run without --no-install to apt-get them)"; fi
     log "installing:$missing"
+    # shellcheck disable=SC2086 # one word per package
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing > "$WORK/apt.log" 2>&1 \
         || { apt-get update -q >> "$WORK/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >> "$WORK/apt.log" 2>&1; } \
         || die "apt-get install$missing failed; see $WORK/apt.log"
@@ -97,13 +102,13 @@ if [ "$MODE" = quick ]; then
     ROOTFS_FS=$((768 * M)); ROOTFS_DATA=$((200 * M))
     SPARSE_V=$((1024 * G)); SPARSE_DATA=$((256 * M))
     L1_BASE=$((256 * M)); L1_GROW=$((768 * M))
-    THROTTLE_SECS=10; TIMEOUT=600
+    THROTTLE_V=$((48 * M)); THROTTLE_RATE=1m; TIMEOUT=600
 else
     MIXED=$((8 * G)); SCALE="$((1 * G)) $((4 * G)) $((16 * G))"
     ROOTFS_FS=$((3 * G)); ROOTFS_DATA=$((1 * G))
     SPARSE_V=$((1024 * G)); SPARSE_DATA=$((1 * G))
     L1_BASE=$((1 * G)); L1_GROW=$((7 * G))
-    THROTTLE_SECS=30; TIMEOUT=1800
+    THROTTLE_V=$((80 * M)); THROTTLE_RATE=512k; TIMEOUT=1800
 fi
 DISK_RESERVE_BYTES=$((5 * G))
 SCALE_NOTE=""
@@ -132,6 +137,16 @@ mkdir -p "$OUT/samples" "$OUT/logs" || die "cannot create $OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/warnings.txt"
 RUNTMP=$(mktemp -d /tmp/streamdisk-bench.XXXXXX)
+LOOPS=()
+cleanup() {
+    nginx_stop
+    local l
+    for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
+    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"
+    rm -rf "$RUNTMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 need_tools
 
@@ -149,20 +164,16 @@ if [ $halvings -gt 0 ]; then
     IMGDIR="$WORK/images-$MODE-s$halvings"; mkdir -p "$IMGDIR"
 fi
 [ $((need + DISK_RESERVE_BYTES)) -le "$avail" ] || die "not enough disk space under $WORK even at 1/16 of the sizes"
+if [ -n "$DRY_RUN" ]; then
+    sizes=""; for s in $SCALE; do sizes="$sizes $(human "$s"),"; done
+    log "$MODE sizes: mixed $(human "$MIXED"); scaling${sizes%,}; rootfs filesystem $(human "$ROOTFS_FS") with about $(human "$ROOTFS_DATA") of files; sparse $(human "$SPARSE_V") with $(human "$SPARSE_DATA") of data; L1-at-end $(human "$L1_BASE") + $(human "$L1_GROW"); throttled $(human "$THROTTLE_V") at $THROTTLE_RATE per request; $ROUNDS rounds"
+    rmdir "$OUT/samples" "$OUT/logs" 2>/dev/null; rm -f "$OUT/warnings.txt"; rmdir "$OUT" 2>/dev/null
+    exit 0
+fi
 
 cg_init
 log "$(cg_describe)"
 
-LOOPS=()
-cleanup() {
-    nginx_stop
-    local l
-    for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
-    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"
-    rm -rf "$RUNTMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- binaries
 SD_VERSION=""
@@ -213,19 +224,19 @@ if want_group l1end; then
     build_l1end "$IMGDIR/l1end.qcow2" "$L1_BASE" "$L1_GROW"; add_image l1end "$IMGDIR/l1end.qcow2" qcow2
 fi
 SCALE_NAMES=""
-if want_group scaling || want_group throttled; then
+if want_group scaling; then
     for s in $SCALE; do
         n="scale-$(gib_name "$s")"
         build_mixed "$IMGDIR/$n.qcow2" "$s"; add_image "$n" "$IMGDIR/$n.qcow2" qcow2
         SCALE_NAMES="$SCALE_NAMES $n"
     done
 fi
-# The throttled comparison reuses the largest scaling image under its own name (and device),
-# so that its runs never mix with the full-speed runs of the same file.
-THROTTLE_IMG=""
+# The throttled comparison (issue 5) has a small image of its own, served slowly: nginx's
+# limit_rate is per request and lets each request send one second's worth at once, so each
+# 4 MiB range segment must take several seconds for that burst not to flatter N connections.
 if want_group throttled; then
-    THROTTLE_IMG=throttled
-    add_image throttled "${IMG_FILE[${SCALE_NAMES##* }]}" qcow2 "" "" "${SCALE_NAMES##* } served from /slow/"
+    build_mixed "$IMGDIR/throttle.qcow2" "$THROTTLE_V"
+    add_image throttled "$IMGDIR/throttle.qcow2" qcow2 "" "" "served from /slow/ at $THROTTLE_RATE per request"
 fi
 
 # ---------------------------------------------------------------- plan
@@ -244,7 +255,8 @@ if want_group scaling; then
 fi
 want_group throttled && plan throttled throttled slow $(sd streamdisk streamdisk-c4) cdi-http
 
-# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH)
+# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH).
+# The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
         streamdisk|streamdisk-c4) echo 0 ;;
@@ -252,6 +264,7 @@ variant_limit() {
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
 }
+# shellcheck disable=SC2016
 variant_cmd() {
     case $1 in
         streamdisk|streamdisk@*) echo 'exec "$SD" convert "$URL" "$DEV"' ;;
@@ -282,10 +295,7 @@ for name in "${!IMG_FILE[@]}"; do
 done
 mkdir -p "$RUNTMP/docroot"
 for name in "${!IMG_FILE[@]}"; do ln -sf "${IMG_FILE[$name]}" "$RUNTMP/docroot/$(basename "${IMG_FILE[$name]}")"; done
-rate=1m
-if [ -n "$THROTTLE_IMG" ] && [ -n "${IMG_FBYTES[$THROTTLE_IMG]:-}" ]; then
-    rate="$(( IMG_FBYTES[$THROTTLE_IMG] / THROTTLE_SECS / 1024 + 1 ))k"
-fi
+rate=$THROTTLE_RATE
 nginx_start "$RUNTMP/docroot" "$rate"
 url_of() { echo "http://127.0.0.1:$PORT/$2/$(basename "${IMG_FILE[$1]}")"; }
 
@@ -297,12 +307,12 @@ reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || t
 # image, byte for byte. The 1 TiB image is compared through the loop device's backing file,
 # whose holes qemu-img skips, instead of reading 1 TiB through the device.
 verify_one() { # image variant url
-    local name=$1 v=$2 url=$3 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} stripe k off n=16 src lg
+    local name=$1 v=$2 url=$3 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} k off n=16 src lg
     lg="$OUT/logs/verify-$name-$v.log"
     head -c $((4 * M)) /dev/zero | tr '\0' 'Z' > "$RUNTMP/stripe"
     reset_dev "$dev"
     for ((k = 0; k < n; k++)); do
-        off=$(( vs / n * k / (4 * M) ))
+        off=$(( vs * k / n / (4 * M) ))
         dd if="$RUNTMP/stripe" of="$dev" bs=4M seek="$off" oflag=direct conv=notrunc status=none 2>/dev/null
     done
     dd if="$RUNTMP/stripe" of="$dev" bs=4M seek=$(( (vs - 4 * M) / (4 * M) )) oflag=direct status=none 2>/dev/null
@@ -385,7 +395,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         [ -n "${seen[$name/$loc]:-}" ] && continue
         seen[$name/$loc]=1
         grp=()
-        for l2 in "${PLAN[@]}"; do read -r g2 n2 loc2 v2 <<< "$l2"; [ "$n2/$loc2" = "$name/$loc" ] && grp+=("$l2"); done
+        for l2 in "${PLAN[@]}"; do read -r _ n2 loc2 _ <<< "$l2"; [ "$n2/$loc2" = "$name/$loc" ] && grp+=("$l2"); done
         k=${#grp[@]}
         for ((j = 0; j < k; j++)); do order+=("${grp[$(( (j + r - 1) % k ))]}"); done
     done
@@ -404,7 +414,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
             "$(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')" \
             "$R_PEAK" "$R_FAILCNT" "$R_OOM" "$R_T0" "$R_NOTE" >> "$RES"
         status="ok"; [ "$R_RC" = 0 ] || status="rc=$R_RC $(tail -n1 "$OUT/logs/$tag.log" | cut -c1-100)"
-        log "[$done_n/$total] round $r  $name  $v@${limit}MiB: wall ${R_WALL}s cpu $(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')s peak $(human "${R_PEAK:-0}") oom=$R_OOM $status ${R_NOTE}"
+        lim_s="limit $limit MiB"; [ "$limit" = 0 ] && lim_s="no limit"
+        log "[$done_n/$total] round $r  $name  $v ($lim_s): wall ${R_WALL}s cpu $(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')s peak $(human "${R_PEAK:-0}") oom=$R_OOM $status ${R_NOTE}"
     done
     unset seen
 done

@@ -1,5 +1,5 @@
-//! `archive` content: a tar (optionally gzip/xz/zstd compressed) extracted into
-//! the data volume, safely.
+//! `archive` content: a tar (optionally gzip/xz/zstd compressed, unwrapped by
+//! [`crate::unwrap`] before it gets here) extracted into the data volume, safely.
 //!
 //! CDI pipes the stream into `tar --preserve-permissions --no-same-owner -x`.
 //! We extract in-process with the same effect (modes kept, owners not, mtimes
@@ -17,7 +17,7 @@
 //!   archive does not stop its own contents from being written.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -51,23 +51,6 @@ pub struct ExtractStats {
     pub links: u64,
     pub skipped: u64,
     pub bytes: u64,
-}
-
-/// Wraps `input` in the decompressor its magic bytes call for (gzip, xz, zstd),
-/// or returns it unchanged (a plain tar).
-pub fn decompress<'a, R: Read + 'a>(mut input: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut head = Vec::with_capacity(6);
-    (&mut input).take(6).read_to_end(&mut head)?;
-    let stream = Cursor::new(head.clone()).chain(input);
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(stream))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::new(stream)?)
-    } else {
-        Box::new(stream)
-    })
 }
 
 /// Extracts the tar stream `input` (already decompressed) into `dest`.
@@ -109,7 +92,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io_err(format!("chmod {}", target.display())))?;
                 set_mtime(&f, mtime);
-                stats.files += 1;
+                stats.files = stats.files.saturating_add(1);
                 stats.bytes = stats.bytes.saturating_add(n);
             }
             EntryType::Directory => {
@@ -122,7 +105,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     Err(_) => mkdir(&target)?,
                 }
                 dir_modes.push((target, mode, mtime));
-                stats.dirs += 1;
+                stats.dirs = stats.dirs.saturating_add(1);
             }
             EntryType::Symlink => {
                 let link = entry
@@ -132,13 +115,13 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     .into_owned();
                 if !symlink_stays_inside(&rel, &link) {
                     tracing::warn!(member = %raw_name, target = %link.display(), "skipping a symbolic link that points outside the volume");
-                    stats.skipped += 1;
+                    stats.skipped = stats.skipped.saturating_add(1);
                     continue;
                 }
                 remove_existing(&target)?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(io_err(format!("creating symlink {}", target.display())))?;
-                stats.links += 1;
+                stats.links = stats.links.saturating_add(1);
             }
             EntryType::Link => {
                 let link = entry
@@ -148,7 +131,7 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                     .into_owned();
                 let Some(Some(link_rel)) = member_path(&link) else {
                     tracing::warn!(member = %raw_name, target = %link.display(), "skipping a hard link to outside the volume");
-                    stats.skipped += 1;
+                    stats.skipped = stats.skipped.saturating_add(1);
                     continue;
                 };
                 let source = prepare_parent(dest, &link_rel, &raw_name)?;
@@ -157,11 +140,11 @@ pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, Archiv
                 // the symlink itself, never what it points to.
                 fs::hard_link(&source, &target)
                     .map_err(io_err(format!("creating hard link {}", target.display())))?;
-                stats.links += 1;
+                stats.links = stats.links.saturating_add(1);
             }
             other => {
                 tracing::warn!(member = %raw_name, kind = ?other, "skipping an archive member that is not a file, directory or link");
-                stats.skipped += 1;
+                stats.skipped = stats.skipped.saturating_add(1);
             }
         }
     }
@@ -336,7 +319,8 @@ mod tests {
     }
 
     fn extract_bytes(tar: &[u8], dest: &Path) -> Result<ExtractStats, ArchiveError> {
-        let mut r = decompress(tar).expect("decompress");
+        let input: Box<dyn Read + Send> = Box::new(io::Cursor::new(tar.to_vec()));
+        let (_, mut r) = crate::unwrap::unwrap(input).expect("unwrap");
         extract(&mut r, dest)
     }
 

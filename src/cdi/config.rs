@@ -135,6 +135,15 @@ pub struct PodConfig {
     pub env_headers: Vec<Header>,
 }
 
+/// The value of `name` in `vars`; an unset variable reads as empty, as Go's
+/// `os.Getenv` (which CDI uses) makes it.
+pub fn env_value<'a>(vars: &'a [(String, String)], name: &str) -> &'a str {
+    vars.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
 /// Go's `strconv.ParseBool`.
 pub fn go_parse_bool(s: &str) -> Option<bool> {
     match s {
@@ -150,12 +159,7 @@ impl PodConfig {
     /// Errors come in CDI's order: `PREALLOCATION` first (CDI checks it before
     /// anything else), then the rest.
     pub fn from_vars(vars: &[(String, String)]) -> Result<PodConfig, ConfigError> {
-        let get = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("")
-        };
+        let get = |name: &str| env_value(vars, name);
 
         let prealloc_raw = get(ENV_PREALLOCATION);
         let preallocation = go_parse_bool(prealloc_raw)

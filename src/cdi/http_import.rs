@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::checksum::Verifier;
 use crate::format::qcow2::{PlanOptions, SpillPolicy};
 use crate::job::{FormatChoice, ImportError, ImportJob};
-use crate::progress::{Counter, ProgressMode};
+use crate::progress::{Counter, ProgressMode, Tap};
 use crate::source::{HttpOptions, SourceSpec};
 use crate::target::TargetOptions;
 
@@ -196,10 +196,13 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                     Outcome::Complete {
                         scratch_space_required: Some(false),
                         preallocation_applied: cfg.preallocation,
+                        labels: Default::default(),
                     }
                 }
                 Err(e) => {
-                    let _ = (!ctx.block).then(|| clean(&target));
+                    if !ctx.block {
+                        let _ = clean(&target);
+                    }
                     Outcome::Failed(unable(e))
                 }
             }
@@ -344,20 +347,6 @@ impl<R: Read> Read for Shared<R> {
     }
 }
 
-/// Counts bytes into the progress counter.
-struct Counting<R> {
-    inner: R,
-    counter: Arc<Counter>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.add(n as u64);
-        Ok(n)
-    }
-}
-
 /// An `archive` (tar, optionally compressed) extracted into `/data`.
 fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     if ctx.block {
@@ -378,18 +367,17 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             if let Some(size) = opened.size {
                 counter.set_total(size);
             }
-            let counting = Counting {
-                inner: opened.reader,
-                counter: Arc::clone(&counter),
-            };
+            // Counts progress and turns SIGTERM into a read error.
+            let counting = Tap::new(opened.reader, Arc::clone(&counter));
             let verifier = checksum.map(Verifier::new);
             let tapped: Box<dyn Read + Send> = match &verifier {
                 Some(v) => Box::new(v.tap(counting)),
                 None => Box::new(counting),
             };
             let raw = Shared(Arc::new(Mutex::new(tapped)));
-            let mut decoded = archive::decompress(raw.clone())
+            let (wrapper, mut decoded) = crate::unwrap::unwrap(Box::new(raw.clone()))
                 .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
+            tracing::info!(wrapper = %wrapper, "archive compression");
             let stats = archive::extract(&mut decoded, &dir).map_err(|e| e.to_string())?;
             tracing::info!(
                 files = stats.files,
@@ -419,6 +407,7 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 Outcome::Complete {
                     scratch_space_required: Some(false),
                     preallocation_applied: false,
+                    labels: Default::default(),
                 }
             }
             Err(e) => Outcome::Failed(unable(e)),

@@ -18,6 +18,7 @@
 //! | [`space`] | available space, usable space and resize arithmetic |
 //! | [`blank`] | `IMPORTER_SOURCE=none` |
 //! | [`http_import`], [`archive`] | `IMPORTER_SOURCE=http`, disk image or archive |
+//! | [`sidecar`] | registry node-pull imports: ready/done files, labels |
 //! | [`metrics`] | the HTTPS progress endpoint |
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
 //! | [`logging`] | stderr logs and secret scrubbing |
@@ -33,12 +34,14 @@ pub mod metrics;
 pub mod outcome;
 pub mod paths;
 pub mod quantity;
+pub mod sidecar;
 pub mod space;
 pub mod termination;
 
 use std::ffi::OsString;
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use crate::progress::Counter;
 
@@ -65,11 +68,10 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
             )
         })
         .collect();
-    let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let root = env(paths::POD_ROOT_ENV);
-    let paths = PodPaths::from_override(root.as_deref());
-    if let Some(r) = root.filter(|r| !r.is_empty()) {
-        tracing::warn!(root = %r, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
+    let root = config::env_value(&vars, paths::POD_ROOT_ENV);
+    let paths = PodPaths::from_override(Some(root));
+    if !root.is_empty() {
+        tracing::warn!(root = %root, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
     }
 
     let outcome = match tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +80,8 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
         .build()
     {
         Ok(rt) => {
+            let _ = FORCE_EXIT_LOG.set(paths.termination_log.clone());
+            crate::signals::install(rt.handle(), on_force_exit);
             let counter = Arc::new(Counter::default());
             start_metrics(&rt, &vars, Arc::clone(&counter));
             let outcome = run_with(&rt, &vars, &paths, counter);
@@ -90,6 +94,20 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
     finish(&paths, &outcome)
 }
 
+/// Where [`on_force_exit`] writes (a `fn` pointer cannot capture it).
+static FORCE_EXIT_LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Runs when a SIGTERM/SIGINT did not unwind the import in time: leave the
+/// controller a plain-text failure before the process exits non-zero.
+fn on_force_exit(signal: &'static str) {
+    if let Some(p) = FORCE_EXIT_LOG.get() {
+        let _ = termination::write(
+            p,
+            &format!("Unable to process data: interrupted by {signal}"),
+        );
+    }
+}
+
 /// Logs the outcome, writes the termination message, and picks the exit code.
 fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
     let message = outcome.message();
@@ -99,9 +117,9 @@ fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
     }
     if let Err(e) = termination::write(&paths.termination_log, &message) {
         tracing::error!(path = %paths.termination_log.display(), error = %e, "could not write the termination message");
-        // CDI exits 1 when the success message cannot be written: without it
-        // the controller cannot tell what happened.
-        if matches!(outcome, Outcome::Complete { .. }) {
+        // CDI exits 1 when a success (or scratch-required) message cannot be
+        // written: without it the controller cannot tell what happened.
+        if matches!(outcome, Outcome::Complete { .. } | Outcome::ScratchRequired) {
             return 1;
         }
     }
@@ -109,18 +127,13 @@ fn finish(paths: &PodPaths, outcome: &Outcome) -> i32 {
 }
 
 fn start_metrics(rt: &tokio::runtime::Runtime, vars: &[(String, String)], counter: Arc<Counter>) {
-    let get = |name: &str| {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let owner_uid = get(config::ENV_OWNER_UID).unwrap_or("");
-    let port = match get(metrics::PORT_ENV) {
-        Some(p) if !p.is_empty() => p.parse::<u16>().unwrap_or_else(|_| {
+    let owner_uid = config::env_value(vars, config::ENV_OWNER_UID);
+    let port = match config::env_value(vars, metrics::PORT_ENV) {
+        "" => metrics::DEFAULT_PORT,
+        p => p.parse::<u16>().unwrap_or_else(|_| {
             tracing::warn!(value = %p, "invalid {}, using {}", metrics::PORT_ENV, metrics::DEFAULT_PORT);
             metrics::DEFAULT_PORT
         }),
-        _ => metrics::DEFAULT_PORT,
     };
     let reg = Arc::new(metrics::registry(counter, owner_uid));
     match metrics::start(rt.handle(), port, reg) {
@@ -137,12 +150,7 @@ fn run_with(
     paths: &PodPaths,
     counter: Arc<Counter>,
 ) -> Outcome {
-    let get = |name: &str| {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let get = |name: &str| config::env_value(vars, name);
 
     // 1. PREALLOCATION: CDI refuses to start without a valid boolean.
     let prealloc = get(config::ENV_PREALLOCATION);
@@ -209,18 +217,53 @@ fn run_with(
             }
             outcome
         }
-        _ => {
-            let ctx = http_import::HttpContext {
-                cfg: &cfg,
-                paths,
-                block,
-                rt,
-                counter,
-                redactor: &redactor,
-            };
-            http_import::run(&ctx)
+        _ => http_pod(rt, vars, cfg, paths, block, counter, &redactor),
+    }
+}
+
+/// `IMPORTER_SOURCE=http`, including the registry node-pull variant with its
+/// image-server sidecar (ready file, done file, labels; see [`sidecar`]).
+fn http_pod(
+    rt: &tokio::runtime::Runtime,
+    vars: &[(String, String)],
+    mut cfg: PodConfig,
+    paths: &PodPaths,
+    block: bool,
+    counter: Arc<Counter>,
+    redactor: &logging::Redactor,
+) -> Outcome {
+    let ready = config::env_value(vars, sidecar::ENV_READY_FILE);
+    if !ready.is_empty() {
+        let ready = std::path::Path::new(ready);
+        let poll = std::time::Duration::from_secs(1);
+        if let Err(m) = sidecar::wait_ready(ready, sidecar::READY_TIMEOUT, poll) {
+            return Outcome::Failed(m);
+        }
+        match sidecar::endpoint(&cfg.endpoint, ready) {
+            Ok(ep) => cfg.endpoint = ep,
+            Err(m) => return Outcome::Failed(m),
         }
     }
+    let ctx = http_import::HttpContext {
+        cfg: &cfg,
+        paths,
+        block,
+        rt,
+        counter,
+        redactor,
+    };
+    let mut outcome = http_import::run(&ctx);
+    // The labels first: once the done file exists the sidecar exits.
+    if let Outcome::Complete { labels, .. } = &mut outcome {
+        if config::env_value(vars, sidecar::ENV_PULL_METHOD) == "node" {
+            *labels = sidecar::fetch_labels(rt, &cfg.endpoint);
+        }
+    }
+    let done = config::env_value(vars, sidecar::ENV_DONE_FILE);
+    if !done.is_empty() && matches!(outcome, Outcome::Complete { .. } | Outcome::ScratchRequired) {
+        sidecar::touch_done(std::path::Path::new(done));
+    }
+    outcome
 }
 
 /// `IMPORTER_SOURCE=none`.
@@ -233,6 +276,7 @@ fn blank_disk(cfg: &PodConfig, paths: &PodPaths, block: bool) -> Outcome {
     let done = Outcome::Complete {
         scratch_space_required: None,
         preallocation_applied: cfg.preallocation,
+        labels: Default::default(),
     };
     if block && !cfg.preallocation {
         tracing::info!("blank block volume without preallocation is already an empty disk");

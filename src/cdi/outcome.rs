@@ -6,6 +6,8 @@
 //! ending is [`Outcome::Failed`]: plain text, exit 1, so the kubelet restarts
 //! the container and the controller shows the text.
 
+use std::collections::BTreeMap;
+
 use super::termination::{TerminationMessage, COMPLETE};
 
 /// The end of a pod run.
@@ -16,6 +18,8 @@ pub enum Outcome {
     Complete {
         scratch_space_required: Option<bool>,
         preallocation_applied: bool,
+        /// PVC labels from a registry node-pull sidecar (usually empty).
+        labels: BTreeMap<String, String>,
     },
     /// The image needs spill space and the pod has no `/scratch`: the
     /// controller recreates the pod with a scratch volume.
@@ -40,9 +44,11 @@ impl Outcome {
             Outcome::Complete {
                 scratch_space_required,
                 preallocation_applied,
+                labels,
             } => TerminationMessage {
                 scratch_space_required: *scratch_space_required,
                 preallocation_applied: Some(*preallocation_applied),
+                labels: labels.clone(),
                 message: Some(COMPLETE.to_string()),
             }
             .to_json(),
@@ -50,6 +56,7 @@ impl Outcome {
                 scratch_space_required: Some(true),
                 preallocation_applied: Some(false),
                 message: Some(COMPLETE.to_string()),
+                ..Default::default()
             }
             .to_json(),
             Outcome::ChecksumMismatch(m) => TerminationMessage {
@@ -79,6 +86,7 @@ mod tests {
         let ok = Outcome::Complete {
             scratch_space_required: Some(false),
             preallocation_applied: true,
+            labels: BTreeMap::new(),
         };
         assert_eq!(ok.exit_code(), 0);
         assert_eq!(
@@ -88,6 +96,7 @@ mod tests {
         let blank = Outcome::Complete {
             scratch_space_required: None,
             preallocation_applied: false,
+            labels: BTreeMap::new(),
         };
         assert_eq!(
             blank.message(),

@@ -7,6 +7,7 @@
 //! characters escaped) and then replaces newlines with spaces and keeps the first
 //! line. We reproduce that byte for byte.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -24,6 +25,9 @@ const KUBELET_LIMIT: usize = 4096;
 pub struct TerminationMessage {
     pub scratch_space_required: Option<bool>,
     pub preallocation_applied: Option<bool>,
+    /// PVC labels (registry node-pull imports); omitted when empty, like a
+    /// Go map with `omitempty`. Go writes map keys sorted, as `BTreeMap` iterates.
+    pub labels: BTreeMap<String, String>,
     pub message: Option<String>,
 }
 
@@ -36,6 +40,14 @@ impl TerminationMessage {
         }
         if let Some(b) = self.preallocation_applied {
             fields.push(format!("\"preallocationApplied\":{b}"));
+        }
+        if !self.labels.is_empty() {
+            let pairs: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{}:{}", go_json_string(k), go_json_string(v)))
+                .collect();
+            fields.push(format!("\"labels\":{{{}}}", pairs.join(",")));
         }
         if let Some(m) = &self.message {
             fields.push(format!("\"message\":{}", go_json_string(m)));
@@ -115,6 +127,7 @@ mod tests {
             scratch_space_required: Some(false),
             preallocation_applied: Some(false),
             message: Some(COMPLETE.into()),
+            ..Default::default()
         };
         assert_eq!(
             ok.to_json(),
@@ -138,6 +151,21 @@ mod tests {
             r#"{"message":"Unable to process data: checksum mismatch: x"}"#
         );
         assert_eq!(TerminationMessage::default().to_json(), "{}");
+        let labelled = TerminationMessage {
+            scratch_space_required: Some(false),
+            preallocation_applied: Some(false),
+            labels: [
+                ("z".to_string(), "1".to_string()),
+                ("a<".to_string(), "2".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            message: Some(COMPLETE.into()),
+        };
+        assert_eq!(
+            labelled.to_json(),
+            r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"a\u003c":"2","z":"1"},"message":"Import Complete"}"#
+        );
     }
 
     #[test]

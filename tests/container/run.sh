@@ -16,7 +16,8 @@
 #   https-block     the same over HTTPS by host name (--add-host), CA in /certs via IMPORTER_CERT_DIR
 #   http-fs         filesystem target: /data/disk.img, resized as CDI does
 #   too-small       an image larger than the device: exit 1 and CDI's size message
-#   memory-64m      a larger image (128 MiB of data) into a loop device under --memory 64m
+#   memory-64m      a larger image (128 MiB of data) into a loop device under --memory 64m, with
+#                   the progress metric scraped over HTTPS and parsed with the controller's regex
 #
 # Every case checks device or file contents byte for byte against `qemu-img convert -O raw`, and
 # the termination message against CDI's format. The last line is the summary:
@@ -67,15 +68,21 @@ pids=()
 
 cleanup() {
     local c p l
-    while read -r c; do "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1; done <"$work/containers"
+    # A second signal must not cut the cleanup short (the TERM trap's `exit` would end it here).
+    trap '' INT TERM
+    while read -r c; do
+        "${PODMAN[@]}" container exists "$c" 2>/dev/null && "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1
+    done <"$work/containers"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     while read -r l; do losetup -d "$l" 2>/dev/null; done <"$work/loops"
     rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "container e2e: FAIL (interrupted)"; exit 130' INT TERM
 
 results=()   # "name PASS|FAIL detail"
+http_port=
+https_port=
 record() { results+=("$1 $2 ${3:-}"); log "$1: $2${3:+ ($3)}"; }
 
 # --- helpers -------------------------------------------------------------------------------
@@ -103,8 +110,8 @@ start_server() {
     python3 "$here/serve.py" --dir "$dir" --port-file "$portfile" ${cert:+--cert "$cert" --key "$key"} \
         </dev/null >/dev/null 2>>"$work/server.log" &
     pids+=($!)
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         if [[ -s $portfile ]]; then
             _port=$(cat "$portfile")
             return 0
@@ -293,14 +300,17 @@ case_http_fs() {
     rc=$?
     check_success "$name" "$rc" "$termlog" || return 1
     local img=$data/disk.img
-    [[ -f $img ]] || { echo "/data/disk.img was not created (found: $(ls -A "$data" | tr '\n' ' '))"; return 1; }
+    [[ -f $img ]] || { echo "/data/disk.img was not created (found: $(find "$data" -mindepth 1 -printf '%f '))"; return 1; }
     compare_prefix "$img" "$work/sample.raw" || return 1
-    # CDI resizes disk.img to min(IMAGE_SIZE, avail / (1 + overhead) rounded down to 1 MiB). This
-    # directory's filesystem has far more than 8 MiB free, so that is the requested 8 MiB.
-    local size want=$((8 * 1024 * 1024)) vsize
+    # CDI (pkg/importer/data-processor.go) grows disk.img to the usable space: available space is
+    # min(statfs free space, IMAGE_SIZE), usable is ceil(available / (1 + overhead)) rounded down
+    # to 1 MiB. This directory's filesystem has far more than 8 MiB free, so with IMAGE_SIZE=8Mi
+    # and overhead 0.055 that is ceil(8388608 / 1.055) = 7951288, rounded down to 7 MiB.
+    local size want vsize
+    want=$(python3 -c 'import math; print(math.ceil(8388608 / 1.055) // 1048576 * 1048576)')
     size=$(stat -c %s "$img")
     if [[ $size -ne $want ]]; then
-        echo "disk.img is $size bytes, expected $want (IMPORTER_IMAGE_SIZE=8Mi)"
+        echo "disk.img is $size bytes, expected $want (IMPORTER_IMAGE_SIZE=8Mi, FILESYSTEM_OVERHEAD=0.055)"
         return 1
     fi
     vsize=$(stat -c %s "$work/sample.raw")
@@ -320,6 +330,7 @@ case_too_small() {
     run_importer "$name" "$termlog" "${env[@]}" --device "$dev:/dev/cdi-block-volume"
     rc=$?
     msg=$(cat "$termlog")
+    log "$name: termination message: $msg"
     if [[ $rc -eq 0 ]]; then
         echo "exit status 0 for an image larger than the device (message: $msg)"
         return 1
@@ -334,15 +345,69 @@ case_memory_64m() {
     local name=memory-64m termlog=$work/memory-64m.termlog env=() rc dev
     dev=$(new_loop $((160 * 1024 * 1024))) || { echo "cannot set up a loop device"; return 1; }
     cdi_env env "http://127.0.0.1:$http_port/big.qcow2" 160Mi 0
+    sample_peak_memory "streamdisk-e2e-$name-$$" "$work/$name.peak" &
+    local sampler=$!
+    # Scrape the progress metric during this (longest) import, as the controller does. A free
+    # port instead of 8443, so that nothing else on the host can answer in its place.
+    local mport scraper
+    mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 "$here/scrape.py" --port "$mport" --owner-uid "$OWNER_UID" \
+        --out "$work/$name.metrics" --until-file "$work/$name.done" </dev/null >/dev/null 2>&1 &
+    scraper=$!
     run_importer "$name" "$termlog" "${env[@]}" --device "$dev:/dev/cdi-block-volume" \
-        --memory 64m --memory-swap 64m
+        --memory 64m --memory-swap 64m -e "STREAMDISK_METRICS_PORT=$mport"
     rc=$?
+    touch "$work/$name.done"
+    wait "$sampler" "$scraper"
+    check_metric_samples "$name" "$work/$name.metrics" || return 1
+    local peak
+    peak=$(cat "$work/$name.peak" 2>/dev/null)
+    log "$name: peak container memory (cgroup, page cache included): ${peak:-not sampled}"
     if [[ $rc -eq 137 ]]; then
         echo "killed (exit 137): the import did not fit in 64 MiB"
         return 1
     fi
     check_success "$name" "$rc" "$termlog" || return 1
     compare_prefix "$dev" "$work/big.raw" || return 1
+}
+
+# check_metric_samples NAME FILE: the progress values scraped (one per line) all parse with the
+# controller's regex, stay within 0..100 and never go down. No samples at all is only logged: a
+# fast import may end between two scrapes.
+check_metric_samples() {
+    local name=$1 file=$2 n
+    n=$(grep -c . "$file" 2>/dev/null)
+    if [[ ${n:-0} -eq 0 ]]; then
+        log "$name: progress metric: no samples caught"
+        return 0
+    fi
+    log "$name: progress metric: $n samples, first $(head -1 "$file"), last $(tail -1 "$file")"
+    if grep -q '^MALFORMED' "$file"; then
+        echo "progress metric does not parse with the controller's regex: $(grep -m1 '^MALFORMED' "$file")"
+        return 1
+    fi
+    if ! awk 'BEGIN { prev = -1 } { if ($1 < prev || $1 > 100) exit 1; prev = $1 }' "$file"; then
+        echo "progress metric goes down or above 100: $(tr '\n' ' ' <"$file" | head -c 300)"
+        return 1
+    fi
+}
+
+# sample_peak_memory CONTAINER OUTFILE: while CONTAINER runs, copies its cgroup v1
+# memory.max_usage_in_bytes (a high-water mark) to OUTFILE as "N MiB". The cgroup disappears when
+# the container exits, so the last value read is the peak up to at most one poll before the end.
+# Informational only; gives up quietly where the cgroup is not found (cgroup v2, systemd manager).
+sample_peak_memory() {
+    local name=$1 out=$2 id="" f="" v _
+    for _ in $(seq 200); do
+        id=$("${PODMAN[@]}" inspect --format '{{.Id}}' "$name" 2>/dev/null) && [[ -n $id ]] && break
+        sleep 0.05
+    done
+    [[ -n $id ]] || return 0
+    f=/sys/fs/cgroup/memory/libpod_parent/libpod-$id/memory.max_usage_in_bytes
+    while v=$(cat "$f" 2>/dev/null); do
+        echo "$((v / 1048576)) MiB" >"$out"
+        sleep 0.05
+    done
 }
 
 # memory_limit_works: podman here can enforce --memory (cgroup memory controller available).

@@ -69,7 +69,7 @@ cg_kill_all() {
 # A disk guard kills the command when free space under $WORK falls below $DISK_RESERVE_BYTES,
 # so a broken zeroing path can never fill the shared disk.
 cg_run() {
-    local limit=$1 name=$2 samples=$3 log=$4 timeout=$5
+    local limit=$1 samples=$3 log=$4 timeout=$5  # $2: a name for the caller's logs
     shift 6
     CG_SEQ=$((CG_SEQ + 1))
     local cg="$CG_PARENT/streamdisk-bench-$$-$CG_SEQ"
@@ -117,6 +117,8 @@ cg_run() {
     ) &
     local sampler=$!
 
+    # The inner shell moves itself into the cgroup, then becomes the command.
+    # shellcheck disable=SC2016
     /usr/bin/time -f "%U %S" -o "$tf" \
         sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@" > "$log" 2>&1
     R_RC=$?

@@ -150,7 +150,7 @@ get_rootfs_tar() {
         local i
         for i in $(seq 1 24); do
             head -c 4M "$CACHE/pool-random" > "$d/var/lib/blob$i"
-            dd if="$CACHE/pool-text" of="$d/usr/lib/lib$i.so" bs=4M skip=$i count=1 status=none
+            dd if="$CACHE/pool-text" of="$d/usr/lib/lib$i.so" bs=4M skip="$i" count=1 status=none
         done
         ROOTFS_KIND=synthetic
     fi
@@ -174,6 +174,11 @@ build_rootfs() {
     local tarsz copies stage="$raw.stage.tmp" i
     tarsz=$(stat -c %s "$CACHE/rootfs.tar")
     copies=$(( data / tarsz )); [ "$copies" -ge 1 ] || copies=1
+    # One copy must fit with room for ext4's metadata, even when the sizes were scaled down.
+    if [ "$fssize" -lt $(( copies * tarsz * 3 / 2 + 64 * 1048576 )) ]; then
+        fssize=$(( (copies * tarsz * 3 / 2 + 64 * 1048576) / 1048576 * 1048576 ))
+        warn "the root filesystem image is enlarged to $(human "$fssize") to hold $copies copy of the root filesystem"
+    fi
     log "building the root filesystem images: ext4 of $(human "$fssize") with $copies copies of a $ROOTFS_KIND root filesystem ($(human "$tarsz") each)"
     rm -rf "$stage"; mkdir -p "$stage"
     for ((i = 1; i <= copies; i++)); do

@@ -132,6 +132,8 @@ pub struct MapState {
     pub budget: usize,
     /// Refcount blocks marked so far.
     refblocks: usize,
+    /// Bytes buffered by pending compressed clusters.
+    compressed_bytes: usize,
 }
 
 impl MapState {
@@ -147,11 +149,41 @@ impl MapState {
 
     /// Estimated bytes in use.
     pub fn usage(&self) -> usize {
-        let bufs: usize = self.compressed.values().map(|c| c.buf.capacity()).sum();
         self.plain.len() * PLAIN_COST
             + self.compressed.len() * COMPRESSED_COST
             + self.l2_tables.len() * L2_COST
-            + bufs
+            + self.compressed_bytes
+    }
+
+    /// Adds a compressed cluster being collected (with the bytes it has).
+    pub fn insert_compressed(
+        &mut self,
+        key: (u64, u64),
+        r: CompressedRegion,
+    ) -> Result<(), String> {
+        self.compressed_bytes += r.buf.len();
+        if let Some(old) = self.compressed.insert(key, r) {
+            self.compressed_bytes -= old.buf.len();
+        }
+        self.check_budget()
+    }
+
+    /// Removes a compressed cluster, returning it.
+    pub fn remove_compressed(&mut self, key: &(u64, u64)) -> Option<CompressedRegion> {
+        let r = self.compressed.remove(key)?;
+        self.compressed_bytes = self.compressed_bytes.saturating_sub(r.buf.len());
+        Some(r)
+    }
+
+    /// Appends bytes to a compressed cluster; the budget bounds the total
+    /// (hostile images can point many clusters at the same bytes).
+    pub fn extend_compressed(&mut self, key: &(u64, u64), bytes: &[u8]) -> Result<(), String> {
+        self.compressed_bytes += bytes.len();
+        self.check_budget()?;
+        if let Some(r) = self.compressed.get_mut(key) {
+            r.buf.extend_from_slice(bytes);
+        }
+        Ok(())
     }
 
     pub fn check_budget(&self) -> Result<(), String> {

@@ -348,7 +348,7 @@ impl StreamDecoder {
         // the end of the file: decompress what arrived.
         let pending: Vec<(u64, u64)> = body.map.compressed.keys().copied().collect();
         for (host, guest) in pending {
-            let Some(r) = body.map.compressed.remove(&(host, guest)) else {
+            let Some(r) = body.map.remove_compressed(&(host, guest)) else {
                 continue;
             };
             if r.buf.is_empty() {
@@ -647,9 +647,8 @@ impl Body {
             return self.decompress(host, guest, buf, sink, window);
         }
         self.map
-            .compressed
-            .insert((host, guest), CompressedRegion { end, buf });
-        self.map.check_budget().map_err(inv)
+            .insert_compressed((host, guest), CompressedRegion { end, buf })
+            .map_err(inv)
     }
 
     /// Hands a compressed cluster to the pool, then emits whatever finished.
@@ -713,7 +712,7 @@ impl Body {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            let Some(r) = self.map.compressed.get_mut(&key) else {
+            let Some(r) = self.map.compressed.get(&key) else {
                 continue;
             };
             let (s, e) = (key.0, r.end);
@@ -724,13 +723,12 @@ impl Body {
                     "compressed cluster at 0x{s:x} received out of order"
                 )));
             }
-            r.buf.extend_from_slice(
-                piece
-                    .get((a - pos) as usize..(b - pos) as usize)
-                    .unwrap_or_default(),
-            );
+            let bytes = piece
+                .get((a - pos) as usize..(b - pos) as usize)
+                .unwrap_or_default();
+            self.map.extend_compressed(&key, bytes).map_err(inv)?;
             if b == e {
-                if let Some(r) = self.map.compressed.remove(&key) {
+                if let Some(r) = self.map.remove_compressed(&key) {
                     self.decompress(key.0, key.1, r.buf, sink, window)?;
                 }
             }

@@ -55,7 +55,18 @@ async fn download(
     total: u64,
     sink: &mut ChannelSink,
 ) -> Result<(), SourceError> {
+    let display = clients
+        .first()
+        .map(|ep| ep.display.clone())
+        .unwrap_or_default();
+    let internal = |detail: String| SourceError::Internal {
+        url: display.clone(),
+        detail,
+    };
     let connections = clients.len();
+    if connections == 0 {
+        return Err(internal("no HTTP client for the segments".to_string()));
+    }
     let mut index: usize = 0;
     let segment = u64::try_from(opts.segment_size.max(1)).unwrap_or(u64::MAX);
     let mut next: u64 = 0;
@@ -64,7 +75,7 @@ async fn download(
         while in_flight.len() < connections && next < total {
             let end = next.saturating_add(segment).min(total);
             let Some(ep) = index.checked_rem(connections).and_then(|i| clients.get(i)) else {
-                return Ok(());
+                return Err(internal("segment client out of range".to_string()));
             };
             index = index.wrapping_add(1);
             in_flight.push_back(SegmentTask(tokio::spawn(fetch_segment(
@@ -81,15 +92,7 @@ async fn download(
         };
         let data = match (&mut task.0).await {
             Ok(result) => result?,
-            Err(join) => {
-                return Err(SourceError::Internal {
-                    url: clients
-                        .first()
-                        .map(|ep| ep.display.clone())
-                        .unwrap_or_default(),
-                    detail: format!("segment task failed: {join}"),
-                })
-            }
+            Err(join) => return Err(internal(format!("segment task failed: {join}"))),
         };
         let mut data = data;
         while !data.is_empty() {

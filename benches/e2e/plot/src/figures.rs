@@ -83,7 +83,7 @@ pub fn memory_over_time(
         .iter()
         .flat_map(|(_, s)| s.iter().map(|p| p.1))
         .fold(8.0, f64::max)
-        * 1.1;
+        * 1.6; // headroom: the legend sits above the lines
     let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let title = format!(

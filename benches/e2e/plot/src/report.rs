@@ -302,6 +302,14 @@ pub fn markdown(
     let mut s = String::new();
     let _ = writeln!(s, "# streamdisk end-to-end benchmark: {} run", m("mode"));
     let _ = writeln!(s);
+    if m("mode") == "quick" {
+        let _ = writeln!(
+            s,
+            "> **Quick run: a sample for checking the harness.** Small images (512 MiB class), where\n\
+             > start-up and noise weigh much more than in a `--full` run: these ratios are not the\n\
+             > benchmark's results and must not be quoted as such.\n"
+        );
+    }
     let _ = writeln!(
         s,
         "`{}` on {} ({}), {}, cgroup {}, kernel {}; {} rounds; streamdisk {} (commit {}).",

@@ -68,10 +68,12 @@ pub fn compute(runs: &[Run]) -> Stats {
                 .iter()
                 .filter(|r| !r.ok())
                 .map(|r| {
-                    if r.note.is_empty() {
-                        format!("exit status {}", r.rc)
-                    } else {
+                    if !r.note.is_empty() {
                         r.note.clone()
+                    } else if r.oom_kills > 0 {
+                        format!("OOM-killed (exit status {})", r.rc)
+                    } else {
+                        format!("exit status {}", r.rc)
                     }
                 })
                 .next_back()
