@@ -204,7 +204,7 @@ impl Target {
         let opened = file::open(path, file::FileMode::Replace).map_err(|e| ctx("opening", e))?;
         if !opened.direct {
             tracing::warn!(
-                target = %path.display(),
+                path = %path.display(),
                 "the target does not support O_DIRECT; using buffered writes with periodic writeback to bound the page cache"
             );
         }
