@@ -503,9 +503,37 @@ impl Body {
             return Ok(());
         }
         if end > pos {
-            return Err(inv(format!(
-                "L2 table at 0x{l2:x} overlaps data being received"
-            )));
+            // The table straddles the stream position: its head passed before
+            // the L1 arrived (so it sits in the window as unknown bytes) and
+            // its tail is still to come. Parse the head now and let the tail
+            // continue the same cursor as it streams in.
+            let mut head = vec![0u8; (pos - l2) as usize];
+            if !window.take(l2, &mut head, true)? {
+                return Err(inv(format!(
+                    "L2 table at 0x{l2:x} was not available when the L1 table arrived (it overlaps other image data)"
+                )));
+            }
+            let mut cursor = TableCursor::default();
+            let mut entries = Vec::new();
+            cursor.feed(&head, self.geo.l2_entry_size() as usize, &mut entries);
+            for &(i, raw, bitmap) in &entries {
+                self.l2_entry(index, i, raw, bitmap, pos, sink, window)?;
+            }
+            self.emit.flush(sink)?;
+            // Keyed by the table's start, as every table is: the cursor says
+            // how much of it has been parsed, so the stream continues at `pos`.
+            self.map
+                .insert_table(
+                    l2,
+                    end,
+                    Plain::L2 {
+                        l1_index: index,
+                        cursor,
+                    },
+                )
+                .map_err(inv)?;
+            self.pending_l2 += 1;
+            return Ok(());
         }
         // The table passed before the L1 that points at it: it must be held.
         let mut table = vec![0u8; cs as usize];
