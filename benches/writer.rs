@@ -11,7 +11,8 @@
 //! With `STREAMDISK_TUNE=PATH` set (a scratch file path or a block device that
 //! may be overwritten), it instead writes `STREAMDISK_TUNE_MIB` MiB (default
 //! 512) of random data through the real target for each buffer size and queue
-//! depth and prints MiB/s: how the defaults in `src/target/mod.rs` were chosen.
+//! depth, `STREAMDISK_TUNE_ROUNDS` times (default 3) interleaved, and prints
+//! the median MiB/s: how the defaults in `src/target/mod.rs` were chosen.
 
 use std::hint::black_box;
 use std::io;
@@ -27,6 +28,23 @@ use streamdisk::target::{Target, TargetOptions};
 /// Byte by byte, as a baseline.
 fn is_zero_bytewise(buf: &[u8]) -> bool {
     buf.iter().all(|&b| b == 0)
+}
+
+/// 8-byte words folded with OR in 1 KiB blocks, stopping at the first
+/// non-zero block.
+fn is_zero_u64_blocks(buf: &[u8]) -> bool {
+    let mut blocks = buf.chunks_exact(1024);
+    for block in &mut blocks {
+        let acc = block.chunks_exact(8).fold(0u64, |acc, w| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            acc | u64::from_ne_bytes(a)
+        });
+        if acc != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&b| b == 0)
 }
 
 /// 8-byte words folded with OR over the whole buffer (no early exit).
@@ -50,8 +68,9 @@ fn zero_detect(c: &mut Criterion) {
     last[len - 1] = 1;
     g.throughput(Throughput::Bytes(len as u64));
     type ZeroFn = fn(&[u8]) -> bool;
-    let impls: [(&str, ZeroFn); 3] = [
+    let impls: [(&str, ZeroFn); 4] = [
         ("is_zero", is_zero),
+        ("u64_blocks_1k", is_zero_u64_blocks),
         ("bytewise", is_zero_bytewise),
         ("u64_fold", is_zero_u64_fold),
     ];
@@ -152,18 +171,22 @@ fn aligned_pool(c: &mut Criterion) {
 }
 
 /// Writes `mib` MiB of random data in 64 KiB extents (qcow2's default
-/// cluster) through a target at `path` with each setting; prints MiB/s
-/// including the final fdatasync.
-fn tune(path: &str, mib: u64) {
+/// cluster) through a target at `path` with each setting, `rounds` times
+/// interleaved; prints the median MiB/s (including the final fdatasync) and the
+/// spread.
+fn tune(path: &str, mib: u64, rounds: usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let mut chunk = vec![0u8; 8 << 20];
     rng.fill_bytes(&mut chunk);
     let total = mib << 20;
     let extent = 64 << 10;
-    println!("tuning on {path}: {mib} MiB per run, 64 KiB extents");
-    println!("{:>10} {:>6} {:>10}", "buffer", "depth", "MiB/s");
-    for buffer_size in [256usize << 10, 1 << 20, 4 << 20] {
-        for queue_depth in [1usize, 2, 4, 8] {
+    let settings: Vec<(usize, usize)> = [256usize << 10, 1 << 20, 2 << 20, 4 << 20]
+        .into_iter()
+        .flat_map(|b| [1usize, 2, 4, 8].into_iter().map(move |d| (b, d)))
+        .collect();
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
+    for _ in 0..rounds {
+        for (i, &(buffer_size, queue_depth)) in settings.iter().enumerate() {
             let opts = TargetOptions {
                 buffer_size,
                 queue_depth,
@@ -179,14 +202,22 @@ fn tune(path: &str, mib: u64) {
                 off += extent as u64;
             }
             t.finish().expect("finish");
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{:>10} {:>6} {:>10.0}",
-                buffer_size,
-                queue_depth,
-                mib as f64 / secs
-            );
+            results[i].push(mib as f64 / started.elapsed().as_secs_f64());
         }
+    }
+    println!("tuning on {path}: {mib} MiB per run, 64 KiB extents, {rounds} rounds interleaved");
+    println!(
+        "{:>10} {:>6} {:>12} {:>8} {:>8}",
+        "buffer", "depth", "median MiB/s", "min", "max"
+    );
+    for (&(b, d), r) in settings.iter().zip(results.iter_mut()) {
+        r.sort_by(|a, b| a.total_cmp(b));
+        let (min, max) = (
+            r.first().copied().unwrap_or(0.0),
+            r.last().copied().unwrap_or(0.0),
+        );
+        let median = r.get(r.len() / 2).copied().unwrap_or(0.0);
+        println!("{b:>10} {d:>6} {median:>12.0} {min:>8.0} {max:>8.0}");
     }
 }
 
@@ -196,7 +227,11 @@ fn main() {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(512);
-        tune(&path, mib);
+        let rounds = std::env::var("STREAMDISK_TUNE_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        tune(&path, mib, rounds);
         return;
     }
     let mut c = Criterion::default().configure_from_args();

@@ -136,13 +136,13 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
             counter.set_done();
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
-                "import complete: {} bytes virtual, {} MiB received, {} MiB written, {:.2}s{}",
-                r.virtual_size,
-                r.bytes_received >> 20,
-                r.bytes_written >> 20,
+                "import complete: {} virtual, {} received, {} written, {:.2}s{}",
+                mib(r.virtual_size),
+                mib(r.bytes_received),
+                mib(r.bytes_written),
                 secs,
                 if r.spilled_bytes > 0 {
-                    format!(", {} MiB spilled to scratch", r.spilled_bytes >> 20)
+                    format!(", {} spilled to scratch", mib(r.spilled_bytes))
                 } else {
                     String::new()
                 }
@@ -174,4 +174,9 @@ fn info(a: InfoArgs) -> Result<(), Failure> {
         OutputFormat::Human => print!("{}", info.human()),
     }
     Ok(())
+}
+
+/// Bytes as MiB with two decimals, so small imports do not read as "0 MiB".
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / 1048576.0)
 }

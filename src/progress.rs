@@ -80,10 +80,9 @@ impl<R> Tap<R> {
 impl<R: std::io::Read> std::io::Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if let Some(sig) = crate::signals::pending() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                format!("interrupted by {sig}"),
-            ));
+            // Not `ErrorKind::Interrupted`: readers retry those (EINTR), and
+            // this one must stop them.
+            return Err(std::io::Error::other(format!("interrupted by {sig}")));
         }
         let n = self.inner.read(buf)?;
         self.counter.add(n as u64);

@@ -9,6 +9,7 @@
 
 use std::io::{self, BufReader, Read};
 
+mod gz;
 mod peek;
 mod xz;
 mod zst;
@@ -78,7 +79,7 @@ pub fn unwrap(reader: Box<dyn Read + Send>) -> io::Result<(Wrapper, Box<dyn Read
     let wrapper = Wrapper::detect(peek.peek(MAGIC_LEN)?);
     let decoded: Box<dyn Read + Send> = match wrapper {
         Wrapper::None => Box::new(peek),
-        Wrapper::Gzip => Box::new(flate2::read::MultiGzDecoder::new(peek)),
+        Wrapper::Gzip => Box::new(gz::GzReader::new(peek)),
         Wrapper::Xz => Box::new(xz::XzReader::new(
             BufReader::with_capacity(DECODER_INPUT_BUFFER, peek),
             XZ_MEMLIMIT,

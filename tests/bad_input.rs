@@ -198,6 +198,17 @@ fn refuses_bad_headers() {
     fs::write(&empty, b"").unwrap();
     cases.push(case("empty file", empty, &["empty"], FILE_STDIN_HTTP));
 
+    // Shorter than one 512-byte sector: no disk image is that small (qemu-img would pad it
+    // to a sector), so it is taken for a truncated download.
+    let tiny = d.join("tiny");
+    fs::write(&tiny, b"QFI").unwrap();
+    cases.push(case(
+        "3 bytes (cut in the magic)",
+        tiny,
+        &["sector", "truncat", "short"],
+        FILE_STDIN_HTTP,
+    ));
+
     let garbage = d.join("garbage.qcow2");
     let mut g = b"QFI\xfb".to_vec();
     let mut rng = common::SplitMix(77);
@@ -488,8 +499,12 @@ fn refuses_bad_compressed_clusters() {
             ],
             FILE_STDIN_HTTP,
         ));
-        // A well-formed stream of 100 bytes where a whole cluster is due.
-        let short: Vec<u8> = if ctype == "zlib" {
+        // A well-formed stream of 100 bytes where a whole cluster is due. The descriptor is
+        // narrowed to the rest of its first sector (0 additional sectors), and the bytes
+        // after the stream are made inert: deflate ignores trailing bytes, and for zstd
+        // (which qemu reads as a sequence of frames) they become one skippable frame.
+        let range_len = 512 - (host % 512) as usize;
+        let mut short: Vec<u8> = if ctype == "zlib" {
             use std::io::Write;
             let mut enc =
                 flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -498,7 +513,15 @@ fn refuses_bad_compressed_clusters() {
         } else {
             zstd::bulk::compress(&[0x5a; 100], 1).unwrap()
         };
+        assert!(short.len() + 8 <= range_len, "no room for the short stream");
+        if ctype == "zstd" {
+            let skip = (range_len - short.len() - 8) as u32;
+            short.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+            short.extend_from_slice(&skip.to_le_bytes());
+            short.resize(range_len, 0);
+        }
         let p = variant(d, &base, &format!("{ctype}-short.qcow2"));
+        patch_u64(&p, l2, flags | host);
         patch(&p, host, &short);
         cases.push(case(
             format!("{ctype}: decompresses to less than a cluster"),
@@ -526,7 +549,6 @@ fn refuses_truncated_streams() {
     let trunc_words: &'static [&'static str] =
         &["truncat", "end", "short", "eof", "incomplete", "premature"];
     for (name, len) in [
-        ("in the magic", 3),
         ("in the header", 50),
         ("in the L1 table", h.l1_table_offset + 4),
         ("in an L2 table", lay.l2_offsets[0] + 100),

@@ -134,6 +134,13 @@ fn raw_images() {
     let dir = common::tempdir();
     let a = mixed_raw(dir.path(), "mixed.raw", 4 * MIB);
     check("raw 4 MiB", &a);
+}
+
+/// A raw image whose size is not a multiple of 512: qemu-img reports (and writes) the
+/// size rounded up to whole 512-byte sectors, zero-padded; so must streamdisk.
+#[test]
+fn raw_size_not_a_multiple_of_512() {
+    let dir = common::tempdir();
     let b = dir.path().join("odd.raw");
     make_raw(
         &b,
@@ -424,4 +431,97 @@ fn block_device_too_small_is_refused_untouched() {
         common::range_is(&backing, 0, 4 * MIB, common::matrix::STALE),
         "the device was written before the refusal"
     );
+}
+
+/// An HTTP server that sends no Content-Length (a close-delimited body) and no Range
+/// support: the image still converts, qcow2 and raw, also wrapped.
+#[test]
+fn http_without_content_length() {
+    let dir = common::tempdir();
+    let raw = mixed_raw(dir.path(), "ncl.raw", 2 * MIB);
+    let img = dir.path().join("ncl.qcow2");
+    qcow2_from_raw(&raw, &img, true, "");
+    let mut inputs = vec![(img.clone(), qemu_raw(&img)), (raw.clone(), qemu_raw(&raw))];
+    if let Some(gz) = wrap(&img, Wrapper::Gzip) {
+        inputs.push((gz, qemu_raw(&img)));
+    }
+    for (input, oracle) in inputs {
+        let srv = common::server::TestServer::builder(common::server::Body::file(&input))
+            .ranges(false)
+            .omit_content_length(true)
+            .start();
+        let out = dir.path().join("ncl.out");
+        let _ = fs::remove_file(&out);
+        Streamdisk::convert(srv.url("/image"), &out)
+            .run()
+            .assert_ok();
+        common::assert_same_bytes(&out, &oracle);
+    }
+}
+
+/// `info` reads only as much as it needs: over HTTP, far less than the whole image.
+#[test]
+fn info_over_http_reads_only_the_start() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("big.raw");
+    make_raw(&raw, 64 * MIB, &[(0, 64 * MIB, Fill::Random(21))]);
+    let img = dir.path().join("big.qcow2");
+    qcow2_from_raw(&raw, &img, false, "");
+    let srv = common::server::TestServer::serve(common::server::Body::file(&img));
+    let run = Streamdisk::new()
+        .arg("info")
+        .arg(srv.url("/big.qcow2"))
+        .args(["--output", "json"])
+        .run();
+    run.assert_ok();
+    let j: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("info JSON");
+    assert_eq!(json_u64(&j, "virtual_size"), 64 * MIB, "{j}");
+    let size = fs::metadata(&img).unwrap().len();
+    let sent = srv.body_bytes_sent();
+    assert!(
+        sent < size / 2,
+        "info made the server send {sent} of {size} bytes"
+    );
+}
+
+/// HTTPS end to end through the CLI: a server certificate from a private CA is trusted
+/// with `--ca-dir`, refused without it (naming the certificate problem), and accepted with
+/// `--insecure`.
+#[test]
+fn https_with_private_ca() {
+    let dir = common::tempdir();
+    let raw = mixed_raw(dir.path(), "tls.raw", 2 * MIB);
+    let img = dir.path().join("tls.qcow2");
+    qcow2_from_raw(&raw, &img, true, "");
+    let oracle = qemu_raw(&img);
+    let certs = common::server::make_ca_and_cert("localhost");
+    let ca_dir = dir.path().join("ca");
+    fs::create_dir(&ca_dir).unwrap();
+    fs::write(ca_dir.join("test-ca.pem"), &certs.ca_cert_pem).unwrap();
+    let srv = common::server::TestServer::builder(common::server::Body::file(&img))
+        .tls(&certs.server_cert_pem, &certs.server_key_pem)
+        .start();
+    let url = srv.url("/tls.qcow2");
+    assert!(url.starts_with("https://localhost:"));
+
+    let out = dir.path().join("tls.out");
+    Streamdisk::convert(&url, &out)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .run()
+        .assert_ok();
+    common::assert_same_bytes(&out, &oracle);
+
+    let out2 = dir.path().join("tls2.out");
+    let run = Streamdisk::convert(&url, &out2)
+        .args(["--retries", "1"])
+        .run();
+    run.assert_refused(&["certificate", "tls", "issuer", "trust"]);
+
+    let out3 = dir.path().join("tls3.out");
+    Streamdisk::convert(&url, &out3)
+        .arg("--insecure")
+        .run()
+        .assert_ok();
+    common::assert_same_bytes(&out3, &oracle);
 }

@@ -286,6 +286,20 @@ fn length_change_is_caught_without_validators() {
 }
 
 #[test]
+fn shrunk_source_is_caught_by_416() {
+    let srv = TestServer::builder(Body::mem(sample(300_000, 30)))
+        .etag(false)
+        .last_modified(false)
+        .drop_after(vec![200_000])
+        .change_after(1, Body::mem(sample(100_000, 31)))
+        .start();
+    let err = fetch_all(&srv.url("/x"), &fast_opts()).expect_err("file shrank");
+    assert!(err.starts_with("source changed during download"), "{err}");
+    assert!(err.contains("416"), "{err}");
+    assert_eq!(srv.request_count(), 2, "a changed source is not retried");
+}
+
+#[test]
 fn server_without_range_streams_but_cannot_resume() {
     let body = sample(300_000, 12);
     let plain = TestServer::builder(Body::mem(body.clone()))
@@ -404,6 +418,44 @@ fn unknown_length_streams_to_the_end() {
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("read");
     assert!(got == body);
+    let log = srv.log();
+    let ranges: Vec<_> = gets(&log)
+        .iter()
+        .map(|r| (r.range.clone(), r.status))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(None, 200), (Some("bytes=200000-".to_string()), 416)],
+        "the end of a length-less body is confirmed"
+    );
+}
+
+#[test]
+fn close_delimited_body_cut_short_is_completed() {
+    // Without Content-Length, a connection closed early looks like the end
+    // of the body. With Range support the client asks what follows: a 206
+    // continues the download, a 416 naming the length proves the end.
+    let body = sample(200_000, 32);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .omit_content_length(true)
+        .keep_alive(false)
+        .drop_after(vec![50_000])
+        .start();
+    let got = fetch_all(&srv.url("/x"), &fast_opts()).expect("completed");
+    assert!(got == body, "got {} of {} bytes", got.len(), body.len());
+    let log = srv.log();
+    let ranges: Vec<_> = gets(&log)
+        .iter()
+        .map(|r| (r.range.clone(), r.status))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (None, 200),
+            // The 206 has a Content-Length: its end needs no probe.
+            (Some("bytes=50000-".to_string()), 206),
+        ]
+    );
 }
 
 #[test]
@@ -803,15 +855,23 @@ fn works_from_a_spawn_blocking_thread() {
     assert!(got == body);
 }
 
-/// An HTTPS server that offers only h2 by ALPN (hyper), recording the
-/// protocol version of each request.
+/// What the h2 test server saw: each request's version and Range, and the
+/// number of TCP connections.
+#[derive(Default)]
+struct H2Log {
+    requests: Vec<(hyper::Version, Option<String>)>,
+    connections: usize,
+}
+
+/// An HTTPS server that offers only h2 by ALPN (hyper), with Range support.
 fn start_h2_server(
     rt: &tokio::runtime::Runtime,
     cert_pem: &str,
     key_pem: &str,
     body: Vec<u8>,
-) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<hyper::Version>>>) {
+) -> (u16, std::sync::Arc<std::sync::Mutex<H2Log>>) {
     use http_body_util::Full;
+    use hyper::header::{HeaderValue, ACCEPT_RANGES, CONTENT_RANGE, RANGE};
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::{Arc, Mutex};
@@ -836,11 +896,12 @@ fn start_h2_server(
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let versions = Arc::new(Mutex::new(Vec::new()));
-    let seen = versions.clone();
+    let log = Arc::new(Mutex::new(H2Log::default()));
+    let seen = log.clone();
     let body = bytes::Bytes::from(body);
     rt.spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            seen.lock().expect("log").connections += 1;
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
@@ -848,11 +909,43 @@ fn start_h2_server(
             let body = body.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    seen.lock().expect("versions").push(req.version());
-                    let body = body.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                    }
+                    let range = req
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    seen.lock()
+                        .expect("log")
+                        .requests
+                        .push((req.version(), range.clone()));
+                    let span = range
+                        .as_deref()
+                        .and_then(|r| r.strip_prefix("bytes="))
+                        .and_then(|r| r.split_once('-'))
+                        .and_then(|(a, b)| {
+                            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                        });
+                    let resp = match span {
+                        Some((first, last)) => {
+                            let mut resp =
+                                hyper::Response::new(Full::new(body.slice(first..=last)));
+                            *resp.status_mut() = hyper::StatusCode::PARTIAL_CONTENT;
+                            resp.headers_mut().insert(
+                                CONTENT_RANGE,
+                                HeaderValue::from_str(&format!(
+                                    "bytes {first}-{last}/{}",
+                                    body.len()
+                                ))
+                                .expect("header"),
+                            );
+                            resp
+                        }
+                        None => hyper::Response::new(Full::new(body.clone())),
+                    };
+                    let mut resp = resp;
+                    resp.headers_mut()
+                        .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -860,7 +953,7 @@ fn start_h2_server(
             });
         }
     });
-    (port, versions)
+    (port, log)
 }
 
 #[test]
@@ -868,7 +961,7 @@ fn http2_is_negotiated_when_offered() {
     let certs = make_ca_and_cert("localhost");
     let body = sample(300_000, 29);
     let rt = runtime();
-    let (port, versions) = start_h2_server(
+    let (port, log) = start_h2_server(
         &rt,
         &certs.server_cert_pem,
         &certs.server_key_pem,
@@ -880,12 +973,39 @@ fn http2_is_negotiated_when_offered() {
         ca_dirs: vec![dir.path().to_path_buf()],
         ..fast_opts()
     };
-    let mut src = open(&format!("https://localhost:{port}/x"), &opts, &rt).expect("open");
+    let url = format!("https://localhost:{port}/x");
+    let mut src = open(&url, &opts, &rt).expect("open");
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("read");
     assert!(got == body);
-    assert_eq!(
-        *versions.lock().expect("versions"),
-        vec![hyper::Version::HTTP_2]
+    {
+        let log = log.lock().expect("log");
+        assert_eq!(log.requests, vec![(hyper::Version::HTTP_2, None)]);
+    }
+    drop(src);
+
+    // Segments over HTTP/2 still use one connection each, so that
+    // per-connection throughput caps are multiplied.
+    let opts = HttpOptions {
+        connections: 4,
+        segment_size: 64 << 10,
+        ..opts
+    };
+    let before = log.lock().expect("log").connections;
+    let mut src = open(&url, &opts, &rt).expect("open");
+    let mut got = Vec::new();
+    src.reader.read_to_end(&mut got).expect("read");
+    assert!(got == body);
+    let log = log.lock().expect("log");
+    let ranged = log
+        .requests
+        .iter()
+        .filter(|(v, r)| *v == hyper::Version::HTTP_2 && r.is_some())
+        .count();
+    assert_eq!(ranged, 5, "300000 bytes in 64 KiB segments");
+    assert!(
+        log.connections - before >= 4,
+        "{} connections",
+        log.connections - before
     );
 }

@@ -57,21 +57,30 @@ struct LoopDev {
 
 impl LoopDev {
     fn attach(backing: &Path) -> LoopDev {
+        Self::attach_with(backing, &[]).expect("losetup failed")
+    }
+
+    /// Attaches with extra `losetup` arguments; `None` (with the reason
+    /// printed) if losetup refuses them.
+    fn attach_with(backing: &Path, extra: &[&str]) -> Option<LoopDev> {
         let out = Command::new("losetup")
             .args(["-f", "--show", "--direct-io=on"])
+            .args(extra)
             .arg(backing)
             .output()
             .expect("run losetup");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            println!(
+                "losetup {extra:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
         let dev = String::from_utf8(out.stdout)
             .expect("utf8")
             .trim()
             .to_string();
-        LoopDev { dev: dev.into() }
+        Some(LoopDev { dev: dev.into() })
     }
 }
 
@@ -541,4 +550,181 @@ fn directory_target_is_refused() {
         .err()
         .expect("fails");
     assert!(err.to_string().contains("no/such/dir/disk.img"), "{err}");
+}
+
+// ---------- raw decoder into real targets ----------
+
+/// A raw image with data, long zero runs, a lone non-zero byte and an odd size.
+fn raw_image(seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut img = vec![0u8; (5 << 20) + 4321];
+    rng.fill_bytes(&mut img[..300_000]);
+    rng.fill_bytes(&mut img[(3 << 20)..(3 << 20) + 70_000]);
+    img[(4 << 20) + 17] = 1;
+    let n = img.len();
+    rng.fill_bytes(&mut img[n - 100..]);
+    img
+}
+
+fn sector_padded(n: usize) -> usize {
+    n.div_ceil(512) * 512
+}
+
+#[test]
+fn raw_stream_into_a_file_with_and_without_size() {
+    let img = raw_image(31);
+    for hint in [Some(img.len() as u64), None] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("raw.img");
+        stale_file(&p, 8 << 20, 32);
+        let mut t = Target::open(&p, &TargetOptions::default()).expect("open");
+        let rep = streamdisk::format::raw::decode(&mut &img[..], hint, &mut t).expect("decode");
+        assert_eq!(rep.bytes_read, img.len() as u64);
+        assert!(rep.zero_bytes > 4 << 20, "zero runs detected");
+        t.finish().expect("finish");
+        let got = std::fs::read(&p).expect("read");
+        // Raw images are rounded up to whole 512-byte sectors, as qemu does.
+        assert_eq!(got.len(), sector_padded(img.len()), "hint {hint:?}");
+        assert_eq!(first_diff(&got[..img.len()], &img), None, "hint {hint:?}");
+        assert!(got[img.len()..].iter().all(|&b| b == 0), "hint {hint:?}");
+    }
+}
+
+#[test]
+fn raw_stream_into_a_loop_device_over_stale_data() {
+    require_loop!("raw_stream_into_a_loop_device_over_stale_data");
+    let img = raw_image(33);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let stale = stale_file(&backing, 6 << 20, 34);
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    streamdisk::format::raw::decode(&mut &img[..], Some(img.len() as u64), &mut t).expect("decode");
+    t.finish().expect("finish");
+    let got = read_range(&lo.dev, 0, 6 << 20);
+    let padded = sector_padded(img.len());
+    assert_eq!(first_diff(&got[..img.len()], &img), None);
+    assert!(got[img.len()..padded].iter().all(|&b| b == 0));
+    assert_eq!(first_diff(&got[padded..], &stale[padded..]), None);
+}
+
+// ---------- 4 KiB logical blocks and the CDI helpers on devices ----------
+
+#[test]
+fn loop_with_4k_sectors_takes_512_byte_pieces() {
+    require_loop!("loop_with_4k_sectors_takes_512_byte_pieces");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let dev_size = 8u64 << 20;
+    let stale = stale_file(&backing, dev_size, 41);
+    let lo = match LoopDev::attach_with(&backing, &["--sector-size", "4096"]) {
+        Some(lo) => lo,
+        None => {
+            println!("skipped loop_with_4k_sectors_takes_512_byte_pieces: losetup --sector-size unsupported");
+            return;
+        }
+    };
+    let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
+    assert_eq!(t.alignment(), 4096);
+    let mut rng = StdRng::seed_from_u64(42);
+    // A qcow2 with 512-byte clusters: the virtual size is a multiple of 512 only.
+    let vsize = dev_size - 1536;
+    let mut pieces = layout(&mut rng, vsize);
+    let want = expected(&pieces, vsize);
+    pieces.shuffle(&mut rng);
+    t.set_virtual_size(vsize).expect("vsize");
+    feed(&mut t, &pieces).expect("feed");
+    let stats = t.finish().expect("finish");
+    assert!(stats.partial_merges > 0);
+    let got = read_range(&lo.dev, 0, dev_size as usize);
+    assert_eq!(first_diff(&got[..vsize as usize], &want), None);
+    assert_eq!(
+        first_diff(&got[vsize as usize..], &stale[vsize as usize..]),
+        None
+    );
+}
+
+#[test]
+fn loop_write_zeros_direct_and_wipe_edges() {
+    require_loop!("loop_write_zeros_direct_and_wipe_edges");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing.img");
+    let dev_size = 6u64 << 20;
+    let stale = stale_file(&backing, dev_size, 43);
+    let lo = LoopDev::attach(&backing);
+    assert_eq!(
+        streamdisk::target::block_device_size(&lo.dev).expect("size"),
+        dev_size
+    );
+    // Preallocation of a blank disk smaller than the device, ending mid-sector.
+    let len = (3 << 20) + 700;
+    streamdisk::target::write_zeros_direct(&lo.dev, len).expect("zeros");
+    let got = read_range(&lo.dev, 0, dev_size as usize);
+    assert_eq!(got[..len as usize].iter().position(|&b| b != 0), None);
+    assert_eq!(
+        first_diff(&got[len as usize..], &stale[len as usize..]),
+        None
+    );
+    // Too large for the device: refused with the CDI message.
+    let err =
+        streamdisk::target::write_zeros_direct(&lo.dev, dev_size + 512).expect_err("too large");
+    assert!(matches!(err, TargetError::TooLarge { .. }), "{err}");
+
+    // Wipe: fill with data again, then only the edges become zeros.
+    std::fs::write(&lo.dev, &stale).expect("refill");
+    streamdisk::target::wipe_edges(&lo.dev).expect("wipe");
+    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let mib = 1usize << 20;
+    assert_eq!(got[..mib].iter().position(|&b| b != 0), None);
+    assert_eq!(
+        got[dev_size as usize - mib..].iter().position(|&b| b != 0),
+        None
+    );
+    assert_eq!(
+        first_diff(
+            &got[mib..dev_size as usize - mib],
+            &stale[mib..dev_size as usize - mib]
+        ),
+        None
+    );
+}
+
+// ---------- huge sparse images ----------
+
+#[test]
+fn one_tib_sparse_image_on_a_loop_device_allocates_only_its_data() {
+    require_loop!("one_tib_sparse_image_on_a_loop_device_allocates_only_its_data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("huge.img");
+    let vsize = 1u64 << 40;
+    if File::create(&backing)
+        .and_then(|f| f.set_len(vsize))
+        .is_err()
+    {
+        println!("skipped one_tib_sparse_image...: the filesystem cannot hold a 1 TiB sparse file");
+        return;
+    }
+    let lo = LoopDev::attach(&backing);
+    let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
+    t.set_virtual_size(vsize).expect("vsize");
+    let data = vec![0x3Cu8; 4 << 20];
+    // Data at both ends, zeros reported in 4 MiB pieces in between (262144 calls).
+    t.data(0, &data).expect("head");
+    let piece = 4u64 << 20;
+    let mut off = piece;
+    while off < vsize - piece {
+        t.zero(off, piece).expect("zero");
+        off += piece;
+    }
+    t.data(off, &data).expect("tail");
+    let stats = t.finish().expect("finish");
+    assert_eq!(stats.bytes_zeroed, vsize - 2 * piece);
+    assert_eq!(read_range(&lo.dev, vsize - 16, 16), vec![0x3C; 16]);
+    assert_eq!(read_range(&lo.dev, vsize / 2, 4096), vec![0; 4096]);
+    drop(lo);
+    let alloc = allocated(&backing);
+    assert!(
+        alloc <= 64 << 20,
+        "{alloc} bytes allocated for 8 MiB of data"
+    );
 }

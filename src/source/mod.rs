@@ -5,7 +5,7 @@
 //! `Range`) also hand out a [`RangeRead`] so that the qcow2 planner can fetch
 //! metadata out of order instead of spilling.
 //!
-//! Layout: [`file`] and [`stdin`] are thin; [`http`] holds the client (TLS,
+//! Layout: `file` and `stdin` are thin; `http` holds the client (TLS,
 //! redirects, credentials), the resumable transfer loop, the retry policy,
 //! range reads and the parallel segmented download.
 

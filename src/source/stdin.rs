@@ -30,3 +30,19 @@ fn regular_file_remaining(fd: &impl AsFd) -> Option<u64> {
     let len = u64::try_from(st.st_size).ok()?;
     len.checked_sub(u64::try_from(pos).ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::regular_file_remaining;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn size_is_known_only_for_regular_files() {
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&[7u8; 1000]).expect("write");
+        file.seek(SeekFrom::Start(100)).expect("seek");
+        assert_eq!(regular_file_remaining(&file), Some(900));
+        let (reader, _writer) = nix::unistd::pipe().expect("pipe");
+        assert_eq!(regular_file_remaining(&reader), None);
+    }
+}

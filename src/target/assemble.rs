@@ -110,7 +110,9 @@ impl Target {
     fn feed(&mut self, mut off: u64, mut src: Src<'_>) -> io::Result<()> {
         let align = self.align as u64;
         while !src.is_empty() {
-            let continues = self.run.as_ref().is_some_and(|r| r.end() == off);
+            // With a gap pending, the run's logical end is past the gap:
+            // nothing may be appended before the gap is placed.
+            let continues = self.gap == 0 && self.run.as_ref().is_some_and(|r| r.end() == off);
             if !continues {
                 if self.run.is_some() {
                     // Flushing may place a pending gap, which may open a new run
@@ -266,7 +268,7 @@ impl Target {
     /// Writes a partial block: complete blocks as they are, incomplete ones
     /// merged with what the target holds (read-modify-write).
     pub(super) fn merge_with_disk(&mut self, block: Block) -> io::Result<()> {
-        let complete = block.is_complete();
+        let complete = self.cache.is_complete(&block);
         self.write_block(block, !complete)
     }
 
@@ -274,6 +276,7 @@ impl Target {
         let align = self.align as u64;
         let end = block.start + align;
         if self.kind == TargetKind::BlockDevice && self.device_size.is_some_and(|d| end > d) {
+            self.cache.recycle(block);
             return Err(internal("partial block beyond the device end"));
         }
         if let Some(w) = self.writers.as_ref() {
@@ -287,7 +290,8 @@ impl Target {
             read_block(&self.file, block.start, self.scratch.as_mut_slice()).and_then(|()| {
                 let dst = self.scratch.as_mut_slice();
                 for &(a, b) in &block.ranges {
-                    let (Some(d), Some(s)) = (dst.get_mut(a..b), block.buf.as_slice().get(a..b))
+                    let (Some(d), Some(s)) =
+                        (dst.get_mut(a..b), self.cache.bytes(&block).get(a..b))
                     else {
                         return Err(internal("partial range out of block"));
                     };
@@ -296,7 +300,8 @@ impl Target {
                 self.file.write_all_at(self.scratch.as_slice(), block.start)
             })
         } else {
-            self.file.write_all_at(block.buf.as_slice(), block.start)
+            self.file
+                .write_all_at(self.cache.bytes(&block), block.start)
         };
         self.cache.recycle(block);
         result.map_err(|e| {

@@ -8,7 +8,7 @@
 //! Modules, one concern each:
 //! - [`pool`]: aligned buffers and the fixed pool (the memory bound);
 //! - [`device`]: block-device ioctls (size, logical block size, zeroing);
-//! - [`file`]: opening with `O_DIRECT` (or the buffered fallback) and alignment;
+//! - [`mod@file`]: opening with `O_DIRECT` (or the buffered fallback) and alignment;
 //! - [`zeroing`]: coalescing zero ranges and the device zeroing strategy;
 //! - [`writer`]: the threads that keep several `pwrite`s in flight;
 //! - [`partial`]: blocks filled piece by piece (unaligned extents);
@@ -43,14 +43,47 @@ use zeroing::{DeviceZeroer, ZeroCoalescer};
 
 /// Default size of each aligned write buffer.
 ///
-/// Measured with `benches/writer_tune.sh` (release build, 1 GiB of random data
-/// per run, page cache dropped, best of 2): see the table at
-/// [`DEFAULT_QUEUE_DEPTH`].
+/// Chosen by measurement (issue 7, part 3), together with
+/// [`DEFAULT_QUEUE_DEPTH`]. Command (release build, root, a preallocated
+/// 256 MiB backing file on the machine's virtio disk):
+///
+/// ```text
+/// fallocate -l 256M /tmp/sdtune/backing.img
+/// LO=$(losetup -f --show --direct-io=on /tmp/sdtune/backing.img)
+/// STREAMDISK_TUNE=$LO STREAMDISK_TUNE_MIB=256 cargo bench --bench writer
+/// STREAMDISK_TUNE=/tmp/sdtune/file.img STREAMDISK_TUNE_MIB=256 cargo bench --bench writer
+/// losetup -d $LO
+/// ```
+///
+/// 256 MiB of random data in 64 KiB extents per run, fdatasync included,
+/// 3 rounds interleaved; median MiB/s (the 2-core machine was shared with
+/// other builds, load average 14-18, so min-max spreads reached 2-4x):
+///
+/// ```text
+/// buffer  depth | loop device | file (ext4)
+/// 256K    1     |   307       |   420
+/// 256K    4     |   928       |   249
+/// 1M      1     |   408       |   679
+/// 1M      2     |   755       |   681
+/// 1M      4     |   817       |   725
+/// 1M      8     |  1139       |   488
+/// 2M      2     |   573       |  1080
+/// 2M      4     |   668       |   803
+/// 4M      2     |  1036       |   672
+/// 4M      4     |   984       |   793
+/// ```
+///
+/// Depth 1 is clearly slower (one write at a time leaves the device idle);
+/// from 1 MiB x 4 upward the differences are within the noise. 1 MiB x 4
+/// costs 5 MiB of pool (4 in flight + 1 filling), against 10-20 MiB for the
+/// larger settings, out of a 24 MiB budget for the whole process. For
+/// reference, `dd bs=4M oflag=direct conv=fdatasync` of the same 256 MiB
+/// reached 250-370 MB/s on the loop device and 120-250 MB/s on the file in
+/// the same session: a single write in flight.
 pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
 
-/// Default number of writes in flight.
-///
-/// (Numbers are filled in by the tuning run; see `DEFAULT_BUFFER_SIZE`.)
+/// Default number of writes in flight (see [`DEFAULT_BUFFER_SIZE`] for the
+/// measurement).
 pub const DEFAULT_QUEUE_DEPTH: usize = 4;
 
 /// Writer settings: the memory budget of the write side.
@@ -171,7 +204,7 @@ impl Target {
         let opened = file::open(path, file::FileMode::Replace).map_err(|e| ctx("opening", e))?;
         if !opened.direct {
             tracing::warn!(
-                target = %path.display(),
+                path = %path.display(),
                 "the target does not support O_DIRECT; using buffered writes with periodic writeback to bound the page cache"
             );
         }

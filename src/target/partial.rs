@@ -54,23 +54,17 @@ impl<'a> Src<'a> {
 }
 
 /// A block leaving the cache: either complete, or to be merged with the disk.
+/// Its bytes stay in the cache's slab until [`PartialCache::recycle`].
 pub struct Block {
     /// Byte offset of the block (a multiple of the alignment).
     pub start: u64,
-    pub buf: AlignedBuf,
+    slot: usize,
     /// Covered byte ranges `[a, b)` within the block, sorted and disjoint.
     pub ranges: Vec<(usize, usize)>,
 }
 
-impl Block {
-    /// True when every byte of the block was supplied.
-    pub fn is_complete(&self) -> bool {
-        matches!(self.ranges.as_slice(), [(0, b)] if *b == self.buf.len())
-    }
-}
-
 struct Entry {
-    buf: AlignedBuf,
+    slot: usize,
     ranges: Vec<(usize, usize)>,
     last_use: u64,
 }
@@ -84,14 +78,19 @@ pub enum PartialError {
     /// The caller split a piece wrongly (an internal error, reported, not panicked).
     #[error("partial piece at offset {0} crosses a block boundary")]
     CrossesBlock(u64),
+    /// The caller did not make room first (an internal error).
+    #[error("no free partial-block slot for offset {0}")]
+    Full(u64),
 }
 
 /// The bounded cache of partial blocks.
 pub struct PartialCache {
     align: usize,
-    max_blocks: usize,
+    /// `max_blocks` aligned slots of `align` bytes each.
+    slab: AlignedBuf,
     entries: HashMap<u64, Entry>,
-    free: Vec<(AlignedBuf, Vec<(usize, usize)>)>,
+    /// Free slots, each with a range list kept for its capacity.
+    free: Vec<(usize, Vec<(usize, usize)>)>,
     tick: u64,
 }
 
@@ -101,9 +100,9 @@ impl PartialCache {
         let max_blocks = max_blocks.max(1);
         PartialCache {
             align,
-            max_blocks,
+            slab: AlignedBuf::new(align.saturating_mul(max_blocks), align),
             entries: HashMap::with_capacity(max_blocks),
-            free: Vec::new(),
+            free: (0..max_blocks).rev().map(|s| (s, Vec::new())).collect(),
             tick: 0,
         }
     }
@@ -118,11 +117,22 @@ impl PartialCache {
         self.entries.is_empty()
     }
 
+    /// The block's bytes (aligned, `align` long).
+    pub fn bytes(&self, block: &Block) -> &[u8] {
+        let at = block.slot * self.align;
+        &self.slab.as_slice()[at..at + self.align]
+    }
+
+    /// True when every byte of the block was supplied.
+    pub fn is_complete(&self, block: &Block) -> bool {
+        matches!(block.ranges.as_slice(), [(0, b)] if *b == self.align)
+    }
+
     /// If adding a new block at `start` would exceed the budget, removes and
     /// returns the least recently touched block, which the caller must merge
     /// with the disk.
     pub fn make_room_for(&mut self, start: u64) -> Option<Block> {
-        if self.entries.contains_key(&start) || self.entries.len() < self.max_blocks {
+        if self.entries.contains_key(&start) || !self.free.is_empty() {
             return None;
         }
         let victim = self
@@ -134,7 +144,8 @@ impl PartialCache {
     }
 
     /// Places `src` at byte `offset` (it must not cross a block boundary).
-    /// Returns the block when this completed it.
+    /// Returns the block when this completed it. The caller makes room first
+    /// ([`Self::make_room_for`]); without room this fails.
     pub fn put(&mut self, offset: u64, src: Src<'_>) -> Result<Option<Block>, PartialError> {
         let align = self.align as u64;
         let start = offset - offset % align;
@@ -148,23 +159,28 @@ impl PartialCache {
         }
         self.tick += 1;
         let tick = self.tick;
+        if !self.entries.contains_key(&start) {
+            let (slot, ranges) = self.free.pop().ok_or(PartialError::Full(offset))?;
+            self.entries.insert(
+                start,
+                Entry {
+                    slot,
+                    ranges,
+                    last_use: tick,
+                },
+            );
+        }
         let align_len = self.align;
-        let free = &mut self.free;
-        let entry = self.entries.entry(start).or_insert_with(|| {
-            let (buf, ranges) = free
-                .pop()
-                .unwrap_or_else(|| (AlignedBuf::new(align_len, align_len), Vec::new()));
-            Entry {
-                buf,
-                ranges,
-                last_use: tick,
-            }
-        });
+        let entry = self
+            .entries
+            .get_mut(&start)
+            .ok_or(PartialError::Full(offset))?;
         entry.last_use = tick;
         if entry.ranges.iter().any(|&(s, e)| s < b && a < e) {
             return Err(PartialError::Overlap(offset));
         }
-        src.copy_to(&mut entry.buf.as_mut_slice()[a..b]);
+        let at = entry.slot * align_len;
+        src.copy_to(&mut self.slab.as_mut_slice()[at + a..at + b]);
         insert_range(&mut entry.ranges, a, b);
         let complete = matches!(entry.ranges.as_slice(), [(0, e)] if *e == align_len);
         Ok(if complete { self.take(start) } else { None })
@@ -177,18 +193,16 @@ impl PartialCache {
         keys.into_iter().filter_map(|k| self.take(k)).collect()
     }
 
-    /// Gives a written block's memory back for reuse.
+    /// Gives a written block's slot back for reuse.
     pub fn recycle(&mut self, mut block: Block) {
-        if self.free.len() < self.max_blocks {
-            block.ranges.clear();
-            self.free.push((block.buf, block.ranges));
-        }
+        block.ranges.clear();
+        self.free.push((block.slot, block.ranges));
     }
 
     fn take(&mut self, start: u64) -> Option<Block> {
         self.entries.remove(&start).map(|e| Block {
             start,
-            buf: e.buf,
+            slot: e.slot,
             ranges: e.ranges,
         })
     }
@@ -232,12 +246,14 @@ mod tests {
             .put(8192 + 4 * 512, Src::Zeros(512))
             .expect("ok")
             .expect("complete");
-        assert!(b.is_complete());
+        assert!(c.is_complete(&b));
         assert_eq!(b.start, 8192);
         let mut want = data.clone();
         want[2048..2560].fill(0);
-        assert_eq!(b.buf.as_slice(), &want[..]);
+        assert_eq!(c.bytes(&b), &want[..]);
+        assert_eq!(c.bytes(&b).as_ptr() as usize % 4096, 0, "aligned");
         assert!(c.is_empty());
+        c.recycle(b);
     }
 
     #[test]
@@ -267,7 +283,8 @@ mod tests {
         let v = c.make_room_for(8192).expect("victim");
         assert_eq!(v.start, 4096);
         assert_eq!(v.ranges, vec![(0, 10)]);
-        assert!(!v.is_complete());
+        assert!(!c.is_complete(&v));
+        assert_eq!(c.len(), 1);
         c.recycle(v);
         c.put(8192, Src::Zeros(1)).expect("c");
         let all = c.drain();

@@ -46,11 +46,6 @@ impl<R: Read> PeekReader<R> {
         }
         Ok(&self.buf[..n.min(self.buf.len())])
     }
-
-    /// The inner reader (any peeked bytes not yet read are lost).
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
 
 impl<R: Read> Read for PeekReader<R> {

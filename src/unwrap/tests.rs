@@ -187,3 +187,22 @@ fn unwrapped_stream_can_be_peeked() {
     peek.read_to_end(&mut out).expect("read");
     assert_eq!(out, data);
 }
+
+#[test]
+fn truncation_messages_name_the_wrapper() {
+    let data = sample(100_000);
+    for (name, bytes) in [
+        ("gzip", gzip(&data)),
+        ("xz", xz(&data, 1)),
+        ("zstd", zstd_frame(&data, 20)),
+    ] {
+        let cut = bytes.len() / 2;
+        let (_, out) = decode(bytes[..cut].to_vec());
+        let err = out.expect_err("truncated");
+        assert_eq!(
+            err.to_string(),
+            format!("{name}: the compressed stream is truncated")
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -318,27 +318,56 @@ pub fn assert_same_prefix(actual: &Path, expected: &Path, len: u64) {
 }
 
 /// The first offset below `len` where the files differ (a short file differs at its end).
+///
+/// Only ranges that hold data in either file (SEEK_DATA/SEEK_HOLE) are read: holes in both
+/// read as zeros, so large sparse outputs compare quickly. Devices are read in full.
 pub fn first_difference(a: &Path, b: &Path, len: u64) -> Option<u64> {
-    let mut fa = File::open(a).unwrap_or_else(|e| panic!("open {}: {e}", a.display()));
-    let mut fb = File::open(b).unwrap_or_else(|e| panic!("open {}: {e}", b.display()));
+    let fa = File::open(a).unwrap_or_else(|e| panic!("open {}: {e}", a.display()));
+    let fb = File::open(b).unwrap_or_else(|e| panic!("open {}: {e}", b.display()));
+    let short = byte_len(&fa).min(byte_len(&fb)).min(len);
+    let mut ranges = extents_or_all(a, &fa, short);
+    ranges.extend(extents_or_all(b, &fb, short));
+    ranges.sort_unstable();
     const CHUNK: usize = 1 << 20;
     let mut ba = vec![0u8; CHUNK];
     let mut bb = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = (len - pos).min(CHUNK as u64) as usize;
-        let ra = read_full(&mut fa, &mut ba[..n]);
-        let rb = read_full(&mut fb, &mut bb[..n]);
-        let m = ra.min(rb);
-        if let Some(i) = (0..m).find(|&i| ba[i] != bb[i]) {
-            return Some(pos + i as u64);
+    let mut done_to = 0u64;
+    for (s, e) in ranges {
+        let mut pos = s.max(done_to);
+        while pos < e {
+            let n = (e - pos).min(CHUNK as u64) as usize;
+            fa.read_exact_at(&mut ba[..n], pos)
+                .unwrap_or_else(|err| panic!("read {}: {err}", a.display()));
+            fb.read_exact_at(&mut bb[..n], pos)
+                .unwrap_or_else(|err| panic!("read {}: {err}", b.display()));
+            if ba[..n] != bb[..n] {
+                let i = (0..n).find(|&i| ba[i] != bb[i]).unwrap_or(0);
+                return Some(pos + i as u64);
+            }
+            pos += n as u64;
         }
-        if ra != n || rb != n {
-            return Some(pos + m as u64);
-        }
-        pos += n as u64;
+        done_to = done_to.max(e);
     }
-    None
+    (short < len).then_some(short)
+}
+
+/// Length of a file or block device (seek to the end works for both).
+fn byte_len(f: &File) -> u64 {
+    use std::io::Seek;
+    let mut f = f;
+    f.seek(io::SeekFrom::End(0)).expect("seek to end")
+}
+
+/// Data extents of a regular file clipped to `[0, limit)`; the whole range otherwise.
+fn extents_or_all(path: &Path, f: &File, limit: u64) -> Vec<(u64, u64)> {
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return vec![(0, limit)];
+    }
+    data_extents(path)
+        .into_iter()
+        .filter(|&(s, _)| s < limit)
+        .map(|(s, e)| (s, e.min(limit)))
+        .collect()
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
@@ -482,6 +511,15 @@ impl Run {
         let line = self.last_stderr_line().to_string();
         if line.is_empty() {
             return Err(format!("no error message - {ctx}"));
+        }
+        // A human-readable message, not a Debug dump of an error struct.
+        if ["Error {", "Custom {", "kind: ", "description: "]
+            .iter()
+            .any(|p| line.contains(p))
+        {
+            return Err(format!(
+                "last stderr line {line:?} is a Debug-formatted error struct, not a message - {ctx}"
+            ));
         }
         let lower = line.to_ascii_lowercase();
         if !words.is_empty()
@@ -793,19 +831,35 @@ impl MemCgroup {
                 return Ok(cg);
             }
         }
-        // cgroup v2: "0::/path".
+        // cgroup v2: "0::/path". A child of our own group only gets memory.max when our
+        // group delegates the memory controller, which v2 forbids while it holds processes
+        // (the "no internal processes" rule); so walk up to the nearest ancestor whose
+        // children get it (the root always qualifies).
         if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
-            let base = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-            let dir = base.join(&name);
-            fs::create_dir(&dir)?;
-            let cg = MemCgroup {
-                procs_file: cstring(&dir.join("cgroup.procs")),
-                dir: dir.clone(),
-                v2: true,
-            };
-            fs::write(dir.join("memory.max"), limit.to_string())?;
-            let _ = fs::write(dir.join("memory.swap.max"), "0");
-            return Ok(cg);
+            let root = Path::new("/sys/fs/cgroup");
+            let mut base = root.join(path.trim_start_matches('/'));
+            loop {
+                let dir = base.join(&name);
+                if fs::create_dir(&dir).is_ok() {
+                    if dir.join("memory.max").exists() {
+                        let cg = MemCgroup {
+                            procs_file: cstring(&dir.join("cgroup.procs")),
+                            dir: dir.clone(),
+                            v2: true,
+                        };
+                        fs::write(dir.join("memory.max"), limit.to_string())?;
+                        let _ = fs::write(dir.join("memory.swap.max"), "0");
+                        return Ok(cg);
+                    }
+                    let _ = fs::remove_dir(&dir);
+                }
+                if base == root || !base.pop() {
+                    break;
+                }
+            }
+            return Err(io::Error::other(
+                "no cgroup v2 group with the memory controller delegated to its children",
+            ));
         }
         Err(io::Error::other(
             "no memory controller in /proc/self/cgroup",

@@ -183,10 +183,11 @@ impl Layout {
             .min()
             .copied()
     }
-    /// The L1 table sits after at least one L2 table or data cluster.
+    /// The L1 table sits after at least one L2 table or data cluster (a forward reader
+    /// meets mapped bytes before it knows where they go).
     pub fn l1_after_data(&self) -> bool {
-        self.l2_offsets.iter().any(|&o| o > self.l1_offset)
-            || self.max_data_offset().is_some_and(|d| d > self.l1_offset)
+        self.l2_offsets.iter().any(|&o| o < self.l1_offset)
+            || self.min_data_offset().is_some_and(|d| d < self.l1_offset)
     }
 }
 

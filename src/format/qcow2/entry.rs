@@ -69,7 +69,7 @@ impl Geometry {
         if raw & 1 != 0 {
             return Err(format!("L1 entry 0x{raw:016x} has reserved bit 0 set"));
         }
-        let e = L1Entry::try_from_plain(raw, &self.info).map_err(|e| format!("{e:?}"))?;
+        let e = L1Entry::try_from_plain(raw, &self.info).map_err(|e| e.to_string())?;
         if e.is_zero() {
             Ok(None)
         } else {
@@ -79,7 +79,7 @@ impl Geometry {
 
     /// Decodes an L2 entry (`bitmap` is the second half of an extended entry).
     pub fn l2_entry(&self, raw: u64, bitmap: u64) -> Result<Mapping, String> {
-        let e = L2Entry::try_from_plain(raw, &self.info).map_err(|e| format!("{e:?}"))?;
+        let e = L2Entry::try_from_plain(raw, &self.info).map_err(|e| e.to_string())?;
         if let Some((host, len)) = e.compressed_range(self.cluster_bits) {
             // qcow2-rs masks the offset to 56 bits; the spec wants those bits zero.
             let x = 62 - (self.cluster_bits - 8);

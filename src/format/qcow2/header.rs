@@ -491,13 +491,13 @@ impl Header {
     pub fn qcow2rs_info(&self) -> Result<Qcow2Info, Qcow2Error> {
         let buf = self.normalized_for_qcow2rs();
         let hdr = Qcow2Header::from_buf(&buf)
-            .map_err(|e| Qcow2Error::Invalid(format!("header rejected by qcow2-rs: {e:?}")))?;
+            .map_err(|e| Qcow2Error::Invalid(format!("header rejected by qcow2-rs: {e}")))?;
         // Slices of 512 bytes (bits 9) for the L2/refcount caches we never use:
         // qcow2-rs's default derives them with `cluster_bits - 12`, which
         // underflows for clusters smaller than 4 KiB.
         let params = Qcow2DevParams::new(9, Some((9, 4096)), Some((9, 4096)), true, false);
         Qcow2Info::new(&hdr, &params)
-            .map_err(|e| Qcow2Error::Invalid(format!("geometry rejected by qcow2-rs: {e:?}")))
+            .map_err(|e| Qcow2Error::Invalid(format!("geometry rejected by qcow2-rs: {e}")))
     }
 }
 

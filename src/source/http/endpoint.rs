@@ -101,8 +101,9 @@ impl Endpoint {
     }
 
     /// Sends one GET for `span`, following redirects, and classifies the
-    /// outcome. A 2xx response is returned as is (the caller checks 200 vs
-    /// 206); anything else is a [`Failure`].
+    /// outcome. A 2xx response (and a 412/416 to a ranged request) is
+    /// returned as is for the caller to check; anything else is a
+    /// [`Failure`].
     pub(super) async fn send(
         &self,
         span: Span,
@@ -138,7 +139,14 @@ impl Endpoint {
                 Ok(Ok(resp)) => resp,
             };
             let status = resp.status();
-            if status.is_success() {
+            // 412/416 answer a ranged request; the caller reads their
+            // headers to tell a changed file from a finished one.
+            let range_answer = matches!(span, Span::From { .. })
+                && matches!(
+                    status,
+                    StatusCode::RANGE_NOT_SATISFIABLE | StatusCode::PRECONDITION_FAILED
+                );
+            if status.is_success() || range_answer {
                 return Ok(resp);
             }
             if is_redirect(status) {

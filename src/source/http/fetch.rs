@@ -37,7 +37,9 @@ pub(super) async fn fetch<S: Sink>(
         let resp = match first.take() {
             Some(resp) => resp,
             None => match open_range(ep, validator, pos, end).await {
-                Ok(resp) => resp,
+                Ok(Some(resp)) => resp,
+                // Nothing after `pos`: a length-less body was complete.
+                Ok(None) => return Ok(()),
                 Err(failure) => {
                     retry.backoff(failure).await?;
                     continue;
@@ -45,7 +47,22 @@ pub(super) async fn fetch<S: Sink>(
             },
         };
         match pump(ep, resp, &mut pos, end, retry, sink).await {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Complete) => return Ok(()),
+            Ok(Ended::ByClose) if validator.accept_ranges => {
+                // Ask for the bytes after `pos`: a 416 naming `pos` as the
+                // length proves the body was whole; a 206 carries on.
+                tracing::debug!(
+                    "{}: body ended by connection close at byte {pos}; checking that nothing follows",
+                    ep.display
+                );
+            }
+            Ok(Ended::ByClose) => {
+                tracing::warn!(
+                    "{}: the body had no length and ended with the connection at byte {pos}; completeness cannot be verified",
+                    ep.display
+                );
+                return Ok(());
+            }
             Err(failure) => {
                 retry.backoff(failure).await?;
                 tracing::info!("resuming {} at byte {pos}", ep.display);
@@ -55,32 +72,21 @@ pub(super) async fn fetch<S: Sink>(
 }
 
 /// Sends a ranged GET guarded by If-Range and checks that the answer is the
-/// requested part of the same file.
+/// requested part of the same file. `Ok(None)` means that the file, whose
+/// length was not known, ends exactly at `start`.
 async fn open_range(
     ep: &Endpoint,
     validator: &Validator,
     start: u64,
     end: Option<u64>,
-) -> Result<Response, Failure> {
+) -> Result<Option<Response>, Failure> {
     let resp = ep
         .send(Span::From { start, end }, validator.if_range())
-        .await
-        .map_err(|failure| match failure {
-            // The file is gone or shorter than where we are.
-            Failure::Fatal(SourceError::Status { status, .. })
-                if status.starts_with("412") || status.starts_with("416") =>
-            {
-                Failure::Fatal(Validator::precondition_failed(
-                    status_from(&status),
-                    &ep.display,
-                ))
-            }
-            other => other,
-        })?;
+        .await?;
     match resp.status() {
         StatusCode::PARTIAL_CONTENT => {
             validator.check_partial(&resp, &ep.display, start)?;
-            Ok(resp)
+            Ok(Some(resp))
         }
         StatusCode::OK => {
             // A retry of a whole-file stream that broke before its first
@@ -88,9 +94,21 @@ async fn open_range(
             // it is still the same file.
             let whole = start == 0 && (end.is_none() || end == validator.total);
             match validator.full_answer_to_range(&resp, &ep.display, start) {
-                SourceError::RangeIgnored { .. } if whole => Ok(resp),
+                SourceError::RangeIgnored { .. } if whole => Ok(Some(resp)),
                 err => Err(Failure::Fatal(err)),
             }
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE
+            if end.is_none() && Validator::unsatisfied_length(&resp) == Some(start) =>
+        {
+            Ok(None)
+        }
+        status @ (StatusCode::RANGE_NOT_SATISFIABLE | StatusCode::PRECONDITION_FAILED) => {
+            // The file is gone, shorter than where we are, or different.
+            Err(Failure::Fatal(Validator::precondition_failed(
+                status,
+                &ep.display,
+            )))
         }
         other => Err(Failure::Fatal(SourceError::Status {
             status: other.to_string(),
@@ -99,15 +117,31 @@ async fn open_range(
     }
 }
 
-fn status_from(text: &str) -> StatusCode {
-    text.get(..3)
-        .and_then(|code| code.parse::<u16>().ok())
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .unwrap_or(StatusCode::PRECONDITION_FAILED)
+/// How a response body ended without error.
+enum Ended {
+    /// At its announced length (Content-Length, chunked end, HTTP/2 end of
+    /// stream), or at the end of the requested span.
+    Complete,
+    /// By the server closing the connection, with no length announced: a
+    /// cut connection looks the same.
+    ByClose,
+}
+
+/// Whether a response has no framing of its own (HTTP/1 with neither
+/// Content-Length nor chunked encoding), so only the connection close ends it.
+fn delimited_by_close(resp: &Response) -> bool {
+    resp.version() <= reqwest::Version::HTTP_11
+        && resp.content_length().is_none()
+        && !resp
+            .headers()
+            .get_all(reqwest::header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"))
 }
 
 /// Moves one response body into `sink`, advancing `pos`. Ends with `Ok` when
-/// the span is complete, or a retryable failure when the body broke.
+/// the body ended cleanly, or a retryable failure when it broke.
 async fn pump<S: Sink>(
     ep: &Endpoint,
     mut resp: Response,
@@ -115,7 +149,8 @@ async fn pump<S: Sink>(
     end: Option<u64>,
     retry: &mut RetryState,
     sink: &mut S,
-) -> Result<(), Failure> {
+) -> Result<Ended, Failure> {
+    let by_close = delimited_by_close(&resp);
     loop {
         let chunk = match tokio::time::timeout(ep.stall, resp.chunk()).await {
             Err(_) => {
@@ -141,7 +176,9 @@ async fn pump<S: Sink>(
                     offset: *pos,
                     expected,
                 })),
-                _ => Ok(()),
+                Some(_) => Ok(Ended::Complete),
+                None if by_close => Ok(Ended::ByClose),
+                None => Ok(Ended::Complete),
             };
         };
         if data.is_empty() {

@@ -29,6 +29,15 @@ use self::retry::RetryState;
 use self::validator::Validator;
 use super::{HttpOptions, OpenedSource, RangeRead, SourceError};
 
+/// Most parallel connections used, whatever is asked: beyond this a server
+/// sees abuse rather than a download, and each connection costs a segment
+/// of memory.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Smallest segment: tinier ones spend more on request round trips than
+/// they gain from parallelism.
+const MIN_SEGMENT: usize = 64 << 10;
+
 /// Opens `url`: sends the first GET (with retries), learns the length and
 /// validators, then streams the body from a task on `rt` (or, with
 /// `connections > 1` and Range support, runs the segmented download).
@@ -92,6 +101,11 @@ pub(super) fn open(
     let (sink, end) = pipe(&label);
     let task = match (opts.connections > 1, validator.accept_ranges, size) {
         (true, true, Some(total)) => {
+            let opts = HttpOptions {
+                connections: opts.connections.min(MAX_CONNECTIONS),
+                segment_size: opts.segment_size.max(MIN_SEGMENT),
+                ..opts.clone()
+            };
             tracing::info!(
                 "{label}: downloading in segments of {} bytes over {} connections",
                 opts.segment_size,
@@ -99,13 +113,15 @@ pub(super) fn open(
             );
             // The first response only served to learn the file's identity.
             drop(first);
-            rt.spawn(segments::run(
-                ep.clone(),
-                validator.clone(),
-                opts.clone(),
-                total,
-                sink,
-            ))
+            // One client per connection: over HTTP/2 a single client would
+            // multiplex every segment onto one TCP connection, and the
+            // per-connection caps that make segments worthwhile would apply.
+            let mut clients = vec![ep.clone()];
+            for _ in 1..opts.connections {
+                let _guard = rt.enter();
+                clients.push(Arc::new(Endpoint::new(url, &opts)?));
+            }
+            rt.spawn(segments::run(clients, validator.clone(), opts, total, sink))
         }
         (multi, _, _) => {
             if multi {

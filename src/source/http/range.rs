@@ -41,7 +41,11 @@ impl RangeRead for HttpRange {
                     ),
                 )
             })?;
-        let mut sink = SliceSink { buf, filled: 0 };
+        let mut sink = SliceSink {
+            buf,
+            filled: 0,
+            display: &self.ep.display,
+        };
         let mut retry = RetryState::new(&self.opts);
         self.rt
             .block_on(fetch(
@@ -69,6 +73,7 @@ impl RangeRead for HttpRange {
 struct SliceSink<'a> {
     buf: &'a mut [u8],
     filled: usize,
+    display: &'a str,
 }
 
 impl Sink for SliceSink<'_> {
@@ -78,7 +83,7 @@ impl Sink for SliceSink<'_> {
             .checked_add(data.len())
             .and_then(|end| self.buf.get_mut(self.filled..end))
             .ok_or_else(|| SourceError::Internal {
-                url: String::new(),
+                url: self.display.to_string(),
                 detail: "range read received more bytes than asked".to_string(),
             })?;
         dest.copy_from_slice(&data);

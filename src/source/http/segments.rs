@@ -36,30 +36,48 @@ impl Drop for SegmentTask {
 
 /// Runs the whole segmented download into `tx`, then reports the outcome.
 pub(super) async fn run(
-    ep: Arc<Endpoint>,
+    clients: Vec<Arc<Endpoint>>,
     validator: Arc<Validator>,
     opts: HttpOptions,
     total: u64,
     mut sink: ChannelSink,
 ) {
-    let result = download(ep, validator, &opts, total, &mut sink).await;
+    let result = download(&clients, validator, &opts, total, &mut sink).await;
     sink.finish(result).await;
 }
 
+/// Segment `k` goes to client `k % clients.len()`: the segments in flight
+/// are consecutive, so each uses its own client and connection.
 async fn download(
-    ep: Arc<Endpoint>,
+    clients: &[Arc<Endpoint>],
     validator: Arc<Validator>,
     opts: &HttpOptions,
     total: u64,
     sink: &mut ChannelSink,
 ) -> Result<(), SourceError> {
-    let connections = opts.connections.max(1);
+    let display = clients
+        .first()
+        .map(|ep| ep.display.clone())
+        .unwrap_or_default();
+    let internal = |detail: String| SourceError::Internal {
+        url: display.clone(),
+        detail,
+    };
+    let connections = clients.len();
+    if connections == 0 {
+        return Err(internal("no HTTP client for the segments".to_string()));
+    }
+    let mut index: usize = 0;
     let segment = u64::try_from(opts.segment_size.max(1)).unwrap_or(u64::MAX);
     let mut next: u64 = 0;
     let mut in_flight: VecDeque<SegmentTask> = VecDeque::with_capacity(connections);
     loop {
         while in_flight.len() < connections && next < total {
             let end = next.saturating_add(segment).min(total);
+            let Some(ep) = index.checked_rem(connections).and_then(|i| clients.get(i)) else {
+                return Err(internal("segment client out of range".to_string()));
+            };
+            index = index.wrapping_add(1);
             in_flight.push_back(SegmentTask(tokio::spawn(fetch_segment(
                 ep.clone(),
                 validator.clone(),
@@ -74,12 +92,7 @@ async fn download(
         };
         let data = match (&mut task.0).await {
             Ok(result) => result?,
-            Err(join) => {
-                return Err(SourceError::Internal {
-                    url: ep.display.clone(),
-                    detail: format!("segment task failed: {join}"),
-                })
-            }
+            Err(join) => return Err(internal(format!("segment task failed: {join}"))),
         };
         let mut data = data;
         while !data.is_empty() {

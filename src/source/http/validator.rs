@@ -132,6 +132,19 @@ impl Validator {
     }
 }
 
+impl Validator {
+    /// The current length from a 416's `Content-Range: bytes */LEN`.
+    pub(super) fn unsatisfied_length(resp: &Response) -> Option<u64> {
+        header_str(resp.headers(), CONTENT_RANGE)?
+            .strip_prefix("bytes")?
+            .trim_start()
+            .strip_prefix("*/")?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     headers
         .get(name)

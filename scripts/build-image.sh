@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the streamdisk container image and tags it localhost/streamdisk:latest.
+#
+#   1. a static glibc binary (`-C target-feature=+crt-static`) for an explicit
+#      --target x86_64-unknown-linux-gnu, so it lands in target/x86_64-unknown-linux-gnu/release/
+#      and the ordinary `cargo build --release` binary at target/release/streamdisk is untouched
+#      (RUSTFLAGS differ, so cargo would otherwise rebuild it);
+#   2. a build context under target/image/: rootfs/usr/bin/streamdisk and the symlink
+#      rootfs/usr/bin/cdi-importer -> streamdisk;
+#   3. `buildah bud` (or `podman build`) of the top-level Containerfile, FROM scratch, so no base
+#      image has to be pulled.
+#
+# Environment:
+#   IMAGE            tag to build            (default localhost/streamdisk:latest)
+#   BUILDER          buildah | podman        (default: buildah if installed, else podman)
+#   STORAGE_DRIVER   containers storage driver (default vfs: works without overlay support)
+#   SKIP_CARGO=1     reuse the static binary already built (fails if it is missing)
+#   CARGO_TARGET_DIR honoured as cargo does (default: target/ at the top of the repository)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+image=${IMAGE:-localhost/streamdisk:latest}
+driver=${STORAGE_DRIVER:-vfs}
+triple=x86_64-unknown-linux-gnu
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+bin=$target_dir/$triple/release/streamdisk
+ctx=$target_dir/image
+
+if [[ -z ${BUILDER:-} ]]; then
+    if command -v buildah >/dev/null; then BUILDER=buildah
+    elif command -v podman >/dev/null; then BUILDER=podman
+    else echo "build-image.sh: neither buildah nor podman is installed" >&2; exit 1
+    fi
+fi
+
+if [[ ${SKIP_CARGO:-0} != 1 ]]; then
+    echo "build-image.sh: building static binary for $triple" >&2
+    # Add to (not replace) any RUSTFLAGS the caller set.
+    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+        cargo build --release --target "$triple" --bin streamdisk
+fi
+[[ -x $bin ]] || { echo "build-image.sh: $bin missing; run without SKIP_CARGO=1" >&2; exit 1; }
+
+# A dynamically linked binary would fail in a FROM scratch image with a bare "no such file or
+# directory" (the missing ELF interpreter), so check before building the image.
+if readelf -l "$bin" | grep -q 'Requesting program interpreter'; then
+    echo "build-image.sh: $bin is dynamically linked (has a PT_INTERP); the image needs a static binary" >&2
+    exit 1
+fi
+
+rm -rf "$ctx"
+mkdir -p "$ctx/rootfs/usr/bin"
+install -m 0755 "$bin" "$ctx/rootfs/usr/bin/streamdisk"
+ln -s streamdisk "$ctx/rootfs/usr/bin/cdi-importer"
+
+echo "build-image.sh: building $image with $BUILDER (storage driver $driver)" >&2
+case $BUILDER in
+    buildah) buildah --storage-driver "$driver" bud --layers=false -f "$root/Containerfile" -t "$image" "$ctx" ;;
+    podman)  podman --storage-driver "$driver" build -f "$root/Containerfile" -t "$image" "$ctx" ;;
+    *) echo "build-image.sh: BUILDER must be buildah or podman, not $BUILDER" >&2; exit 1 ;;
+esac
+
+size=
+if command -v podman >/dev/null; then
+    size=$(podman --storage-driver "$driver" image inspect --format '{{.Size}}' "$image")
+fi
+echo "build-image.sh: built $image: binary $(stat -c %s "$bin") bytes, image ${size:-(size unknown without podman)} bytes" >&2

@@ -1,0 +1,547 @@
+//! `IMPORTER_SOURCE=http`: a disk image streamed into the target, or an archive
+//! extracted into the data volume.
+//!
+//! Where CDI downloads to `/scratch` and then runs `qemu-img convert`, the disk
+//! image goes through [`crate::pipeline::run`] in one pass. What stays CDI's is
+//! the envelope: the space budget, the resize after the import, mode 0660,
+//! fsync, and the cleanup after a checksum mismatch.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::checksum::Verifier;
+use crate::format::qcow2::{PlanOptions, SpillPolicy};
+use crate::job::{FormatChoice, ImportError, ImportJob};
+use crate::progress::{Counter, ProgressMode, Tap};
+use crate::source::{HttpOptions, SourceSpec};
+use crate::target::TargetOptions;
+
+use super::config::{ContentType, PodConfig};
+use super::logging::{display_url, Redactor};
+use super::outcome::Outcome;
+use super::paths::PodPaths;
+use super::{archive, blank, headers, space};
+
+/// Everything an HTTP import needs from the pod run.
+pub struct HttpContext<'a> {
+    pub cfg: &'a PodConfig,
+    pub paths: &'a PodPaths,
+    pub block: bool,
+    pub rt: &'a tokio::runtime::Runtime,
+    pub counter: Arc<Counter>,
+    pub redactor: &'a Redactor,
+}
+
+/// CDI's prefix for failures to set up the HTTP client.
+fn connect_failed(detail: impl std::fmt::Display) -> Outcome {
+    Outcome::Failed(format!("Unable to connect to http data source: {detail}"))
+}
+
+/// The HTTP client settings from the pod: auth, headers (environment then
+/// secret files), CA directories, TLS verification.
+pub fn http_options(cfg: &PodConfig, paths: &PodPaths) -> Result<HttpOptions, Outcome> {
+    let mut opts = HttpOptions {
+        basic_auth: cfg.basic_auth.clone(),
+        insecure_tls: cfg.insecure_tls,
+        ..HttpOptions::default()
+    };
+    let secret = headers::read_secret_headers(&paths.extra_headers_dir)
+        .map_err(|e| connect_failed(format!("Error getting extra headers for HTTP client: {e}")))?;
+    for h in cfg.env_headers.iter().chain(secret.iter()) {
+        tracing::info!(header = %h.name, secret = h.secret, "adding extra request header");
+        opts.extra_headers.push((h.name.clone(), h.value.clone()));
+    }
+    if let Some(dir) = &cfg.cert_dir {
+        // CDI fails when the configured CA directory cannot be listed.
+        fs::read_dir(dir).map_err(|e| {
+            connect_failed(format!(
+                "Error creating http client: Error listing files in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        opts.ca_dirs.push(dir.clone());
+    }
+    if fs::read_dir(&paths.proxy_certs_dir).is_ok() {
+        opts.ca_dirs.push(paths.proxy_certs_dir.clone());
+    }
+    Ok(opts)
+}
+
+/// Checks the endpoint the way CDI's `ParseEndpoint` does before connecting.
+fn check_endpoint(endpoint: &str) -> Result<(), Outcome> {
+    match reqwest::Url::parse(endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        Ok(u) => Err(connect_failed(format!(
+            "unable to parse endpoint {:?}: unsupported scheme {:?}",
+            display_url(endpoint),
+            u.scheme()
+        ))),
+        Err(e) => Err(connect_failed(format!(
+            "unable to parse endpoint {:?}: {e}",
+            display_url(endpoint)
+        ))),
+    }
+}
+
+/// Runs the HTTP import described by `ctx`.
+pub fn run(ctx: &HttpContext<'_>) -> Outcome {
+    if let Err(o) = check_endpoint(&ctx.cfg.endpoint) {
+        return o;
+    }
+    let http = match http_options(ctx.cfg, ctx.paths) {
+        Ok(h) => h,
+        Err(o) => return o,
+    };
+    tracing::info!(
+        endpoint = %display_url(&ctx.cfg.endpoint),
+        content_type = ?ctx.cfg.content_type,
+        block = ctx.block,
+        "starting http import"
+    );
+    match ctx.cfg.content_type {
+        ContentType::KubeVirt => disk_image(ctx, http),
+        ContentType::Archive => archive_import(ctx, http),
+    }
+}
+
+/// Removes a leftover regular file (or directory) at `path`, as CDI's `CleanAll`;
+/// a device is left alone.
+fn clean(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            if t.is_block_device() || t.is_char_device() {
+                Ok(())
+            } else {
+                fs::remove_file(path)
+            }
+        }
+    }
+}
+
+fn unable(e: impl std::fmt::Display) -> String {
+    format!("Unable to process data: {e}")
+}
+
+/// A disk image (`kubevirt` content) into the block device or `/data/disk.img`.
+fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
+    let cfg = ctx.cfg;
+    let paths = ctx.paths;
+    let target: PathBuf = if ctx.block {
+        paths.block_device.clone()
+    } else {
+        paths.disk_image.clone()
+    };
+
+    // A restarted container may find a partial disk.img from the previous
+    // attempt: start over, before measuring free space so that it does not
+    // count against us.
+    if !ctx.block {
+        if let Err(e) = clean(&target) {
+            return Outcome::Failed(unable(format!("removing {}: {e}", target.display())));
+        }
+    }
+    let available = match available_space(ctx.block, paths, cfg.image_size) {
+        Ok(a) => a,
+        Err(e) => return Outcome::Failed(e),
+    };
+    tracing::info!(available, "target space");
+
+    let spill = if paths.scratch_dir.is_dir() {
+        SpillPolicy::Dir(paths.scratch_dir.clone())
+    } else {
+        SpillPolicy::Forbid
+    };
+    let job = ImportJob {
+        source: SourceSpec::Http(cfg.endpoint.clone()),
+        http,
+        target: target.clone(),
+        format: FormatChoice::Auto,
+        checksum: cfg.checksum.clone(),
+        target_opts: TargetOptions {
+            available: Some(available),
+            ..TargetOptions::default()
+        },
+        plan: PlanOptions {
+            spill,
+            ..PlanOptions::default()
+        },
+        progress: ProgressMode::None,
+    };
+
+    let result = run_pipeline(ctx, job);
+    match result {
+        Ok(report) => {
+            tracing::info!(
+                bytes_received = report.bytes_received,
+                virtual_size = report.virtual_size,
+                bytes_written = report.bytes_written,
+                spilled_bytes = report.spilled_bytes,
+                "image written"
+            );
+            let finish = if ctx.block {
+                sync_path(&target)
+            } else {
+                finish_file(&target, cfg, available).and_then(|()| sync_path(&paths.data_dir))
+            };
+            match finish {
+                Ok(()) => {
+                    ctx.counter.set_done();
+                    Outcome::Complete {
+                        scratch_space_required: Some(false),
+                        preallocation_applied: cfg.preallocation,
+                        labels: Default::default(),
+                    }
+                }
+                Err(e) => {
+                    if !ctx.block {
+                        let _ = clean(&target);
+                    }
+                    Outcome::Failed(unable(e))
+                }
+            }
+        }
+        Err(ImportError::ChecksumMismatch {
+            expected,
+            calculated,
+        }) => {
+            remove_target(ctx.block, &target);
+            Outcome::ChecksumMismatch(unable(format!(
+                "checksum mismatch: expected {expected}, calculated {calculated}"
+            )))
+        }
+        Err(ImportError::ScratchRequired(why)) => {
+            tracing::info!(reason = %ctx.redactor.scrub(&why), "scratch space required");
+            if !ctx.block {
+                let _ = clean(&target);
+            }
+            Outcome::ScratchRequired
+        }
+        Err(e) => {
+            if !ctx.block {
+                let _ = clean(&target);
+            }
+            Outcome::Failed(unable(ctx.redactor.scrub(&error_chain(&e))))
+        }
+    }
+}
+
+/// The error and its sources, `: `-joined, the way Go's wrapped errors print.
+fn error_chain(e: &ImportError) -> String {
+    match e {
+        ImportError::Other(a) => format!("{a:#}"),
+        other => other.to_string(),
+    }
+}
+
+/// CDI's space budget: the block device's size, or free space capped at the request.
+fn available_space(block: bool, paths: &PodPaths, requested: Option<u64>) -> Result<u64, String> {
+    if block {
+        space::device_size(&paths.block_device).map_err(|e| {
+            format!(
+                "Unable to determine the size of {}: {e}",
+                paths.block_device.display()
+            )
+        })
+    } else {
+        space::filesystem_free(&paths.data_dir)
+            .map(|free| space::cap_to_request(free, requested))
+            .map_err(|e| {
+                format!(
+                    "Unable to determine available space in {}: {e}",
+                    paths.data_dir.display()
+                )
+            })
+    }
+}
+
+/// Runs the pipeline on a blocking thread; a panic there becomes an error
+/// (never a success).
+fn run_pipeline(
+    ctx: &HttpContext<'_>,
+    job: ImportJob,
+) -> Result<crate::job::ImportReport, ImportError> {
+    let handle = ctx.rt.handle().clone();
+    let counter = Arc::clone(&ctx.counter);
+    let task = ctx
+        .rt
+        .spawn_blocking(move || crate::pipeline::run(&job, &handle, counter));
+    match ctx.rt.block_on(task) {
+        Ok(r) => r,
+        Err(e) => Err(ImportError::Other(anyhow::anyhow!(
+            "import thread failed: {e}"
+        ))),
+    }
+}
+
+/// After a successful filesystem import: grow to CDI's size (never shrink),
+/// preallocate when asked, mode 0660, and make it durable.
+fn finish_file(path: &Path, cfg: &PodConfig, available: u64) -> io::Result<()> {
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| ctx("opening", e))?;
+    let current = f.metadata().map_err(|e| ctx("inspecting", e))?.len();
+    let mut size = current;
+    if let Some(new) = space::resize_target(current, cfg.image_size, available, cfg.overhead) {
+        tracing::info!(from = current, to = new, "expanding image");
+        f.set_len(new)
+            .map_err(|e| ctx("Resize of image failed: resizing", e))?;
+        size = new;
+    }
+    if cfg.preallocation {
+        blank::allocate(&f, size).map_err(|e| ctx("preallocating", e))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(fs::Permissions::from_mode(0o660))
+        .map_err(|e| ctx("Unable to change permissions of target file", e))?;
+    f.sync_all().map_err(|e| ctx("syncing", e))
+}
+
+/// `fsync` of a file, device or directory.
+fn sync_path(path: &Path) -> io::Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io::Error::new(e.kind(), format!("syncing {}: {e}", path.display())))
+}
+
+/// After a checksum mismatch, leave nothing that looks like a disk: delete
+/// disk.img, or zero a block device's first and last MiB (partition tables and
+/// their backups live there).
+fn remove_target(block: bool, target: &Path) {
+    let res = if block {
+        crate::target::wipe_edges(target).map_err(|e| e.to_string())
+    } else {
+        clean(target).map_err(|e| e.to_string())
+    };
+    if let Err(e) = res {
+        tracing::warn!(target = %target.display(), error = %e, "failed to remove the target after a checksum mismatch");
+    }
+}
+
+/// A `Read` shared between the decompressor (which may stop at the end of its
+/// stream) and the final drain (which must still hash and count every byte).
+struct Shared<R>(Arc<Mutex<R>>);
+
+impl<R> Clone for Shared<R> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<R: Read> Read for Shared<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut r) => r.read(buf),
+            Err(p) => p.into_inner().read(buf),
+        }
+    }
+}
+
+/// An `archive` (tar, optionally compressed) extracted into `/data`.
+fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
+    if ctx.block {
+        return Outcome::Failed(unable(
+            "archive content needs a filesystem volume, but the PVC is in block mode",
+        ));
+    }
+    let data_dir = ctx.paths.data_dir.clone();
+    let spec = SourceSpec::Http(ctx.cfg.endpoint.clone());
+    let counter = Arc::clone(&ctx.counter);
+    let checksum = ctx.cfg.checksum.clone();
+    let handle = ctx.rt.handle().clone();
+    let dir = data_dir.clone();
+    let task = ctx
+        .rt
+        .spawn_blocking(move || -> Result<Option<(String, String)>, String> {
+            let opened = crate::source::open(&spec, &http, &handle).map_err(|e| e.to_string())?;
+            if let Some(size) = opened.size {
+                counter.set_total(size);
+            }
+            // Counts progress and turns SIGTERM into a read error.
+            let counting = Tap::new(opened.reader, Arc::clone(&counter));
+            let verifier = checksum.map(Verifier::new);
+            let tapped: Box<dyn Read + Send> = match &verifier {
+                Some(v) => Box::new(v.tap(counting)),
+                None => Box::new(counting),
+            };
+            let raw = Shared(Arc::new(Mutex::new(tapped)));
+            let (wrapper, mut decoded) = crate::unwrap::unwrap(Box::new(raw.clone()))
+                .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
+            tracing::info!(wrapper = %wrapper, "archive compression");
+            let stats = archive::extract(&mut decoded, &dir).map_err(|e| e.to_string())?;
+            tracing::info!(
+                files = stats.files,
+                dirs = stats.dirs,
+                links = stats.links,
+                skipped = stats.skipped,
+                bytes = stats.bytes,
+                "archive extracted"
+            );
+            // Hash and count everything as received: the tar trailer, the rest of
+            // the compressed stream, anything after it.
+            io::copy(&mut decoded, &mut io::sink())
+                .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
+            drop(decoded);
+            io::copy(&mut raw.clone(), &mut io::sink())
+                .map_err(|e| format!("reading from endpoint: {e}"))?;
+            Ok(verifier.and_then(|v| v.verify().err()))
+        });
+    let result = match ctx.rt.block_on(task) {
+        Ok(r) => r,
+        Err(e) => Err(format!("import thread failed: {e}")),
+    };
+    match result {
+        Ok(None) => match syncfs(&data_dir) {
+            Ok(()) => {
+                ctx.counter.set_done();
+                Outcome::Complete {
+                    scratch_space_required: Some(false),
+                    preallocation_applied: false,
+                    labels: Default::default(),
+                }
+            }
+            Err(e) => Outcome::Failed(unable(e)),
+        },
+        Ok(Some((expected, calculated))) => {
+            if let Err(e) = archive::remove_contents(&data_dir) {
+                tracing::warn!(error = %e, "failed to clean the volume after a checksum mismatch");
+            }
+            Outcome::ChecksumMismatch(unable(format!(
+                "checksum mismatch: expected {expected}, calculated {calculated}"
+            )))
+        }
+        Err(e) => Outcome::Failed(unable(ctx.redactor.scrub(&e))),
+    }
+}
+
+/// Flushes the whole filesystem holding `dir` (every extracted file at once).
+fn syncfs(dir: &Path) -> io::Result<()> {
+    let f = fs::File::open(dir)?;
+    nix::unistd::syncfs(&f).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("syncing {}: {e}", dir.display()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> PodConfig {
+        // Given variables first: the first occurrence of a name wins.
+        let mut v: Vec<(String, String)> = vars
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        v.push(("PREALLOCATION".into(), "false".into()));
+        PodConfig::from_vars(&v).expect("config")
+    }
+
+    #[test]
+    fn options_from_env_secrets_and_ca_dirs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = PodPaths::under(root.path());
+        fs::create_dir_all(paths.extra_headers_dir.join("0")).expect("mkdir");
+        fs::write(paths.extra_headers_dir.join("0/h"), "X-Secret: s3cr3t").expect("write");
+        let certs = root.path().join("certs");
+        fs::create_dir(&certs).expect("mkdir");
+        let c = cfg(&[
+            ("IMPORTER_EXTRA_HEADER_0", "X-Env: v"),
+            ("IMPORTER_CERT_DIR", certs.to_str().expect("utf8")),
+            ("IMPORTER_ACCESS_KEY_ID", "u"),
+            ("IMPORTER_SECRET_KEY", "p"),
+            ("INSECURE_TLS", "1"),
+        ]);
+        let o = http_options(&c, &paths).expect("options");
+        assert_eq!(
+            o.extra_headers,
+            vec![
+                ("X-Env".to_string(), "v".to_string()),
+                ("X-Secret".to_string(), "s3cr3t".to_string())
+            ]
+        );
+        assert_eq!(o.ca_dirs, vec![certs.clone()]);
+        assert_eq!(o.basic_auth, Some(("u".into(), "p".into())));
+        assert!(o.insecure_tls);
+
+        // /proxycerts is added when present.
+        fs::create_dir(&paths.proxy_certs_dir).expect("mkdir");
+        let o = http_options(&c, &paths).expect("options");
+        assert_eq!(o.ca_dirs, vec![certs, paths.proxy_certs_dir.clone()]);
+
+        // A configured CA directory that cannot be listed fails like CDI.
+        let missing = cfg(&[("IMPORTER_CERT_DIR", "/nonexistent/certs")]);
+        match http_options(&missing, &paths) {
+            Err(Outcome::Failed(m)) => {
+                assert!(m.starts_with("Unable to connect to http data source: Error creating http client: Error listing files in /nonexistent/certs"), "{m}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("https://h/x.img").is_ok());
+        assert!(check_endpoint("http://h:8080/x.img").is_ok());
+        for bad in ["", "ftp://h/x", "not a url", "file:///etc/passwd"] {
+            match check_endpoint(bad) {
+                Err(Outcome::Failed(m)) => {
+                    assert!(
+                        m.starts_with("Unable to connect to http data source"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // Credentials never reach the message.
+        match check_endpoint("ftp://user:hunter2@h/x") {
+            Err(Outcome::Failed(m)) => assert!(!m.contains("hunter2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clean_removes_files_and_dirs_but_not_devices() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("disk.img");
+        fs::write(&f, b"x").expect("write");
+        clean(&f).expect("clean");
+        assert!(!f.exists());
+        clean(&f).expect("clean of nothing");
+        fs::create_dir_all(f.join("sub")).expect("mkdir");
+        clean(&f).expect("clean dir");
+        assert!(!f.exists());
+        clean(Path::new("/dev/null")).expect("device left alone");
+        assert!(Path::new("/dev/null").exists());
+    }
+
+    #[test]
+    fn finish_file_grows_allocates_and_chmods() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("disk.img");
+        fs::write(&f, vec![1u8; 4096]).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = cfg(&[("IMPORTER_IMAGE_SIZE", "8Mi"), ("PREALLOCATION", "true")]);
+        finish_file(&f, &c, 100 << 20).expect("finish");
+        let m = fs::metadata(&f).expect("meta");
+        assert_eq!(m.len(), 8 << 20);
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        use std::os::unix::fs::MetadataExt;
+        assert!(m.blocks() * 512 >= 8 << 20, "preallocated");
+        assert_eq!(&fs::read(&f).expect("read")[..4096], &[1u8; 4096][..]);
+    }
+}
