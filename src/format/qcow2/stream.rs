@@ -486,42 +486,31 @@ impl Body {
         self.map.check_metadata(l2, end, "L2 table").map_err(inv)?;
         self.map.l2_tables.insert(l2);
         self.map.check_budget().map_err(inv)?;
-        // Where does the stream stand relative to this table?
+        // Where does the stream stand relative to this table? The part that
+        // already passed ([l2, split)) went by before the L1 named it, so it
+        // sits in the window as unknown bytes and is parsed now; the part
+        // still to come ([split, end)) continues the same cursor as it streams
+        // in. Either part may be empty (the table is wholly behind or ahead).
         let pos = live;
-        if l2 >= pos {
-            self.map
-                .insert_table(
-                    l2,
-                    end,
-                    Plain::L2 {
-                        l1_index: index,
-                        cursor: TableCursor::default(),
-                    },
-                )
-                .map_err(inv)?;
-            self.pending_l2 += 1;
-            return Ok(());
-        }
-        if end > pos {
-            // The table straddles the stream position: its head passed before
-            // the L1 arrived (so it sits in the window as unknown bytes) and
-            // its tail is still to come. Parse the head now and let the tail
-            // continue the same cursor as it streams in.
-            let mut head = vec![0u8; (pos - l2) as usize];
+        let split = pos.clamp(l2, end);
+        let mut cursor = TableCursor::default();
+        if split > l2 {
+            let mut head = vec![0u8; (split - l2) as usize];
             if !window.take(l2, &mut head, true)? {
                 return Err(inv(format!(
                     "L2 table at 0x{l2:x} was not available when the L1 table arrived (it overlaps other image data)"
                 )));
             }
-            let mut cursor = TableCursor::default();
             let mut entries = Vec::new();
             cursor.feed(&head, self.geo.l2_entry_size() as usize, &mut entries);
             for &(i, raw, bitmap) in &entries {
                 self.l2_entry(index, i, raw, bitmap, pos, sink, window)?;
             }
             self.emit.flush(sink)?;
+        }
+        if split < end {
             // Keyed by the table's start, as every table is: the cursor says
-            // how much of it has been parsed, so the stream continues at `pos`.
+            // how much of it has been parsed, so the stream continues at `split`.
             self.map
                 .insert_table(
                     l2,
@@ -533,22 +522,8 @@ impl Body {
                 )
                 .map_err(inv)?;
             self.pending_l2 += 1;
-            return Ok(());
         }
-        // The table passed before the L1 that points at it: it must be held.
-        let mut table = vec![0u8; cs as usize];
-        if !window.take(l2, &mut table, true)? {
-            return Err(inv(format!(
-                "L2 table at 0x{l2:x} was not available when the L1 table arrived (it overlaps other image data)"
-            )));
-        }
-        let mut cursor = TableCursor::default();
-        let mut entries = Vec::new();
-        cursor.feed(&table, self.geo.l2_entry_size() as usize, &mut entries);
-        for &(i, raw, bitmap) in &entries {
-            self.l2_entry(index, i, raw, bitmap, pos, sink, window)?;
-        }
-        self.emit.flush(sink)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
