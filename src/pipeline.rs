@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::checksum::Verifier;
+use crate::format::zeros::ZeroDetect;
 use crate::format::{self, qcow2, raw, Format};
 use crate::job::{FormatChoice, ImportError, ImportJob, ImportReport};
 use crate::progress::{Counter, Tap};
@@ -87,7 +88,7 @@ pub fn run(
                     .as_deref_mut()
                     .map(|r| r as &mut dyn source::RangeRead),
                 &job.plan,
-                &mut target,
+                &mut ZeroDetect::new(&mut target),
             )
             .map_err(qcow2_error)?;
             report.virtual_size = r.virtual_size;

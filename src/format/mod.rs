@@ -7,6 +7,7 @@
 
 pub mod qcow2;
 pub mod raw;
+pub mod zeros;
 
 use std::io;
 
