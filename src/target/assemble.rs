@@ -333,7 +333,7 @@ impl Target {
 }
 
 /// Reads one block at `offset`; bytes past the end of a file read as zeros.
-fn read_block(file: &std::fs::File, offset: u64, dst: &mut [u8]) -> io::Result<()> {
+pub(crate) fn read_block(file: &std::fs::File, offset: u64, dst: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < dst.len() {
         match file.read_at(&mut dst[done..], offset + done as u64) {

@@ -7,7 +7,6 @@
 //!   that nothing half-written looks like a disk (partition tables, GPT backup
 //!   header, filesystem superblocks live there).
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -118,27 +117,13 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
 /// Zeroes `[from, to)` inside the block at `block`, keeping its other bytes.
 fn rmw_zero(opened: &Opened, block: u64, from: u64, to: u64) -> io::Result<()> {
     let mut buf = AlignedBuf::new(opened.align, opened.align);
-    read_full(&opened.file, block, buf.as_mut_slice())?;
+    super::assemble::read_block(&opened.file, block, buf.as_mut_slice())?;
     let a = usize::try_from(from - block).map_err(io::Error::other)?;
     let b = usize::try_from(to - block).map_err(io::Error::other)?;
     if let Some(r) = buf.as_mut_slice().get_mut(a..b) {
         r.fill(0);
     }
     opened.file.write_all_at(buf.as_slice(), block)
-}
-
-fn read_full(file: &File, offset: u64, dst: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < dst.len() {
-        match file.read_at(&mut dst[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    dst[done..].fill(0);
-    Ok(())
 }
 
 #[cfg(test)]
