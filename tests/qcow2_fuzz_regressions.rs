@@ -1,101 +1,12 @@
 //! Replays the fuzzer's committed inputs (every crasher it ever found, in
 //! `fuzz/regressions/`, and the minimized corpus in `fuzz/corpus/qcow2_decode/`)
-//! through the decoder with the fuzz target's checks, on stable Rust, so a
+//! through the decoder with the fuzz target's own harness (`fuzz/harness.rs`), on stable Rust, so a
 //! fixed finding stays fixed without running the fuzzer.
 
-use std::collections::BTreeMap;
-use std::io::{self, Read};
 use std::path::Path;
 
-use streamdisk::format::qcow2::{decode, PlanOptions, SpillPolicy};
-use streamdisk::format::ExtentSink;
-use streamdisk::source::RangeRead;
-
-#[derive(Default)]
-struct Checker {
-    vsize: Option<u64>,
-    covered: BTreeMap<u64, u64>,
-}
-
-impl Checker {
-    fn cover(&mut self, a: u64, len: u64) -> io::Result<()> {
-        let vs = self.vsize.expect("extent before set_virtual_size");
-        let b = a.checked_add(len).expect("extent overflows");
-        assert!(len > 0 && b <= vs, "extent [{a}, {b}) outside [0, {vs})");
-        if let Some((&s, &e)) = self.covered.range(..b).next_back() {
-            assert!(e <= a || s >= b, "guest [{a}, {b}) reported twice");
-        }
-        self.covered.insert(a, b);
-        Ok(())
-    }
-}
-
-impl ExtentSink for Checker {
-    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
-        assert!(self.vsize.replace(size).is_none(), "virtual size set twice");
-        Ok(())
-    }
-    fn data(&mut self, g: u64, d: &[u8]) -> io::Result<()> {
-        self.cover(g, d.len() as u64)
-    }
-    fn zero(&mut self, g: u64, len: u64) -> io::Result<()> {
-        self.cover(g, len)
-    }
-}
-
-struct Pieces<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl Read for Pieces<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.data.len()).min(self.step);
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        self.step = self.step * 7 % 4093 + 1;
-        Ok(n)
-    }
-}
-
-struct Mem<'a>(&'a [u8]);
-
-impl RangeRead for Mem<'_> {
-    fn read_exact_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        let s = usize::try_from(off).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let src = s
-            .checked_add(buf.len())
-            .and_then(|e| self.0.get(s..e))
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-/// The same steps as `fuzz/fuzz_targets/qcow2_decode.rs`.
-fn one(data: &[u8]) {
-    let opts = PlanOptions {
-        window: 4096,
-        spill: SpillPolicy::Forbid,
-    };
-    let step = data.get(30).map_or(512, |&b| usize::from(b) * 37 + 1);
-    let mut sink = Checker::default();
-    if decode(&mut Pieces { data, step }, None, &opts, &mut sink).is_ok() {
-        let total: u64 = sink.covered.iter().map(|(a, b)| b - a).sum();
-        assert_eq!(
-            total,
-            sink.vsize.unwrap_or(0),
-            "accepted image not fully covered"
-        );
-    }
-    let mut sink = Checker::default();
-    let _ = decode(
-        &mut Pieces { data, step: 4096 },
-        Some(&mut Mem(data)),
-        &opts,
-        &mut sink,
-    );
-}
+#[path = "../fuzz/harness.rs"]
+mod harness;
 
 fn replay(dir: &str) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -107,7 +18,7 @@ fn replay(dir: &str) -> usize {
         let p = e.expect("entry").path();
         if p.is_file() && p.extension().is_none_or(|x| x != "md") {
             let data = std::fs::read(&p).expect("read");
-            let r = std::panic::catch_unwind(|| one(&data));
+            let r = std::panic::catch_unwind(|| harness::run_one(&data));
             assert!(r.is_ok(), "{} fails again", p.display());
             n += 1;
         }
