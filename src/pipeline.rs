@@ -82,15 +82,17 @@ pub fn run(
 
     match fmt {
         Format::Qcow2 => {
+            let mut sink = ZeroDetect::new(&mut target);
             let r = qcow2::decode(
                 &mut input,
                 range
                     .as_deref_mut()
                     .map(|r| r as &mut dyn source::RangeRead),
                 &job.plan,
-                &mut ZeroDetect::new(&mut target),
+                &mut sink,
             )
             .map_err(qcow2_error)?;
+            sink.finish().map_err(sink_io_error)?;
             report.virtual_size = r.virtual_size;
             report.spilled_bytes = r.spilled_bytes;
             report.range_requests = r.range_requests;
