@@ -229,8 +229,12 @@ impl Target {
         let (Some(zeroer), Some(writers)) = (self.zeroer.as_mut(), self.writers.as_ref()) else {
             return Ok(());
         };
-        zeroer.zero(&self.file, start, end, &mut |a, b| {
-            writers.submit_zeros(a, b)
+        zeroer.zero(&self.file, start, end, &mut |a, b, call| match call {
+            Some(method) => writers.submit(Job {
+                offset: a,
+                payload: Payload::Device { len: b - a, method },
+            }),
+            None => writers.submit_zeros(a, b),
         })
     }
 

@@ -26,6 +26,18 @@ pub enum Payload {
     Buf { buf: AlignedBuf, len: usize },
     /// `len` zero bytes, from the pipeline's shared zero buffer.
     Zeros { len: u64 },
+    /// Zero `len` bytes of a block device without sending data: a punched
+    /// hole or `BLKZEROOUT`. Only submitted once the method has worked on
+    /// this device (see [`super::zeroing::DeviceZeroer`]), so a failure here
+    /// is a real error, never a reason to fall back.
+    Device { len: u64, method: DeviceZero },
+}
+
+/// A device zeroing call a writer thread can make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceZero {
+    Punch,
+    ZeroOut,
 }
 
 /// One write.
@@ -38,7 +50,7 @@ impl Job {
     fn len(&self) -> u64 {
         match &self.payload {
             Payload::Buf { len, .. } => *len as u64,
-            Payload::Zeros { len } => *len,
+            Payload::Zeros { len } | Payload::Device { len, .. } => *len,
         }
     }
 }
@@ -107,6 +119,10 @@ impl Shared {
                 }
                 Ok(())
             }
+            Payload::Device { len, method } => match method {
+                DeviceZero::Punch => super::device::punch(&self.file, job.offset, *len),
+                DeviceZero::ZeroOut => super::device::zeroout(&self.file, job.offset, *len),
+            },
         }
     }
 }
@@ -173,6 +189,12 @@ impl WritePipeline {
 
     /// Queues a write. Blocks while all writers are busy and the queue is full.
     /// Fails (without queuing) once any earlier write has failed.
+    ///
+    /// A job that overlaps one still queued or running waits for it first, so
+    /// overlapping jobs land in submission order even though the writer
+    /// threads run them in parallel. (Decoders produce each guest range once,
+    /// so this wait is a guarantee, not a cost: it never triggers on a
+    /// well-formed stream.)
     pub fn submit(&self, job: Job) -> io::Result<()> {
         if let Err(e) = self.check() {
             self.give_back(job);
@@ -187,7 +209,17 @@ impl WritePipeline {
             return Err(io::Error::other("write pipeline already shut down"));
         };
         let offset = job.offset;
-        lock(&self.shared.inflight).push((offset, end));
+        {
+            let mut list = lock(&self.shared.inflight);
+            while list.iter().any(|&(s, e)| s < end && offset < e) {
+                list = self
+                    .shared
+                    .changed
+                    .wait(list)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            list.push((offset, end));
+        }
         if let Err(returned) = tx.send(job) {
             self.shared.done(offset, end);
             self.give_back(returned.0);
