@@ -62,11 +62,7 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    streamdisk::source::runtime().context("starting the async runtime")
 }
 
 fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {

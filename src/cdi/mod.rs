@@ -74,11 +74,7 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
         tracing::warn!(root = %root, "test-only {} is set: pod paths are re-rooted", paths::POD_ROOT_ENV);
     }
 
-    let outcome = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let outcome = match crate::source::runtime() {
         Ok(rt) => {
             let _ = FORCE_EXIT_LOG.set(paths.termination_log.clone());
             crate::signals::install(rt.handle(), on_force_exit);
