@@ -62,6 +62,19 @@ cg_kill_all() {
     done < "$1/cgroup.procs"
 }
 
+# cg_fixture NAME LIMIT_MIB: makes a long-lived cgroup for a test fixture (the HTTP server),
+# prints its path. Processes are put in it with `echo PID > PATH/cgroup.procs`.
+cg_fixture() {
+    local cg="$CG_PARENT/streamdisk-bench-$$-$1"
+    mkdir -p "$cg" || die "cannot create cgroup $cg"
+    if [ "$CG_MODE" = v1 ]; then
+        echo $(($2 * 1048576)) > "$cg/memory.limit_in_bytes"
+    else
+        echo $(($2 * 1048576)) > "$cg/memory.max"
+    fi
+    echo "$cg"
+}
+
 # cg_run LIMIT_MIB NAME SAMPLES_CSV LOG TIMEOUT_S -- CMD...
 # LIMIT_MIB 0 means no limit. Drops the page cache, runs CMD in a new memory cgroup, samples
 # its memory usage every ~50 ms into SAMPLES_CSV ("epoch_s,bytes"), and sets:
