@@ -2,7 +2,7 @@
 //! range reads on a duplicate descriptor.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub(super) fn open(path: &Path) -> Result<OpenedSource, SourceError> {
         None
     };
     Ok(OpenedSource {
-        reader: Box::new(file),
+        reader: Box::new(CacheDropping::new(file)),
         size,
         range,
         display,
@@ -48,5 +48,61 @@ struct FileRange {
 impl RangeRead for FileRange {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         FileExt::read_exact_at(&self.file, buf, offset)
+    }
+}
+
+/// Page cache behind the read position is dropped every this many bytes.
+const DROP_EVERY: u64 = 4 << 20;
+
+/// A forward reader that drops the page cache it leaves behind.
+///
+/// Page cache counts against a pod's memory limit, and a forward pass never
+/// reads a byte twice: without this, importing a local 3 GiB image filled a
+/// 600 MiB cgroup to its limit with the source's pages (measured: peak
+/// 599 MiB, against 19 MiB over HTTP). `POSIX_FADV_DONTNEED` only drops clean
+/// pages, so it cannot lose data; pages another reader of the same file had
+/// cached are dropped too, which costs that reader a re-read at worst.
+struct CacheDropping {
+    file: File,
+    pos: u64,
+    dropped_to: u64,
+}
+
+impl CacheDropping {
+    fn new(file: File) -> Self {
+        CacheDropping {
+            file,
+            pos: 0,
+            dropped_to: 0,
+        }
+    }
+}
+
+impl Read for CacheDropping {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.dropped_to >= DROP_EVERY {
+            // The range reaches back over the previous one: the kernel only
+            // drops a large folio that lies wholly inside the range, and the
+            // folio straddling the last boundary was skipped then (measured:
+            // without the overlap a quarter of a 3 GiB source stayed cached).
+            let from = self.dropped_to.saturating_sub(DROP_EVERY);
+            let (Ok(off), Ok(len)) = (
+                libc::off_t::try_from(from),
+                libc::off_t::try_from(self.pos - from),
+            ) else {
+                return Ok(n);
+            };
+            // Advisory: a failure changes memory use, never the data.
+            let _ = nix::fcntl::posix_fadvise(
+                &self.file,
+                off,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            self.dropped_to = self.pos;
+        }
+        Ok(n)
     }
 }
