@@ -19,6 +19,7 @@ fn color(variant: &str) -> RGBColor {
         "streamdisk@64" => RGBColor(0xff, 0x98, 0x96),
         "streamdisk@32" => RGBColor(0x8b, 0x00, 0x00),
         "streamdisk-c4" => RGBColor(0xe3, 0x77, 0xc2),
+        "streamdisk-local" => RGBColor(0xbc, 0xbd, 0x22),
         "cdi-http" => RGBColor(0x1f, 0x77, 0xb4),
         "cdi-none" => RGBColor(0x17, 0xbe, 0xcf),
         "nbdkit" => RGBColor(0x2c, 0xa0, 0x2c),

@@ -16,6 +16,7 @@ pub fn describe(variant: &str) -> String {
     match variant {
         "streamdisk" => "streamdisk convert URL DEV (default flags, no limit)".into(),
         "streamdisk-c4" => "streamdisk convert --connections 4 URL DEV".into(),
+        "streamdisk-local" => "streamdisk convert IMG DEV from the local file (no limit)".into(),
         v if v.starts_with("streamdisk@") => {
             format!(
                 "streamdisk convert URL DEV under a {} MiB limit",
@@ -172,6 +173,7 @@ pub fn checks(stats: &Stats, images: &BTreeMap<String, Image>, scaling: &[String
         c.ratio("mixed: streamdisk / copy limit", "wall time of the HTTP import into the loop device over dd of the image file with O_DIRECT on both sides", ("mixed", sd), ("mixed", "dd"), Metric::Wall, Goal::AtMost(1.15)),
         c.ratio("mixed: streamdisk / qemu-img local best", "over qemu-img convert -t none -T none -W from a local copy (no network at all)", ("mixed", sd), ("mixed", "qemu-local"), Metric::Wall, Goal::AtMost(1.0)),
         c.ratio("mixed: streamdisk / CDI HTTP", "over CDI's scratch download + qemu-img -t writeback + sync", ("mixed", sd), ("mixed", "cdi-http"), Metric::Wall, Goal::AtMost(0.45)),
+        c.ratio("mixed: streamdisk local file / qemu-img local best", "both reading the same local file, no network", ("mixed", "streamdisk-local"), ("mixed", "qemu-local"), Metric::Wall, Goal::Info),
         c.ratio("mixed: streamdisk / nbdkit streaming", "over nbdkit curl + qemu-img (CDI's node-pull path)", ("mixed", sd), ("mixed", "nbdkit"), Metric::Wall, Goal::Info),
         c.ratio("mixed: CPU s per GiB, streamdisk / CDI HTTP", "user+sys CPU seconds per GiB of virtual size, streamdisk over CDI's HTTP path", ("mixed", sd), ("mixed", "cdi-http"), Metric::CpuPerGib, Goal::AtMost(1.0)),
         c.ratio("mixed: 32 MiB limit / no limit", "streamdisk's wall time under a 32 MiB cgroup limit over its time without a limit", ("mixed", "streamdisk@32"), ("mixed", sd), Metric::Wall, Goal::AtMost(1.1)),
