@@ -68,7 +68,7 @@ fn fetch_metadata(
 ) -> Result<(), Qcow2Error> {
     tracing::info!(
         position = dec.position(),
-        "tables not seen yet and the reorder window is full: reading them with range requests"
+        "tables not seen yet and the bytes held for them reached the fetch threshold: reading the tables with range requests"
     );
     // Two rounds at most: the L1, then the L2 tables it names.
     for _ in 0..2 {

@@ -52,7 +52,12 @@ impl Window {
 
     /// Whether holding `n` more bytes would exceed the in-memory limit.
     pub fn would_overflow(&self, n: usize) -> bool {
-        self.mem_bytes.saturating_add(n) > self.limit
+        self.would_exceed(n, self.limit)
+    }
+
+    /// Whether holding `n` more bytes would take the in-memory part past `level`.
+    pub fn would_exceed(&self, n: usize, level: usize) -> bool {
+        self.mem_bytes.saturating_add(n) > level
     }
 
     /// Holds `bytes` found at host offset `host`. On overflow, moves the
