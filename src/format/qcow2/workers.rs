@@ -16,11 +16,13 @@ use std::thread::JoinHandle;
 use super::decompress::Decompressor;
 use super::header::CompressionType;
 
-/// Output bytes in flight at most. 1 MiB (16 clusters of 64 KiB) keeps both
-/// cores busy: on the zlib rootfs image of BENCHMARKS.md over loopback HTTP it
-/// ran as fast as 4 MiB (1.96-2.09 s against 2.04-2.33 s, 3 runs each) with a
-/// cgroup peak of 30 MiB instead of 37 MiB.
-const INFLIGHT_BYTES: u64 = 1 << 20;
+/// Output bytes in flight at most. 512 KiB (8 clusters of 64 KiB) keeps both
+/// cores busy: on the zlib rootfs image of BENCHMARKS.md over loopback HTTP,
+/// 1 MiB ran as fast as 4 MiB (1.96-2.09 s against 2.04-2.33 s, 3 runs each)
+/// with a cgroup peak of 30 MiB instead of 37 MiB; later, 512 KiB ran as fast
+/// as 1 MiB (2.37-2.58 s against 2.22-2.58 s) with a peak of 22 MiB instead
+/// of 24 MiB.
+const INFLIGHT_BYTES: u64 = 512 << 10;
 /// Workers at most (more does not help a single stream).
 const MAX_THREADS: usize = 4;
 
