@@ -8,16 +8,23 @@
 #   /slow/  the same files, each connection throttled with limit_rate (issue 5: object stores
 #           cap throughput per connection, so N connections should be about N times faster)
 #
-# nginx runs in a memory cgroup of its own, limited to NGINX_MEM_MIB. Without a limit its page
-# cache spreads over all the free memory of this VM, and the first touch of guest memory that has
-# been free a while is expensive here: a cold `curl URL > /dev/null` of the 3 GiB mixed image
-# took 3.7-9.1 s with 2.5-8.4 s of system time in curl's copy out of the socket (perf:
-# _copy_to_iter reading nginx's freshly filled page-cache pages), against 2.3-2.7 s and 0.8 s of
-# system time once nginx's page cache was held to 512 MiB and kept reusing the same pages (same
-# machine, same hour, 2026-11-28). That cost belongs to the test server, not to the importer
-# reading from it (a real image server is another machine), and it hit every HTTP peer alike,
-# adding seconds of noise. The limit leaves nginx all the cache it can use: it streams each file
-# once, sequentially.
+# nginx reads the images with O_DIRECT (`directio`, with `aio threads` and 8 x 1 MiB output
+# buffers), as dd and qemu-img's local conversion do, and runs in a memory cgroup of its own
+# limited to NGINX_MEM_MIB. Why: this VM has virtio-balloon free page reporting, so guest memory
+# that has been free for a while goes back to the host, and the first touch of such a page costs
+# a host fault. With sendfile, the socket carries nginx's freshly read page-cache pages, and that
+# cost lands on whoever copies them out of the socket: a cold `curl URL > /dev/null` of the 3 GiB
+# mixed image took 3.7-9.1 s with 2.5-8.4 s of system time in curl (perf: _copy_to_iter),
+# against 2.3-2.7 s and 0.8 s with nginx held to 512 MiB of cache; but since every command
+# starts with drop_caches, nginx's pages are freed and reported again before each one, and the
+# first full run with sendfile still showed streamdisk at 1.7 s of system time in some rounds and
+# 4.0 s in others (depending on what ran before). With directio the data crosses the socket from
+# nginx's own reused buffers: curl's system time fell to 0.4-0.7 s and streamdisk's to 1.0-1.4 s
+# (same machine, same hour, 2026-11-28). The cost belongs to the test server, not to the
+# importer reading from it (a real image server is another machine), and it hit every HTTP peer
+# alike. Reading with O_DIRECT one buffer at a time, nginx serves a cold file at about 1 GB/s
+# here (dd reads it at 1.2 GB/s).
+NGINX_DIRECTIO="aio threads; directio 4m; output_buffers 8 1m;"
 
 NGINX_PID=""
 NGINX_CG=""
@@ -48,6 +55,7 @@ http {
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
+    $NGINX_DIRECTIO
     keepalive_timeout 30;
     server {
         listen 127.0.0.1:$PORT;
