@@ -90,7 +90,8 @@ pub struct ConvertArgs {
     /// Writes in flight. Write-side memory is about buffer-size x (queue-depth + 1).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub queue_depth: usize,
-    /// Bytes of not-yet-mapped qcow2 data held in memory before a range read or spill.
+    /// Bytes of not-yet-mapped qcow2 data held in memory before a spill (a seekable
+    /// source range-reads the missing tables earlier, at 1 MiB or this, the smaller).
     #[arg(long, default_value = "4MiB", value_parser = parse_size, value_name = "BYTES")]
     pub window: u64,
     /// Directory for spilling qcow2 data that arrives before its metadata on a
