@@ -244,7 +244,7 @@ fi
 PLAN=()
 plan() { local g=$1 i=$2 loc=$3; shift 3; local v; for v in "$@"; do PLAN+=("$g $i $loc $v"); done; }
 sd() { [ -z "$PEERS_ONLY" ] && echo "$@"; }
-want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-local) cdi-http cdi-none nbdkit qemu-local dd
+want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-local) cdi-http cdi-none nbdkit qemu-local dd http-floor
 want_group zlib && plan zlib rootfs-zlib img $(sd streamdisk streamdisk@32) cdi-http nbdkit qemu-local
 want_group xz && plan xz rootfs-xz img $(sd streamdisk) xz-pipe
 if want_group sparse && [ -z "$PEERS_ONLY" ]; then plan sparse sparse-1t img streamdisk; plan sparse dense img streamdisk; fi
@@ -275,6 +275,7 @@ variant_cmd() {
         nbdkit) echo 'exec nbdkit -U - --readonly --filter=readahead --filter=retry curl url="$URL" --run '"'"'qemu-img convert -t writeback -O raw "$uri" "$DEV"'"'" ;;
         qemu-local) echo 'exec qemu-img convert -t none -T none -W -O raw "$IMG" "$DEV"' ;;
         dd) echo 'exec dd if="$IMG" of="$DEV" bs=4M iflag=direct oflag=direct' ;;
+        http-floor) echo 'exec curl -sf -o /dev/null "$URL"' ;;
         xz-pipe) echo 'set -o pipefail; curl -sf "$URL" | xz -dc | dd of="$DEV" bs=4M iflag=fullblock oflag=direct' ;;
         *) die "unknown variant $1" ;;
     esac

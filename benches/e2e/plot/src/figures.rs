@@ -26,6 +26,7 @@ fn color(variant: &str) -> RGBColor {
         "qemu-local" => RGBColor(0xff, 0x7f, 0x0e),
         "dd" => RGBColor(0x7f, 0x7f, 0x7f),
         "xz-pipe" => RGBColor(0x94, 0x67, 0xbd),
+        "http-floor" => RGBColor(0x17, 0x17, 0x17),
         _ => RGBColor(0x8c, 0x56, 0x4b),
     }
 }

@@ -29,6 +29,9 @@ pub fn describe(variant: &str) -> String {
         "qemu-local" => "qemu-img convert -t none -T none -W from the local file".into(),
         "dd" => "copy limit: dd bs=4M iflag=direct oflag=direct of the image file".into(),
         "xz-pipe" => "curl | xz -dc | dd oflag=direct (a streaming shell pipeline)".into(),
+        "http-floor" => {
+            "network floor: curl URL to /dev/null (one connection, nothing written)".into()
+        }
         v => v.into(),
     }
 }
@@ -174,6 +177,8 @@ pub fn checks(stats: &Stats, images: &BTreeMap<String, Image>, scaling: &[String
         c.ratio("mixed: streamdisk / qemu-img local best", "over qemu-img convert -t none -T none -W from a local copy (no network at all)", ("mixed", sd), ("mixed", "qemu-local"), Metric::Wall, Goal::AtMost(1.0)),
         c.ratio("mixed: streamdisk / CDI HTTP", "over CDI's scratch download + qemu-img -t writeback + sync", ("mixed", sd), ("mixed", "cdi-http"), Metric::Wall, Goal::AtMost(0.45)),
         c.ratio("mixed: streamdisk local file / qemu-img local best", "both reading the same local file, no network", ("mixed", "streamdisk-local"), ("mixed", "qemu-local"), Metric::Wall, Goal::Info),
+        c.ratio("mixed: network floor / qemu-img local best", "curl of the image to /dev/null (one connection, nothing written) over qemu-img's local conversion", ("mixed", "http-floor"), ("mixed", "qemu-local"), Metric::Wall, Goal::Info),
+        c.ratio("mixed: streamdisk / network floor", "the import over just downloading the image once", ("mixed", sd), ("mixed", "http-floor"), Metric::Wall, Goal::Info),
         c.ratio("mixed: streamdisk / nbdkit streaming", "over nbdkit curl + qemu-img (CDI's node-pull path)", ("mixed", sd), ("mixed", "nbdkit"), Metric::Wall, Goal::Info),
         c.ratio("mixed: CPU s per GiB, streamdisk / CDI HTTP", "user+sys CPU seconds per GiB of virtual size, streamdisk over CDI's HTTP path", ("mixed", sd), ("mixed", "cdi-http"), Metric::CpuPerGib, Goal::AtMost(1.0)),
         c.ratio("mixed: 32 MiB limit / no limit", "streamdisk's wall time under a 32 MiB cgroup limit over its time without a limit", ("mixed", "streamdisk@32"), ("mixed", sd), Metric::Wall, Goal::AtMost(1.1)),
