@@ -555,6 +555,32 @@ fn no_spill_refuses_non_seekable() {
     }
 }
 
+/// A server that advertises Range but answers range requests with the whole file (200): the
+/// table fetch fails before any table arrives, and the import carries on with the stream
+/// alone, spilling like a source without ranges; with `--no-spill` it says scratch is needed.
+#[test]
+fn range_refusing_server_falls_back_to_the_stream() {
+    let dir = common::tempdir();
+    let img = build_l1_at_end(dir.path(), "liar.qcow2", 32 * MIB, "256M", "1M");
+    let oracle = qemu_raw(&img);
+    let srv = common::server::TestServer::builder(common::server::Body::file(&img))
+        .ignore_range(true)
+        .start();
+    let out = dir.path().join("o");
+    let run = Streamdisk::convert(srv.url("/liar.qcow2"), &out).run();
+    run.assert_ok();
+    common::assert_same_bytes(&out, &oracle);
+    assert!(
+        run.stderr.contains("continuing with the stream alone"),
+        "the fallback is reported: {}",
+        run.stderr
+    );
+    let run = Streamdisk::convert(srv.url("/liar.qcow2"), dir.path().join("o2"))
+        .arg("--no-spill")
+        .run();
+    run.assert_refused(&["scratch"]);
+}
+
 /// Over HTTP with Range, the L1-at-end image is not downloaded twice: the body bytes the
 /// server sends stay well under twice the file size.
 #[test]

@@ -49,7 +49,23 @@ pub fn decode(
                     "internal: metadata fetch without a range reader".into(),
                 ));
             };
-            fetch_metadata(&mut dec, r, sink, &mut report)?;
+            let before = report.range_requests;
+            match fetch_metadata(&mut dec, r, sink, &mut report) {
+                Ok(()) => {}
+                // A server that advertises ranges but refuses them (or a
+                // range read that fails for good) before any table arrived:
+                // the stream alone can still finish the job, as it would on
+                // a source without ranges. Once tables were supplied, the
+                // decoder's state depends on them, so an error stays fatal.
+                Err(Qcow2Error::Read(e)) if report.range_requests == before => {
+                    tracing::warn!(
+                        "reading the tables out of order failed ({e}); continuing with the stream alone: data ahead of its tables is held in memory, then spilled"
+                    );
+                    range = None;
+                    dec.stop_fetching();
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let (vsize, cs) = dec.finish(sink)?;

@@ -99,6 +99,12 @@ impl StreamDecoder {
         }
     }
 
+    /// Never ask for metadata again: the range reads failed, so bytes
+    /// whose tables have not been seen are held (and spilled) instead.
+    pub fn stop_fetching(&mut self) {
+        self.cfg.can_fetch = false;
+    }
+
     /// Host offset of the next byte expected.
     pub fn position(&self) -> u64 {
         self.pos
