@@ -87,9 +87,10 @@ pub struct ConvertArgs {
     /// Size of each aligned write buffer (e.g. 1M, 4MiB).
     #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
     pub buffer_size: u64,
-    /// Writes in flight. Write-side memory is about buffer-size x (queue-depth + 1).
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub queue_depth: usize,
+    /// Writes in flight [default: 8, and 4 once decompression sets the pace].
+    /// Write-side memory is at most buffer-size x (queue-depth + 1).
+    #[arg(long, value_name = "N")]
+    pub queue_depth: Option<usize>,
     /// Bytes of not-yet-mapped qcow2 data held in memory before a spill (a seekable
     /// source range-reads the missing tables earlier, at 1 MiB or this, the smaller).
     #[arg(long, default_value = "4MiB", value_parser = parse_size, value_name = "BYTES")]

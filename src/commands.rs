@@ -10,7 +10,7 @@ use streamdisk::format::qcow2::{PlanOptions, SpillPolicy};
 use streamdisk::job::{ImportError, ImportJob};
 use streamdisk::progress::{Counter, Reporter};
 use streamdisk::source::{HttpOptions, SourceSpec};
-use streamdisk::target::TargetOptions;
+use streamdisk::target::{TargetOptions, DECODER_BOUND_QUEUE_DEPTH, DEFAULT_QUEUE_DEPTH};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
@@ -102,7 +102,12 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
                 .ok()
                 .filter(|b| *b >= 4096)
                 .ok_or_else(|| anyhow::anyhow!("--buffer-size must be at least 4096"))?,
-            queue_depth: a.queue_depth.max(1),
+            // A depth given by hand is kept throughout.
+            queue_depth: a.queue_depth.map_or(DEFAULT_QUEUE_DEPTH, |d| d.max(1)),
+            decoder_bound_depth: match a.queue_depth {
+                Some(_) => None,
+                None => Some(DECODER_BOUND_QUEUE_DEPTH),
+            },
             available: None,
         },
         plan: PlanOptions {

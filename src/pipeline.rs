@@ -73,6 +73,10 @@ pub fn run(
     tracing::info!(format = %fmt, "image format");
 
     let mut target = Target::open(&job.target, &job.target_opts).map_err(target_error)?;
+    if wrapper != Wrapper::None {
+        // The wrapper's decompressor sets the pace (see `ExtentSink::decoder_bound`).
+        format::ExtentSink::decoder_bound(&mut target);
+    }
     let mut range = if wrapper == Wrapper::None {
         src.range
     } else {

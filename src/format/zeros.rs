@@ -81,6 +81,10 @@ impl ExtentSink for ZeroDetect<'_> {
         self.inner.set_virtual_size(size)
     }
 
+    fn decoder_bound(&mut self) {
+        self.inner.decoder_bound();
+    }
+
     fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
         self.hold_zero(guest_offset, len)
     }

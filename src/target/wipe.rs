@@ -104,8 +104,8 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
     }
     let file = Arc::new(opened.file.try_clone()?);
     // No pool buffers circulate here: only zero jobs, so the returner is idle.
-    let (returner, _unused) = std::sync::mpsc::sync_channel::<AlignedBuf>(1);
-    let writers = WritePipeline::new(file, ZERO_THREADS, returner, ZERO_BUF, opened.align)?;
+    let idle = super::pool::BufferPool::new(1, 0, opened.align);
+    let writers = WritePipeline::new(file, ZERO_THREADS, idle.returner(), ZERO_BUF, opened.align)?;
     writers.submit_zeros(first_full, last_full)?;
     writers.shutdown()?;
     if end > last_full {

@@ -10,6 +10,7 @@
 //! change, and it keeps the first write error: once a write failed, every later
 //! call reports it, and nothing after it can be mistaken for success.
 
+use super::pool::Returner;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -130,7 +131,7 @@ impl Shared {
 /// A running set of writer threads.
 pub struct WritePipeline {
     tx: Option<SyncSender<Job>>,
-    returner: SyncSender<AlignedBuf>,
+    returner: Returner,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     zero_chunk: u64,
@@ -143,7 +144,7 @@ impl WritePipeline {
     pub fn new(
         file: Arc<File>,
         threads: usize,
-        returner: SyncSender<AlignedBuf>,
+        returner: Returner,
         zero_len: usize,
         align: usize,
     ) -> io::Result<Self> {
@@ -232,7 +233,7 @@ impl WritePipeline {
     /// shrinks (a lost buffer would eventually block the filling side).
     fn give_back(&self, job: Job) {
         if let Payload::Buf { buf, .. } = job.payload {
-            let _ = self.returner.try_send(buf);
+            self.returner.give(buf);
         }
     }
 
@@ -294,7 +295,7 @@ impl Drop for WritePipeline {
     }
 }
 
-fn writer_loop(rx: &Mutex<Receiver<Job>>, shared: &Shared, returner: &SyncSender<AlignedBuf>) {
+fn writer_loop(rx: &Mutex<Receiver<Job>>, shared: &Shared, returner: &Returner) {
     loop {
         let job = match lock(rx).recv() {
             Ok(job) => job,
@@ -311,9 +312,7 @@ fn writer_loop(rx: &Mutex<Receiver<Job>>, shared: &Shared, returner: &SyncSender
         }
         let offset = job.offset;
         if let Payload::Buf { buf, .. } = job.payload {
-            // The pool's channel holds every buffer, so this never blocks; if
-            // the pool is gone the target is being dropped anyway.
-            let _ = returner.try_send(buf);
+            returner.give(buf);
         }
         shared.done(offset, end);
     }
@@ -393,7 +392,7 @@ mod tests {
         std::fs::write(dir.path().join("ro"), b"x").expect("write");
         // Read-only: every pwrite fails with EBADF.
         let f = Arc::new(File::open(dir.path().join("ro")).expect("open"));
-        let pool = BufferPool::new(2, 4096, 4096);
+        let pool = BufferPool::new(1, 4096, 4096);
         let wp = WritePipeline::new(f, 1, pool.returner(), 4096, 4096).expect("start");
         let b = pool.get().expect("buffer");
         wp.submit(Job {
@@ -410,6 +409,9 @@ mod tests {
         );
         assert!(wp.submit_zeros(0, 4096).is_err(), "later submits fail");
         assert!(wp.shutdown().is_err());
+        // The pool holds one buffer, so this only returns if it came back
+        // (with the pipeline shut down, a lost buffer makes `get` say None).
         assert!(pool.get().is_some(), "buffer returned even on failure");
+        assert_eq!(pool.allocated(), 1);
     }
 }

@@ -18,7 +18,7 @@ use super::{DecodeReport, PlanOptions, Qcow2Error};
 /// Stream read size.
 const READ_CHUNK: usize = 256 << 10;
 /// Largest single range request (bounds the fetch buffer).
-const FETCH_MAX: u64 = 2 << 20;
+const FETCH_MAX: u64 = 256 << 10;
 
 pub fn decode(
     input: &mut dyn Read,

@@ -70,6 +70,8 @@ struct Body {
     pool: Pool,
     /// Finished decompressions waiting to be emitted.
     done: Vec<Done>,
+    /// The sink was told that decompression sets the pace.
+    told_decoder_bound: bool,
     l1_done: bool,
     pending_l2: u64,
     complete: bool,
@@ -197,6 +199,7 @@ impl StreamDecoder {
             emit: Emitter::new(vsize),
             pool,
             done: Vec::new(),
+            told_decoder_bound: false,
             l1_done: l1_bytes == 0,
             pending_l2: 0,
             complete: false,
@@ -659,6 +662,10 @@ impl Body {
         self.map
             .check_plain(host, end, "compressed cluster")
             .map_err(inv)?;
+        if !self.told_decoder_bound {
+            self.told_decoder_bound = true;
+            sink.decoder_bound();
+        }
         let mut buf = self.pool.buffer();
         let split = pos.clamp(host, end);
         if split > host {
@@ -775,8 +782,12 @@ mod tests {
         vsize: u64,
         bytes: BTreeMap<u64, u8>,
         zeros: Vec<(u64, u64)>,
+        decoder_bound_calls: usize,
     }
     impl ExtentSink for Mem {
+        fn decoder_bound(&mut self) {
+            self.decoder_bound_calls += 1;
+        }
         fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
             self.vsize = s;
             Ok(())
@@ -857,8 +868,34 @@ mod tests {
     fn forward_layout_needs_no_window() {
         let img = image(2, 3, [4, 5]);
         for piece in [1, 7, 512, 100_000] {
-            check(&run(&img, 0, piece).expect("decodes"));
+            let m = run(&img, 0, piece).expect("decodes");
+            check(&m);
+            assert_eq!(m.decoder_bound_calls, 0, "no compressed cluster");
         }
+    }
+
+    #[test]
+    fn a_compressed_cluster_is_inflated_and_the_sink_told_once() {
+        use std::io::Write;
+        // Guest clusters 0 and 2 compressed (raw deflate, one sector each)
+        // in place of the plain ones.
+        let mut img = image(2, 3, [4, 5]);
+        for (guest, cluster, fill) in [(0usize, 4usize, 0xA1u8), (2, 5, 0xA2)] {
+            let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(&[fill; CS]).expect("deflate");
+            let packed = z.finish().expect("deflate");
+            assert!(packed.len() <= CS);
+            img[cluster * CS..(cluster + 1) * CS].fill(0);
+            img[cluster * CS..cluster * CS + packed.len()].copy_from_slice(&packed);
+            // Bit 62: compressed; offset in the low bits, the (zero) count of
+            // additional sectors above them.
+            let entry = (1u64 << 62) | (cluster * CS) as u64;
+            let at = 3 * CS + guest * 8;
+            img[at..at + 8].copy_from_slice(&entry.to_be_bytes());
+        }
+        let m = run(&img, 0, 97).expect("decodes");
+        check(&m);
+        assert_eq!(m.decoder_bound_calls, 1);
     }
 
     #[test]
