@@ -10,7 +10,7 @@
 //! an accepted image covered exactly.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use streamdisk::format::qcow2::{decode, PlanOptions, SpillPolicy};
 use streamdisk::format::ExtentSink;
@@ -54,12 +54,23 @@ struct Pieces<'a> {
     step: usize,
 }
 
+/// Slices of varying size, as a network stream hands them out.
+impl BufRead for Pieces<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(&self.data[..self.data.len().min(self.step)])
+    }
+    fn consume(&mut self, n: usize) {
+        self.data = &self.data[n.min(self.data.len())..];
+        self.step = self.step * 7 % 4093 + 1;
+    }
+}
+
 impl Read for Pieces<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.data.len()).min(self.step);
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        self.step = self.step * 7 % 4093 + 1;
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

@@ -3,7 +3,7 @@
 //! The digest observes the raw source stream (before decompression), which is
 //! what CDI's `IMPORTER_CHECKSUM` and the `--checksum` flag promise.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -102,10 +102,11 @@ impl Verifier {
     }
 
     /// Wraps `inner` so that every byte read is hashed.
-    pub fn tap<R: Read>(&self, inner: R) -> HashingReader<R> {
+    pub fn tap<R: BufRead>(&self, inner: R) -> HashingReader<R> {
         HashingReader {
             inner,
             state: Arc::clone(&self.state),
+            hashed: 0,
         }
     }
 
@@ -128,23 +129,54 @@ impl Verifier {
     }
 }
 
-/// The `Read` tap made by [`Verifier::tap`].
+/// The tap made by [`Verifier::tap`]: a `BufRead` that hashes the bytes in
+/// place, as they first show up in the inner buffer.
 pub struct HashingReader<R> {
     inner: R,
     state: Arc<Mutex<Box<dyn DynDigest + Send>>>,
+    /// Leading bytes of the inner buffer already hashed (shown by `fill_buf`,
+    /// not consumed yet). All access goes through `fill_buf`/`consume`, and a
+    /// `BufRead` keeps unconsumed bytes at the front of its buffer, so each
+    /// byte is hashed exactly once, in stream order.
+    hashed: usize,
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let buf = self.inner.fill_buf()?;
+        if let Some(new) = buf.get(self.hashed..).filter(|n| !n.is_empty()) {
             match self.state.lock() {
-                Ok(mut h) => h.update(&buf[..n]),
-                Err(poisoned) => poisoned.into_inner().update(&buf[..n]),
+                Ok(mut h) => h.update(new),
+                Err(poisoned) => poisoned.into_inner().update(new),
             }
+            self.hashed = buf.len();
         }
-        Ok(n)
+        Ok(buf)
     }
+
+    fn consume(&mut self, amt: usize) {
+        self.hashed = self.hashed.saturating_sub(amt);
+        self.inner.consume(amt);
+    }
+}
+
+impl<R: BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_via_buf(self, buf)
+    }
+}
+
+/// `Read::read` for a `BufRead` tap: copy out of `fill_buf`, then `consume`,
+/// so the tap sees every byte exactly once whichever way it is read.
+pub(crate) fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let avail = r.fill_buf()?;
+    let n = out.len().min(avail.len());
+    out[..n].copy_from_slice(&avail[..n]);
+    r.consume(n);
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -160,6 +192,35 @@ mod tests {
         assert!("sha256:abc".parse::<Checksum>().is_err());
         assert!("crc32:00000000".parse::<Checksum>().is_err());
         assert!("nocolon".parse::<Checksum>().is_err());
+    }
+
+    #[test]
+    fn bytes_shown_again_or_consumed_in_pieces_are_hashed_once() {
+        use sha2::Digest;
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let want = hex::encode(sha2::Sha256::digest(&data));
+        let v = Verifier::new(format!("sha256:{want}").parse().expect("valid"));
+        let mut r = v.tap(io::BufReader::with_capacity(777, &data[..]));
+        let mut seen = Vec::new();
+        let mut step = 1;
+        loop {
+            // Look twice, consume part, sometimes read through `Read`.
+            let n = r.fill_buf().expect("fill").len();
+            let buf = r.fill_buf().expect("fill again");
+            assert_eq!(buf.len(), n);
+            if n == 0 {
+                break;
+            }
+            let k = n.min(step);
+            seen.extend_from_slice(&buf[..k]);
+            r.consume(k);
+            let mut out = [0u8; 5];
+            let got = r.read(&mut out).expect("read");
+            seen.extend_from_slice(&out[..got]);
+            step = step * 3 % 400 + 1;
+        }
+        assert_eq!(seen, data);
+        assert!(v.verify().is_ok(), "{:?}", v.verify());
     }
 
     #[test]

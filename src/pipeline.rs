@@ -12,7 +12,7 @@
 //! 4. the checksum is verified *before* the target is declared durable, and
 //!    success is reported only after `fdatasync`.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -43,7 +43,7 @@ pub fn run(
     tracing::info!(source = %shown, size = ?src.size, "source opened");
 
     let verifier = job.checksum.clone().map(Verifier::new);
-    let tapped: Box<dyn Read + Send> = {
+    let tapped: Box<dyn BufRead + Send> = {
         let t = Tap::new(src.reader, Arc::clone(&counter));
         match &verifier {
             Some(v) => Box::new(v.tap(t)),

@@ -63,9 +63,10 @@ impl Counter {
     }
 }
 
-/// The `Read` tap on the raw source stream: counts bytes for progress and
-/// turns a pending SIGTERM/SIGINT into a read error, which unwinds the
-/// pipeline through its ordinary failure path.
+/// The tap on the raw source stream: counts bytes for progress and turns a
+/// pending SIGTERM/SIGINT into a read error, which unwinds the pipeline
+/// through its ordinary failure path. A `BufRead` over a `BufRead`: bytes
+/// are counted as they are consumed, and never copied.
 pub struct Tap<R> {
     inner: R,
     counter: std::sync::Arc<Counter>,
@@ -77,16 +78,25 @@ impl<R> Tap<R> {
     }
 }
 
-impl<R: std::io::Read> std::io::Read for Tap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl<R: std::io::BufRead> std::io::BufRead for Tap<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         if let Some(sig) = crate::signals::pending() {
             // Not `ErrorKind::Interrupted`: readers retry those (EINTR), and
             // this one must stop them.
             return Err(std::io::Error::other(format!("interrupted by {sig}")));
         }
-        let n = self.inner.read(buf)?;
-        self.counter.add(n as u64);
-        Ok(n)
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.counter.add(amt as u64);
+        self.inner.consume(amt);
+    }
+}
+
+impl<R: std::io::BufRead> std::io::Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        crate::checksum::read_via_buf(self, buf)
     }
 }
 

@@ -7,7 +7,7 @@
 //! blow the memory budget. Every decoder fails on truncated input instead of
 //! ending the stream short.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 
 mod gz;
 mod peek;
@@ -24,9 +24,10 @@ pub const XZ_MEMLIMIT: u64 = 128 << 20;
 /// zstd default maximum for decoding without `--long` flags beyond 27.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
-/// Input buffer in front of the decoders: big enough to keep syscalls or
-/// channel receives rare, small against the memory budget.
-const DECODER_INPUT_BUFFER: usize = 128 << 10;
+/// Output buffer behind the decoders: the slices the image decoder works on
+/// (decompressed straight into it, so it costs no extra copy). Their input
+/// needs none: the source is buffered already.
+const DECODED_BUFFER: usize = 256 << 10;
 
 /// A compression wrapper around the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,20 +75,23 @@ const MAGIC_LEN: usize = 6;
 
 /// Detects the wrapper of `reader` and returns a stream of the unwrapped
 /// bytes (the input itself, unconsumed, when there is no wrapper).
-pub fn unwrap(reader: Box<dyn Read + Send>) -> io::Result<(Wrapper, Box<dyn Read + Send>)> {
+pub fn unwrap(reader: Box<dyn BufRead + Send>) -> io::Result<(Wrapper, Box<dyn BufRead + Send>)> {
     let mut peek = PeekReader::new(reader);
     let wrapper = Wrapper::detect(peek.peek(MAGIC_LEN)?);
-    let decoded: Box<dyn Read + Send> = match wrapper {
+    let decoded: Box<dyn BufRead + Send> = match wrapper {
         Wrapper::None => Box::new(peek),
-        Wrapper::Gzip => Box::new(gz::GzReader::new(peek)),
-        Wrapper::Xz => Box::new(xz::XzReader::new(
-            BufReader::with_capacity(DECODER_INPUT_BUFFER, peek),
-            XZ_MEMLIMIT,
-        )?),
-        Wrapper::Zstd => Box::new(zst::ZstdReader::new(
-            BufReader::with_capacity(DECODER_INPUT_BUFFER, peek),
-            ZSTD_WINDOW_LOG_MAX,
-        )?),
+        Wrapper::Gzip => Box::new(BufReader::with_capacity(
+            DECODED_BUFFER,
+            gz::GzReader::new(peek),
+        )),
+        Wrapper::Xz => Box::new(BufReader::with_capacity(
+            DECODED_BUFFER,
+            xz::XzReader::new(peek, XZ_MEMLIMIT)?,
+        )),
+        Wrapper::Zstd => Box::new(BufReader::with_capacity(
+            DECODED_BUFFER,
+            zst::ZstdReader::new(peek, ZSTD_WINDOW_LOG_MAX)?,
+        )),
     };
     Ok((wrapper, decoded))
 }

@@ -243,7 +243,12 @@ fn decode_file(
     };
     let r = match mode {
         Mode::Stream => decode(&mut io::BufReader::new(f), None, &opts, &mut sink),
-        Mode::Dribble => decode(&mut Dribble(f, 4099), None, &opts, &mut sink),
+        Mode::Dribble => decode(
+            &mut io::BufReader::with_capacity(4099, Dribble(f, 4099)),
+            None,
+            &opts,
+            &mut sink,
+        ),
         Mode::Range => {
             opts.window = small;
             opts.spill = SpillPolicy::Forbid;
@@ -1036,7 +1041,10 @@ fn l1_fetched_while_the_stream_is_inside_an_l2_table() {
             window,
             spill: SpillPolicy::Forbid,
         };
-        let mut input = Dribble(File::open(&img.path).expect("open"), piece);
+        let mut input = io::BufReader::with_capacity(
+            piece,
+            Dribble(File::open(&img.path).expect("open"), piece),
+        );
         let rep = decode(&mut input, Some(&mut rr), &opts, &mut sink)
             .unwrap_or_else(|e| panic!("window {window}, pieces of {piece}: {e}"));
         sink.compare(&raw);

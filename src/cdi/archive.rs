@@ -319,7 +319,7 @@ mod tests {
     }
 
     fn extract_bytes(tar: &[u8], dest: &Path) -> Result<ExtractStats, ArchiveError> {
-        let input: Box<dyn Read + Send> = Box::new(io::Cursor::new(tar.to_vec()));
+        let input: Box<dyn io::BufRead + Send> = Box::new(io::Cursor::new(tar.to_vec()));
         let (_, mut r) = crate::unwrap::unwrap(input).expect("unwrap");
         extract(&mut r, dest)
     }

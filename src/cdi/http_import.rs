@@ -375,7 +375,11 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 None => Box::new(counting),
             };
             let raw = Shared(Arc::new(Mutex::new(tapped)));
-            let (wrapper, mut decoded) = crate::unwrap::unwrap(Box::new(raw.clone()))
+            // The buffer's bytes are hashed and counted as they enter it (the
+            // taps sit below `Shared`), so whatever it still holds when the
+            // decompressor stops is covered; the final drain reads the rest.
+            let buffered = io::BufReader::with_capacity(64 << 10, raw.clone());
+            let (wrapper, mut decoded) = crate::unwrap::unwrap(Box::new(buffered))
                 .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
             tracing::info!(wrapper = %wrapper, "archive compression");
             let stats = archive::extract(&mut decoded, &dir).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@
 //! zero extent, so a sparse raw image costs one zeroing call per run of zeros
 //! instead of one write per block.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 
 use super::ExtentSink;
 
@@ -22,8 +22,13 @@ use super::ExtentSink;
 /// per MiB is common after `mkfs`) would no longer be seen as zero.
 pub const ZERO_GRANULE: usize = 64 << 10;
 
-/// Bytes read from the input per chunk (a multiple of [`ZERO_GRANULE`]).
-const READ_CHUNK: usize = 1 << 20;
+/// Largest zero-detection granule accepted (measurements only).
+const MAX_GRANULE: usize = 1 << 20;
+
+/// Zeros to pass on as data: the all-zero start of a granule that turns out
+/// to hold data. (`static`: it lives in `.bss`, and reading it touches only
+/// the kernel's shared zero page.)
+static ZEROS: [u8; MAX_GRANULE] = [0; MAX_GRANULE];
 
 /// What the raw pass saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,13 +74,19 @@ pub fn is_zero(buf: &[u8]) -> bool {
 
 /// Streams a raw image from `input` into `sink`.
 ///
+/// The image is scanned where `input` buffers it (over HTTP, the network
+/// chunk itself), so data is copied only once, by the sink. Granules are
+/// aligned to guest offsets whatever the slices: a granule split between
+/// two slices is judged on both halves, without copying either (see
+/// [`Scanner`]).
+///
 /// With `size_hint` (the image size, when known) it calls
 /// `sink.set_virtual_size` first and fails if the stream is shorter or longer;
 /// nothing beyond the hint ever reaches the sink. Read errors are returned with
 /// context; sink errors are returned unchanged (they may carry a
 /// [`crate::target::TargetError`]).
 pub fn decode(
-    input: &mut dyn Read,
+    input: &mut dyn BufRead,
     size_hint: Option<u64>,
     sink: &mut dyn ExtentSink,
 ) -> io::Result<RawReport> {
@@ -84,45 +95,49 @@ pub fn decode(
 
 /// [`decode`] with an explicit zero-detection granule (for measurements).
 pub fn decode_with_granule(
-    input: &mut dyn Read,
+    input: &mut dyn BufRead,
     size_hint: Option<u64>,
     sink: &mut dyn ExtentSink,
     granule: usize,
 ) -> io::Result<RawReport> {
-    let granule = granule.clamp(512, READ_CHUNK);
-    // A whole number of granules per chunk keeps granules aligned to guest offsets.
-    let chunk_len = READ_CHUNK - READ_CHUNK % granule;
+    let granule = granule.clamp(512, MAX_GRANULE);
     if let Some(n) = size_hint {
         sink.set_virtual_size(round_up_sector(n))?;
     }
-    let mut buf = vec![0u8; chunk_len];
+    let mut scanner = Scanner::new(granule);
     let mut report = RawReport::default();
     let mut pos: u64 = 0;
-    // A run of zeros not yet reported, carried across chunks.
-    let mut zero_run: Option<(u64, u64)> = None;
     loop {
-        let want = match size_hint {
-            Some(n) => {
-                usize::try_from(n.saturating_sub(pos)).map_or(chunk_len, |r| r.min(chunk_len))
-            }
-            None => chunk_len,
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("reading image: {e}"))),
         };
-        if want == 0 {
+        if buf.is_empty() {
             break;
         }
-        let got = read_full(input, &mut buf[..want])?;
-        if got == 0 {
-            break;
+        let take = match size_hint {
+            Some(n) => {
+                usize::try_from(n.saturating_sub(pos)).map_or(buf.len(), |r| r.min(buf.len()))
+            }
+            None => buf.len(),
+        };
+        if take == 0 {
+            // `pos` reached the announced size and bytes keep coming.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "raw image is longer than its announced size {}",
+                    size_hint.unwrap_or(pos)
+                ),
+            ));
         }
-        scan(&buf[..got], pos, granule, sink, &mut zero_run, &mut report)?;
-        pos += got as u64;
-        if got < want {
-            break;
-        }
+        let slice = buf.get(..take).unwrap_or_default();
+        scanner.feed(slice, pos, sink, &mut report)?;
+        pos += take as u64;
+        input.consume(take);
     }
-    if let Some((start, len)) = zero_run.take() {
-        sink.zero(start, len)?;
-    }
+    scanner.finish(sink, &mut report)?;
     if pos < SECTOR {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -137,13 +152,6 @@ pub fn decode_with_granule(
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("raw image ended after {pos} bytes, but its size is {n}"),
-            ));
-        }
-        let mut probe = [0u8; 1];
-        if read_full(input, &mut probe)? > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("raw image is longer than its announced size {n}"),
             ));
         }
     }
@@ -164,46 +172,98 @@ fn round_up_sector(n: u64) -> u64 {
     n.div_ceil(SECTOR).saturating_mul(SECTOR)
 }
 
-/// Splits one chunk at guest offset `pos` into data and zero extents.
-fn scan(
-    chunk: &[u8],
-    pos: u64,
-    granule: usize,
-    sink: &mut dyn ExtentSink,
-    zero_run: &mut Option<(u64, u64)>,
-    report: &mut RawReport,
-) -> io::Result<()> {
-    // Start of the pending data run within `chunk`.
-    let mut data_from: Option<usize> = None;
-    let mut at = 0usize;
-    for g in chunk.chunks(granule) {
-        let here = pos + at as u64;
-        let glen = g.len() as u64;
-        if is_zero(g) {
-            if let Some(from) = data_from.take() {
-                emit_data(sink, pos + from as u64, &chunk[from..at], report)?;
-            }
-            *zero_run = match zero_run.take() {
-                Some((s, l)) if s + l == here => Some((s, l + glen)),
-                Some((s, l)) => {
-                    sink.zero(s, l)?;
-                    Some((here, glen))
-                }
-                None => Some((here, glen)),
-            };
-            report.zero_bytes += glen;
-        } else {
-            if let Some((s, l)) = zero_run.take() {
-                sink.zero(s, l)?;
-            }
-            data_from.get_or_insert(at);
+/// Splits the stream into data and zero extents, granule by granule, over
+/// slices of any length.
+///
+/// A granule is zero when all its bytes are. While a granule is all zero so
+/// far, its bytes only extend the pending zero run (no copy: they are
+/// zeros). If data shows up later in the same granule, the zero start of the
+/// granule is passed on as data from [`ZEROS`], so the granule stays one
+/// data extent; zero runs and data runs never alternate inside a granule.
+struct Scanner {
+    granule: u64,
+    /// Zero bytes not reported yet: whole zero granules, plus the all-zero
+    /// start of the current granule.
+    zero_run: Option<(u64, u64)>,
+    /// The current granule has shown data: the rest of it is data.
+    granule_has_data: bool,
+}
+
+impl Scanner {
+    fn new(granule: usize) -> Self {
+        Scanner {
+            granule: granule as u64,
+            zero_run: None,
+            granule_has_data: false,
         }
-        at += g.len();
     }
-    if let Some(from) = data_from {
-        emit_data(sink, pos + from as u64, &chunk[from..], report)?;
+
+    /// Scans `chunk`, which starts at guest offset `pos`.
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        pos: u64,
+        sink: &mut dyn ExtentSink,
+        report: &mut RawReport,
+    ) -> io::Result<()> {
+        // Start of the pending data run within `chunk`.
+        let mut data_from: Option<usize> = None;
+        let mut at = 0usize;
+        while at < chunk.len() {
+            let here = pos + at as u64;
+            let into = here % self.granule;
+            if into == 0 {
+                self.granule_has_data = false;
+            }
+            let step = usize::try_from(self.granule - into).unwrap_or(usize::MAX);
+            let end = at + step.min(chunk.len() - at);
+            let piece = &chunk[at..end];
+            if self.granule_has_data {
+                data_from.get_or_insert(at);
+            } else if is_zero(piece) {
+                if let Some(from) = data_from.take() {
+                    emit_data(sink, pos + from as u64, &chunk[from..at], report)?;
+                }
+                let len = piece.len() as u64;
+                self.zero_run = match self.zero_run.take() {
+                    Some((s, l)) if s + l == here => Some((s, l + len)),
+                    Some((s, l)) => {
+                        emit_zero(sink, s, l, report)?;
+                        Some((here, len))
+                    }
+                    None => Some((here, len)),
+                };
+            } else {
+                self.granule_has_data = true;
+                if let Some((s, l)) = self.zero_run.take() {
+                    // The part of the run inside this granule becomes data.
+                    let granule_start = here - into;
+                    let cut = s.max(granule_start).min(s + l);
+                    if cut > s {
+                        emit_zero(sink, s, cut - s, report)?;
+                    }
+                    let head = usize::try_from(s + l - cut).unwrap_or(0);
+                    if head > 0 {
+                        emit_data(sink, cut, ZEROS.get(..head).unwrap_or_default(), report)?;
+                    }
+                }
+                data_from.get_or_insert(at);
+            }
+            at = end;
+        }
+        if let Some(from) = data_from {
+            emit_data(sink, pos + from as u64, &chunk[from..], report)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Reports the zero run still pending at the end of the stream.
+    fn finish(&mut self, sink: &mut dyn ExtentSink, report: &mut RawReport) -> io::Result<()> {
+        match self.zero_run.take() {
+            Some((s, l)) => emit_zero(sink, s, l, report),
+            None => Ok(()),
+        }
+    }
 }
 
 fn emit_data(
@@ -216,23 +276,20 @@ fn emit_data(
     sink.data(offset, data)
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match input.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("reading image: {e}"))),
-        }
-    }
-    Ok(done)
+fn emit_zero(
+    sink: &mut dyn ExtentSink,
+    offset: u64,
+    len: u64,
+    report: &mut RawReport,
+) -> io::Result<()> {
+    report.zero_bytes += len;
+    sink.zero(offset, len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// Records what a decoder reports and rebuilds the image from it.
     #[derive(Default)]
@@ -282,6 +339,21 @@ mod tests {
         }
     }
 
+    const READ_CHUNK: usize = 1 << 20;
+
+    /// Calls with adjacent data calls merged (the sink's writer coalesces
+    /// them; a data run is cut wherever the input's slices end).
+    fn merged(calls: &[(u64, u64, bool)]) -> Vec<(u64, u64, bool)> {
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        for &(off, len, data) in calls {
+            match out.last_mut() {
+                Some(last) if data && last.2 && last.0 + last.1 == off => last.1 += len,
+                _ => out.push((off, len, data)),
+            }
+        }
+        out
+    }
+
     fn sample() -> Vec<u8> {
         // 3 MiB + 1024: data, a long zero run crossing a chunk boundary, a
         // single non-zero byte inside a granule, and a tail shorter than a granule.
@@ -310,22 +382,30 @@ mod tests {
     fn round_trips_and_reports_zero_runs() {
         let img = sample();
         let mut rec = Recorder::default();
-        let mut input = Dribble {
-            data: &img,
-            step: 100_003,
-        };
+        let mut input = io::BufReader::with_capacity(
+            READ_CHUNK,
+            Dribble {
+                data: &img,
+                step: 100_003,
+            },
+        );
         let rep = decode(&mut input, None, &mut rec).expect("decode");
         assert_eq!(rec.image, img);
         assert_eq!(rec.vsize, None);
         assert_eq!(rep.bytes_read, img.len() as u64);
         assert_eq!(rep.data_bytes + rep.zero_bytes, img.len() as u64);
         let g = ZERO_GRANULE as u64;
-        // Data [0, 4g) as one call (200_000 bytes spans four granules).
-        assert_eq!(rec.calls[0], (0, 4 * g, true));
+        let calls = merged(&rec.calls);
+        // Data [0, 4g) (200_000 bytes spans four granules; the slice ends
+        // at 100_003 and 200_006 cut it, and the granule past 200_000 is
+        // data although its second slice is all zero).
+        assert_eq!(calls[0], (0, 4 * g, true));
         // One zero call up to the granule holding the byte at 2 MiB + 5,
-        // although the run crosses a 1 MiB chunk boundary.
-        assert_eq!(rec.calls[1], (4 * g, 2 * READ_CHUNK as u64 - 4 * g, false));
-        assert_eq!(rec.calls[2], (2 * READ_CHUNK as u64, g, true));
+        // although the run crosses many slice boundaries.
+        assert_eq!(calls[1], (4 * g, 2 * READ_CHUNK as u64 - 4 * g, false));
+        // That granule straddles the slice boundary at 2_100_063; its
+        // second half is zero but still data.
+        assert_eq!(calls[2], (2 * READ_CHUNK as u64, g, true));
         assert_eq!(rep.data_bytes, 5 * g + 1024);
         // Every guest byte is reported exactly once, in order.
         let mut next = 0;
@@ -334,6 +414,28 @@ mod tests {
             next += len;
         }
         assert_eq!(next, img.len() as u64);
+    }
+
+    #[test]
+    fn a_granule_split_between_slices_is_judged_whole() {
+        // Granule 1 is zero up to a byte in its last quarter; the slices cut
+        // it in four. Granule 2 is zero, cut the same way.
+        let g = ZERO_GRANULE;
+        let mut img = vec![0u8; 3 * g];
+        img[..10].fill(1);
+        img[g + 3 * g / 4 + 1] = 2;
+        for step in [g / 4, g / 4 + 7, 4096, 3] {
+            let mut rec = Recorder::default();
+            let mut input = io::BufReader::with_capacity(g, Dribble { data: &img, step });
+            decode(&mut input, None, &mut rec).expect("decode");
+            assert_eq!(rec.image, img, "step {step}");
+            let g = g as u64;
+            assert_eq!(
+                merged(&rec.calls),
+                vec![(0, 2 * g, true), (2 * g, g, false)],
+                "step {step}"
+            );
+        }
     }
 
     #[test]
@@ -396,7 +498,7 @@ mod tests {
             }
         }
         let mut rec = Recorder::default();
-        let err = decode(&mut Broken, None, &mut rec).expect_err("fails");
+        let err = decode(&mut io::BufReader::new(Broken), None, &mut rec).expect_err("fails");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert!(err.to_string().starts_with("reading image: "), "{err}");
     }

@@ -2,7 +2,7 @@
 //! range reads on a duplicate descriptor.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -33,7 +33,10 @@ pub(super) fn open(path: &Path) -> Result<OpenedSource, SourceError> {
         None
     };
     Ok(OpenedSource {
-        reader: Box::new(CacheDropping::new(file)),
+        reader: Box::new(BufReader::with_capacity(
+            super::READ_BUFFER,
+            CacheDropping::new(file),
+        )),
         size,
         range,
         display,

@@ -1,6 +1,6 @@
 //! Byte sources: HTTP(S), a local file, stdin.
 //!
-//! Every source is consumed as a forward `std::io::Read` stream (the pipeline runs
+//! Every source is consumed as a forward `std::io::BufRead` stream (the pipeline runs
 //! on a blocking thread). Seekable sources (files, HTTP servers that honour
 //! `Range`) also hand out a [`RangeRead`] so that the qcow2 planner can fetch
 //! metadata out of order instead of spilling.
@@ -9,7 +9,7 @@
 //! redirects, credentials), the resumable transfer loop, the retry policy,
 //! range reads and the parallel segmented download.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,10 +104,16 @@ pub trait RangeRead: Send {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// Buffer in front of file and stdin reads: the size of the slices the
+/// decoders work on (the qcow2 driver used to read in 256 KiB chunks).
+pub(crate) const READ_BUFFER: usize = 256 << 10;
+
 /// An opened source.
 pub struct OpenedSource {
-    /// The forward stream of raw bytes as received.
-    pub reader: Box<dyn Read + Send>,
+    /// The forward stream of raw bytes as received. Buffered (`BufRead`), so
+    /// that consumers can work on the bytes where they already are: over HTTP
+    /// the slices are the network chunks themselves (see `http::reader`).
+    pub reader: Box<dyn BufRead + Send>,
     /// Total length when known (Content-Length, file size).
     pub size: Option<u64>,
     /// Random access, when the source supports it.

@@ -12,7 +12,7 @@ pub(super) fn open() -> OpenedSource {
     let stdin = io::stdin();
     let size = regular_file_remaining(&stdin);
     OpenedSource {
-        reader: Box::new(stdin),
+        reader: Box::new(io::BufReader::with_capacity(super::READ_BUFFER, stdin)),
         size,
         range: None,
         display: "stdin".to_string(),

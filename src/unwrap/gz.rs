@@ -5,15 +5,15 @@
 //! member's CRC32 and length trailer, so a truncated or corrupt stream
 //! cannot end quietly.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 
-pub(super) struct GzReader<R: Read> {
+pub(super) struct GzReader<R: BufRead> {
     inner: MultiGzDecoder<R>,
 }
 
-impl<R: Read> GzReader<R> {
+impl<R: BufRead> GzReader<R> {
     pub(super) fn new(inner: R) -> Self {
         GzReader {
             inner: MultiGzDecoder::new(inner),
@@ -21,7 +21,7 @@ impl<R: Read> GzReader<R> {
     }
 }
 
-impl<R: Read> Read for GzReader<R> {
+impl<R: BufRead> Read for GzReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         self.inner.read(out).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {

@@ -1,6 +1,6 @@
 //! [`PeekReader`]: look at the first bytes of a stream without consuming them.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// A reader that can show upcoming bytes and still deliver them.
 ///
@@ -65,6 +65,28 @@ impl<R: Read> Read for PeekReader<R> {
     }
 }
 
+/// Peeked bytes first, then the inner buffer itself (no copy).
+impl<R: BufRead> BufRead for PeekReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos < self.buf.len() {
+            return Ok(self.buf.get(self.pos..).unwrap_or_default());
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if self.pos < self.buf.len() {
+            self.pos = self.pos.saturating_add(amt).min(self.buf.len());
+            if self.pos >= self.buf.len() {
+                self.buf = Vec::new();
+                self.pos = 0;
+            }
+        } else {
+            self.inner.consume(amt);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +116,25 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).expect("read");
         assert_eq!(rest, &data[2..]);
+    }
+
+    #[test]
+    fn buffered_reads_see_the_peeked_bytes_then_the_rest() {
+        let data: Vec<u8> = (0..50u8).collect();
+        let mut r = PeekReader::new(io::BufReader::with_capacity(8, &data[..]));
+        assert_eq!(r.peek(5).expect("peek"), &data[..5]);
+        let mut seen = Vec::new();
+        loop {
+            let buf = r.fill_buf().expect("fill");
+            if buf.is_empty() {
+                break;
+            }
+            // Consume in odd steps across the peeked/inner boundary.
+            let n = buf.len().min(3);
+            seen.extend_from_slice(&buf[..n]);
+            r.consume(n);
+        }
+        assert_eq!(seen, data);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! whole mapping is known and the stream continues without ever downloading
 //! the image twice. Otherwise the window spills or refuses (see `window.rs`).
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 
 use crate::format::ExtentSink;
 use crate::source::RangeRead;
@@ -15,13 +15,14 @@ use super::map::MAPPING_BUDGET;
 use super::stream::{Config, Feed, StreamDecoder};
 use super::{DecodeReport, PlanOptions, Qcow2Error};
 
-/// Stream read size.
-const READ_CHUNK: usize = 256 << 10;
 /// Largest single range request (bounds the fetch buffer).
 const FETCH_MAX: u64 = 256 << 10;
 
+/// `input` is consumed slice by slice where its buffer holds the bytes (the
+/// network chunk, over HTTP): standard clusters go from there straight to
+/// the sink, which copies them into its aligned write buffers.
 pub fn decode(
-    input: &mut dyn Read,
+    input: &mut dyn BufRead,
     mut range: Option<&mut dyn RangeRead>,
     opts: &PlanOptions,
     sink: &mut dyn ExtentSink,
@@ -33,15 +34,15 @@ pub fn decode(
         mapping_budget: MAPPING_BUDGET,
     });
     let mut report = DecodeReport::default();
-    let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let whole = match input.fill_buf() {
+            Ok([]) => break,
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Qcow2Error::Read(e)),
         };
-        let mut chunk = buf.get(..n).unwrap_or_default();
+        let n = whole.len();
+        let mut chunk = whole;
         while let Feed::NeedMetadata(used) = dec.feed(chunk, sink)? {
             chunk = chunk.get(used..).unwrap_or_default();
             let Some(r) = range.as_deref_mut() else {
@@ -67,6 +68,7 @@ pub fn decode(
                 Err(e) => return Err(e),
             }
         }
+        input.consume(n);
     }
     let (vsize, cs) = dec.finish(sink)?;
     report.virtual_size = vsize;

@@ -16,7 +16,7 @@ pub mod stream;
 mod window;
 mod workers;
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::path::PathBuf;
 
 use crate::format::ExtentSink;
@@ -88,10 +88,11 @@ pub enum Qcow2Error {
 /// tables the stream has not reached when the reorder window is full.
 ///
 /// Memory: the reorder window (`opts.window`), the mapping state (at most
-/// [`MAPPING_BUDGET`]), one read chunk (256 KiB), and a few cluster buffers
+/// [`MAPPING_BUDGET`]), no read buffer of its own (`input` lends its
+/// buffer), and a few cluster buffers
 /// (up to 2 MiB each for 2 MiB clusters). None of it grows with the virtual size.
 pub fn decode(
-    input: &mut dyn Read,
+    input: &mut dyn BufRead,
     range: Option<&mut dyn RangeRead>,
     opts: &PlanOptions,
     sink: &mut dyn ExtentSink,
