@@ -26,9 +26,10 @@ pub const ZERO_GRANULE: usize = 64 << 10;
 const MAX_GRANULE: usize = 1 << 20;
 
 /// Zeros to pass on as data: the all-zero start of a granule that turns out
-/// to hold data. (`static`: it lives in `.bss`, and reading it touches only
-/// the kernel's shared zero page.)
-static ZEROS: [u8; MAX_GRANULE] = [0; MAX_GRANULE];
+/// to hold data. One default granule: an immutable static lands in the
+/// binary's read-only data, so a larger one would grow the binary (1 MiB
+/// did) and its page cache.
+static ZEROS: [u8; ZERO_GRANULE] = [0; ZERO_GRANULE];
 
 /// What the raw pass saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -242,9 +243,12 @@ impl Scanner {
                     if cut > s {
                         emit_zero(sink, s, cut - s, report)?;
                     }
-                    let head = usize::try_from(s + l - cut).unwrap_or(0);
-                    if head > 0 {
-                        emit_data(sink, cut, ZEROS.get(..head).unwrap_or_default(), report)?;
+                    let mut at_zero = cut;
+                    while at_zero < s + l {
+                        let n = (s + l - at_zero).min(ZEROS.len() as u64);
+                        let zeros = ZEROS.get(..n as usize).unwrap_or_default();
+                        emit_data(sink, at_zero, zeros, report)?;
+                        at_zero += n;
                     }
                 }
                 data_from.get_or_insert(at);
@@ -436,6 +440,26 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn a_zero_start_longer_than_the_zero_buffer_becomes_data() {
+        // A 256 KiB granule whose first 200 KiB are zero, then data.
+        let granule = 4 * ZERO_GRANULE;
+        let mut img = vec![0u8; 2 * granule];
+        img[200 << 10] = 3;
+        let mut rec = Recorder::default();
+        let mut input = io::BufReader::with_capacity(
+            granule,
+            Dribble {
+                data: &img,
+                step: 50_001,
+            },
+        );
+        decode_with_granule(&mut input, None, &mut rec, granule).expect("decode");
+        assert_eq!(rec.image, img);
+        let g = granule as u64;
+        assert_eq!(merged(&rec.calls), vec![(0, g, true), (g, g, false)]);
     }
 
     #[test]
