@@ -121,15 +121,22 @@ fn file_alignment(path: &Path) -> usize {
     };
     // SAFETY: statx is plain data; an all-zero value is valid.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // The raw system call, not libc's `statx` wrapper: the standard library
+    // references `statx` weakly, and in the static glibc build of the
+    // container image with fat LTO the two references merged into one weak
+    // undefined symbol, which the linker left at address 0 (the import
+    // crashed jumping there). A system call has no symbol to lose.
+    //
     // SAFETY: `cpath` is a valid NUL-terminated string and `stx` a valid,
     // writable statx buffer for the duration of the call.
     let rc = unsafe {
-        libc::statx(
+        libc::syscall(
+            libc::SYS_statx,
             libc::AT_FDCWD,
             cpath.as_ptr(),
             0,
             libc::STATX_DIOALIGN,
-            &mut stx,
+            &mut stx as *mut libc::statx,
         )
     };
     if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
