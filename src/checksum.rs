@@ -162,21 +162,8 @@ impl<R: BufRead> BufRead for HashingReader<R> {
 
 impl<R: BufRead> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        read_via_buf(self, buf)
+        crate::source::read_via_buf(self, buf)
     }
-}
-
-/// `Read::read` for a `BufRead` tap: copy out of `fill_buf`, then `consume`,
-/// so the tap sees every byte exactly once whichever way it is read.
-pub(crate) fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
-    if out.is_empty() {
-        return Ok(0);
-    }
-    let avail = r.fill_buf()?;
-    let n = out.len().min(avail.len());
-    out[..n].copy_from_slice(&avail[..n]);
-    r.consume(n);
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ impl<R: std::io::BufRead> std::io::BufRead for Tap<R> {
 
 impl<R: std::io::BufRead> std::io::Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        crate::checksum::read_via_buf(self, buf)
+        crate::source::read_via_buf(self, buf)
     }
 }
 

@@ -108,6 +108,20 @@ pub trait RangeRead: Send {
 /// decoders work on (the qcow2 driver used to read in 256 KiB chunks).
 pub(crate) const READ_BUFFER: usize = 256 << 10;
 
+/// `Read::read` for a `BufRead` stage (the HTTP reader, the progress and
+/// checksum taps): copy out of `fill_buf`, then `consume`, so a stage that
+/// acts on consumed bytes sees each byte exactly once whichever way it is read.
+pub(crate) fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let avail = r.fill_buf()?;
+    let n = out.len().min(avail.len());
+    out[..n].copy_from_slice(&avail[..n]);
+    r.consume(n);
+    Ok(n)
+}
+
 /// An opened source.
 pub struct OpenedSource {
     /// The forward stream of raw bytes as received. Buffered (`BufRead`), so

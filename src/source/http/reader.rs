@@ -144,14 +144,7 @@ impl BufRead for ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let chunk = self.fill_buf()?;
-        let n = buf.len().min(chunk.len());
-        buf[..n].copy_from_slice(&chunk[..n]);
-        self.consume(n);
-        Ok(n)
+        crate::source::read_via_buf(self, buf)
     }
 }
 
