@@ -345,6 +345,11 @@ mod tests {
 
     const READ_CHUNK: usize = 1 << 20;
 
+    /// `data` in slices of at most `step` bytes, buffered `capacity` at a time.
+    fn dribbled(data: &[u8], step: usize, capacity: usize) -> io::BufReader<Dribble<'_>> {
+        io::BufReader::with_capacity(capacity, Dribble { data, step })
+    }
+
     /// Calls with adjacent data calls merged (the sink's writer coalesces
     /// them; a data run is cut wherever the input's slices end).
     fn merged(calls: &[(u64, u64, bool)]) -> Vec<(u64, u64, bool)> {
@@ -386,13 +391,7 @@ mod tests {
     fn round_trips_and_reports_zero_runs() {
         let img = sample();
         let mut rec = Recorder::default();
-        let mut input = io::BufReader::with_capacity(
-            READ_CHUNK,
-            Dribble {
-                data: &img,
-                step: 100_003,
-            },
-        );
+        let mut input = dribbled(&img, 100_003, READ_CHUNK);
         let rep = decode(&mut input, None, &mut rec).expect("decode");
         assert_eq!(rec.image, img);
         assert_eq!(rec.vsize, None);
@@ -430,7 +429,7 @@ mod tests {
         img[g + 3 * g / 4 + 1] = 2;
         for step in [g / 4, g / 4 + 7, 4096, 3] {
             let mut rec = Recorder::default();
-            let mut input = io::BufReader::with_capacity(g, Dribble { data: &img, step });
+            let mut input = dribbled(&img, step, g);
             decode(&mut input, None, &mut rec).expect("decode");
             assert_eq!(rec.image, img, "step {step}");
             let g = g as u64;
@@ -449,13 +448,7 @@ mod tests {
         let mut img = vec![0u8; 2 * granule];
         img[200 << 10] = 3;
         let mut rec = Recorder::default();
-        let mut input = io::BufReader::with_capacity(
-            granule,
-            Dribble {
-                data: &img,
-                step: 50_001,
-            },
-        );
+        let mut input = dribbled(&img, 50_001, granule);
         decode_with_granule(&mut input, None, &mut rec, granule).expect("decode");
         assert_eq!(rec.image, img);
         let g = granule as u64;
