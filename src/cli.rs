@@ -103,8 +103,15 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub no_spill: bool,
     /// Parallel HTTP range connections (servers with Range support only).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// `auto` uses two for files of 64 MiB or more, which keeps a second read
+    /// going on the server, and goes back to one stream when the server is
+    /// slow to answer requests.
+    #[arg(long, default_value = "auto", value_parser = parse_connections, value_name = "auto|N")]
     pub connections: usize,
+    /// Bytes per segment of a parallel download. Each segment ahead of the
+    /// one being written is held in memory: (connections - 1) x this.
+    #[arg(long, default_value = "2MiB", value_parser = parse_size, value_name = "BYTES")]
+    pub segment_size: u64,
     /// How to show progress: a bar on a terminal, log lines otherwise.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -126,6 +133,19 @@ pub struct InfoArgs {
 }
 
 /// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
+/// `auto` (the source decides) or a count of at least 1.
+pub fn parse_connections(s: &str) -> Result<usize, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(streamdisk::source::AUTO_CONNECTIONS);
+    }
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "invalid connection count {s:?} (auto or 1 or more)"
+        )),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -152,6 +172,9 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert!(parse_size("1X").is_err());
+        assert_eq!(parse_connections("auto"), Ok(0));
+        assert_eq!(parse_connections("3"), Ok(3));
+        assert!(parse_connections("0").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
     }
 

@@ -10,7 +10,7 @@ use streamdisk::format::qcow2::{PlanOptions, SpillPolicy};
 use streamdisk::job::{ImportError, ImportJob};
 use streamdisk::progress::{Counter, Reporter};
 use streamdisk::source::{HttpOptions, SourceSpec};
-use streamdisk::target::{TargetOptions, DECODER_BOUND_QUEUE_DEPTH, DEFAULT_QUEUE_DEPTH};
+use streamdisk::target::{TargetOptions, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
@@ -89,7 +89,9 @@ fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {
 
 fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
     let mut http = http_options(&a.src)?;
-    http.connections = a.connections.max(1);
+    http.connections = a.connections;
+    http.segment_size = usize::try_from(a.segment_size)
+        .map_err(|_| anyhow::anyhow!("segment size {} is too large", a.segment_size))?;
     let job = ImportJob {
         source: SourceSpec::parse(&a.src.source),
         http,
@@ -104,9 +106,9 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
                 .ok_or_else(|| anyhow::anyhow!("--buffer-size must be at least 4096"))?,
             // A depth given by hand is kept throughout.
             queue_depth: a.queue_depth.map_or(DEFAULT_QUEUE_DEPTH, |d| d.max(1)),
-            decoder_bound_depth: match a.queue_depth {
+            paced_depth: match a.queue_depth {
                 Some(_) => None,
-                None => Some(DECODER_BOUND_QUEUE_DEPTH),
+                None => Some(PACED_QUEUE_DEPTH),
             },
             available: None,
         },

@@ -50,7 +50,13 @@ pub fn probe_source(
     http: &HttpOptions,
     rt: &tokio::runtime::Handle,
 ) -> Result<SourceInfo, InfoError> {
-    let src = source::open(spec, http, rt)?;
+    // One connection: info reads the start of the image and range reads,
+    // so a segment read ahead would be fetched for nothing.
+    let http = HttpOptions {
+        connections: 1,
+        ..http.clone()
+    };
+    let src = source::open(spec, &http, rt)?;
     let seekable = src.range.is_some();
     let (wrapper, mut r) = unwrap::unwrap(src.reader)?;
     let mut head = Vec::new();

@@ -40,6 +40,7 @@ pub fn run(
         counter.set_total(n);
     }
     let shown = src.display.clone();
+    let read_ahead = src.read_ahead.clone();
     tracing::info!(source = %shown, size = ?src.size, "source opened");
 
     let verifier = job.checksum.clone().map(Verifier::new);
@@ -73,9 +74,15 @@ pub fn run(
     tracing::info!(format = %fmt, "image format");
 
     let mut target = Target::open(&job.target, &job.target_opts).map_err(target_error)?;
+    if wrapper != Wrapper::None || read_ahead.is_some() {
+        // The wrapper's decompressor sets the pace, or the source smooths
+        // it by reading ahead (see `ExtentSink::input_paced`).
+        format::ExtentSink::input_paced(&mut target);
+    }
     if wrapper != Wrapper::None {
-        // The wrapper's decompressor sets the pace (see `ExtentSink::decoder_bound`).
-        format::ExtentSink::decoder_bound(&mut target);
+        if let Some(r) = &read_ahead {
+            r.stop();
+        }
     }
     let mut range = if wrapper == Wrapper::None {
         src.range
@@ -86,7 +93,11 @@ pub fn run(
 
     match fmt {
         Format::Qcow2 => {
-            let mut sink = ZeroDetect::new(&mut target);
+            let mut relay = PaceRelay {
+                inner: &mut target,
+                read_ahead,
+            };
+            let mut sink = ZeroDetect::new(&mut relay);
             let r = qcow2::decode(
                 &mut input,
                 range
@@ -134,6 +145,35 @@ pub fn run(
     report.bytes_written = stats.bytes_written;
     report.bytes_zeroed = stats.bytes_zeroed;
     Ok(report)
+}
+
+/// Passes the decoder's [`ExtentSink::input_paced`] hint on to the source
+/// as well, so that a segmented download stops reading ahead once inflate
+/// sets the pace.
+struct PaceRelay<'a> {
+    inner: &'a mut dyn format::ExtentSink,
+    read_ahead: Option<source::ReadAhead>,
+}
+
+impl format::ExtentSink for PaceRelay<'_> {
+    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
+        self.inner.set_virtual_size(size)
+    }
+
+    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
+        self.inner.data(guest_offset, data)
+    }
+
+    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zero(guest_offset, len)
+    }
+
+    fn input_paced(&mut self) {
+        if let Some(r) = self.read_ahead.take() {
+            r.stop();
+        }
+        self.inner.input_paced();
+    }
 }
 
 /// Reads up to `n` bytes (fewer only at EOF) and returns them with the reader.

@@ -525,3 +525,58 @@ fn https_with_private_ca() {
         .assert_ok();
     common::assert_same_bytes(&out3, &oracle);
 }
+
+/// Images whose files are 64 MiB or more come over two connections by default
+/// (segments), except where decompression sets the pace: a compressed qcow2
+/// or a wrapper stops the read-ahead and the rest comes in one request. The
+/// output is qemu-img's in every case.
+#[test]
+fn http_large_images_segmented_by_default() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("big.raw");
+    // Compressible text first (so a compressed image meets a compressed
+    // cluster early), then incompressible data that keeps the files large.
+    make_raw(
+        &raw,
+        80 * MIB,
+        &[
+            (0, 4 * MIB, Fill::Text),
+            (4 * MIB + 12_345, 70 * MIB, Fill::Random(60)),
+            (80 * MIB - 4096, 4096, Fill::Random(61)),
+        ],
+    );
+    let plain = dir.path().join("big.qcow2");
+    qcow2_from_raw(&raw, &plain, false, "");
+    let packed = dir.path().join("big-c.qcow2");
+    qcow2_from_raw(&raw, &packed, true, "");
+    let mut cases: Vec<(PathBuf, PathBuf, bool)> = vec![
+        (plain.clone(), qemu_raw(&plain), true),
+        (packed.clone(), qemu_raw(&packed), false),
+    ];
+    if let Some(gz) = wrap(&raw, Wrapper::Gzip) {
+        cases.push((gz, raw.clone(), false));
+    }
+    for (image, oracle, segmented) in cases {
+        let len = fs::metadata(&image).expect("image size").len();
+        assert!(len >= 64 * MIB, "{} is only {len} bytes", image.display());
+        let srv = common::server::TestServer::serve(common::server::Body::file(&image));
+        let out = dir.path().join("out");
+        Streamdisk::convert(srv.url("/img"), &out).run().assert_ok();
+        common::assert_same_bytes(&out, &oracle);
+        let log = srv.log();
+        let ranged = log
+            .iter()
+            .filter(|r| r.method == "GET" && r.range.is_some())
+            .count();
+        let segments = len.div_ceil(2 * MIB) as usize;
+        if segmented {
+            assert_eq!(ranged, segments, "{}: one GET per segment", image.display());
+        } else {
+            assert!(
+                ranged < 8,
+                "{}: {ranged} ranged GETs, read-ahead not stopped",
+                image.display()
+            );
+        }
+    }
+}

@@ -1009,3 +1009,153 @@ fn http2_is_negotiated_when_offered() {
         log.connections - before
     );
 }
+
+/// Auto mode (the default) needs files of at least this length to open a
+/// second connection (`AUTO_MIN_LENGTH` in the HTTP source).
+const AUTO_MIN: usize = 64 << 20;
+
+/// The default segment size.
+const SEGMENT: usize = source::DEFAULT_SEGMENT;
+
+/// The start offsets of the ranged GETs, in request order.
+fn range_starts(log: &[RequestRecord]) -> Vec<u64> {
+    gets(log)
+        .iter()
+        .filter_map(|r| r.range.as_deref())
+        .filter_map(|r| r.trim_start_matches("bytes=").split('-').next())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+#[test]
+fn auto_mode_segments_large_files_over_two_connections() {
+    let body = sample(AUTO_MIN + 3 * SEGMENT + 4567, 40);
+    let srv = TestServer::serve(Body::mem(body.clone()));
+    let rt = runtime();
+    let mut src = open(&srv.url("/big"), &fast_opts(), &rt).expect("open");
+    assert!(src.read_ahead.is_some(), "a large file is segmented");
+    let mut got = Vec::new();
+    src.reader.read_to_end(&mut got).expect("download");
+    assert!(got == body, "bytes differ");
+    let log = srv.log();
+    let mut starts = range_starts(&log);
+    starts.sort_unstable();
+    let expected: Vec<u64> = (0..body.len()).step_by(SEGMENT).map(|s| s as u64).collect();
+    assert_eq!(starts, expected, "one ranged GET per segment");
+    // The probe's connection, then one per segment connection.
+    assert!(
+        srv.connection_count() >= 3,
+        "{} connections",
+        srv.connection_count()
+    );
+
+    // Small files stream over the first response alone.
+    let small = sample(300_000, 41);
+    let srv = TestServer::serve(Body::mem(small.clone()));
+    let rt = runtime();
+    let mut src = open(&srv.url("/small"), &fast_opts(), &rt).expect("open");
+    assert!(src.read_ahead.is_none());
+    let mut got = Vec::new();
+    src.reader.read_to_end(&mut got).expect("download");
+    assert!(got == small);
+    let log = srv.log();
+    assert_eq!(gets(&log).len(), 1, "{log:?}");
+}
+
+#[test]
+fn auto_mode_stops_reading_ahead_when_told() {
+    let body = sample(AUTO_MIN + 5 * SEGMENT, 42);
+    let srv = TestServer::serve(Body::mem(body.clone()));
+    let rt = runtime();
+    let mut src = open(&srv.url("/big"), &fast_opts(), &rt).expect("open");
+    // What the pipeline does when it finds a wrapper or a compressed cluster.
+    src.read_ahead.as_ref().expect("segmented").stop();
+    let mut got = Vec::new();
+    src.reader.read_to_end(&mut got).expect("download");
+    assert!(got == body, "bytes differ");
+    // At most the first segment (alone, before any read-ahead), then the
+    // rest in one request.
+    let log = srv.log();
+    let starts = range_starts(&log);
+    assert!(
+        starts == [0] || starts == [0, SEGMENT as u64],
+        "{starts:?}: {log:?}"
+    );
+    let last = gets(&log)
+        .last()
+        .and_then(|r| r.range.clone())
+        .unwrap_or_default();
+    assert!(
+        last.ends_with(&format!("-{}", body.len() - 1)),
+        "last request {last}"
+    );
+}
+
+#[test]
+fn auto_mode_gives_up_segments_when_answers_are_slow() {
+    let body = sample(AUTO_MIN + SEGMENT, 43);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .answer_delay(Duration::from_millis(25))
+        .start();
+    let got = fetch_all(&srv.url("/far"), &fast_opts()).expect("download");
+    assert!(got == body, "bytes differ");
+    // 33 segments without the switch; two slow answers on reused connections
+    // (the first request of each connection does not count) end them.
+    let log = srv.log();
+    let ranged = range_starts(&log).len();
+    assert!(ranged <= 8, "{ranged} ranged requests: {log:?}");
+    let last = gets(&log)
+        .last()
+        .and_then(|r| r.range.clone())
+        .unwrap_or_default();
+    assert!(
+        last.ends_with(&format!("-{}", body.len() - 1)),
+        "last request {last}"
+    );
+}
+
+#[test]
+fn auto_mode_falls_back_to_one_stream_when_ranges_are_ignored() {
+    // Advertises ranges, then answers every range with the whole file.
+    let body = sample(AUTO_MIN + 1000, 44);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .ignore_range(true)
+        .start();
+    let got = fetch_all(&srv.url("/liar"), &fast_opts()).expect("download");
+    assert!(got == body, "bytes differ");
+}
+
+#[test]
+fn auto_mode_falls_back_when_the_server_allows_one_download_at_a_time() {
+    let body = sample(AUTO_MIN + 2 * SEGMENT, 45);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .one_at_a_time(true)
+        .start();
+    let got = fetch_all(&srv.url("/single"), &fast_opts()).expect("download");
+    assert!(got == body, "bytes differ");
+    let log = srv.log();
+    assert!(
+        log.iter().any(|r| r.status == 503),
+        "the server refused a second download"
+    );
+}
+
+#[test]
+fn explicit_connection_count_is_kept_for_slow_answers() {
+    // A count given by hand is the user's call: no switch to one stream.
+    let body = sample(600_000, 46);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .answer_delay(Duration::from_millis(15))
+        .start();
+    let opts = HttpOptions {
+        connections: 2,
+        segment_size: 64 << 10,
+        ..fast_opts()
+    };
+    let got = fetch_all(&srv.url("/x"), &opts).expect("download");
+    assert!(got == body);
+    assert_eq!(
+        range_starts(&srv.log()).len(),
+        600_000usize.div_ceil(64 << 10)
+    );
+}

@@ -89,6 +89,8 @@ pub fn fetch_labels(rt: &tokio::runtime::Runtime, endpoint: &str) -> BTreeMap<St
     let task = rt.spawn_blocking(move || {
         let opts = crate::source::HttpOptions {
             max_attempts: 1,
+            // A small JSON document: no segments.
+            connections: 1,
             ..Default::default()
         };
         let mut opened = crate::source::open(&crate::source::SourceSpec::Http(url), &opts, &handle)

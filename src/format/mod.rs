@@ -23,11 +23,13 @@ pub trait ExtentSink {
     fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()>;
     /// Guest range `[guest_offset, guest_offset + len)` reads as zeros.
     fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()>;
-    /// Decompression, not writing, will set the pace from here on (the
-    /// decoder met its first compressed cluster). A sink with a memory budget
-    /// may then keep fewer writes in flight, leaving that memory to the
-    /// decompressor. Only a hint: the default ignores it.
-    fn decoder_bound(&mut self) {}
+    /// The input side will set the pace from here on, or smooths it itself:
+    /// decompression (the decoder met its first compressed cluster, or the
+    /// image has a wrapper), or a source that reads ahead on its own (a
+    /// segmented download). A sink with a memory budget may then keep fewer
+    /// writes in flight, leaving that memory to the input side. Only a hint:
+    /// the default ignores it.
+    fn input_paced(&mut self) {}
 }
 
 /// Which format a stream holds.

@@ -81,8 +81,8 @@ impl ExtentSink for ZeroDetect<'_> {
         self.inner.set_virtual_size(size)
     }
 
-    fn decoder_bound(&mut self) {
-        self.inner.decoder_bound();
+    fn input_paced(&mut self) {
+        self.inner.input_paced();
     }
 
     fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {

@@ -40,6 +40,7 @@ pub(super) fn open(path: &Path) -> Result<OpenedSource, SourceError> {
         size,
         range,
         display,
+        read_ahead: None,
     })
 }
 

@@ -76,9 +76,13 @@ pub struct HttpOptions {
     ///
     /// Measured from the first failure of a streak (see `max_attempts`).
     pub max_retry_time: Duration,
-    /// Parallel range connections (1 = a single streaming GET).
+    /// Parallel range connections: 1 is a single streaming GET, and
+    /// [`AUTO_CONNECTIONS`] lets the source choose (two connections for
+    /// files of 64 MiB or more on servers with Range support, back to one
+    /// stream when the server is slow to answer requests).
     pub connections: usize,
-    /// Bytes per segment when `connections > 1`.
+    /// Bytes per segment when the download is segmented; each segment
+    /// behind the one being read is held in memory whole.
     pub segment_size: usize,
 }
 
@@ -92,11 +96,17 @@ impl Default for HttpOptions {
             stall_timeout: Duration::from_secs(60),
             max_attempts: 8,
             max_retry_time: Duration::from_secs(300),
-            connections: 1,
-            segment_size: 4 << 20,
+            connections: AUTO_CONNECTIONS,
+            segment_size: DEFAULT_SEGMENT,
         }
     }
 }
+
+/// [`HttpOptions::connections`] value that lets the source choose.
+pub const AUTO_CONNECTIONS: usize = 0;
+
+/// Default [`HttpOptions::segment_size`].
+pub const DEFAULT_SEGMENT: usize = 2 << 20;
 
 /// Random access to the source's raw bytes (before unwrapping).
 pub trait RangeRead: Send {
@@ -134,6 +144,30 @@ pub struct OpenedSource {
     pub range: Option<Box<dyn RangeRead>>,
     /// For logs: the URL without credentials, the path, or "stdin".
     pub display: String,
+    /// Present when the source reads ahead of the reader on its own (a
+    /// segmented HTTP download): the write side then needs less depth to
+    /// absorb bursts, and the handle stops the read-ahead when the decoder
+    /// sets the pace.
+    pub read_ahead: Option<ReadAhead>,
+}
+
+/// Handle on a source's own read-ahead.
+#[derive(Debug, Clone, Default)]
+pub struct ReadAhead(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ReadAhead {
+    /// Asks the source to stop reading ahead, because decompression sets
+    /// the pace: bytes read ahead would only wait in memory. A source that
+    /// reads ahead at the user's explicit request (a connection count given
+    /// by hand) keeps doing so.
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`ReadAhead::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Opens a source. HTTP work runs on `rt`; the returned reader blocks.

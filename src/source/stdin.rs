@@ -16,6 +16,7 @@ pub(super) fn open() -> OpenedSource {
         size,
         range: None,
         display: "stdin".to_string(),
+        read_ahead: None,
     }
 }
 

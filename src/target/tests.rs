@@ -213,15 +213,15 @@ fn the_write_depth_drops_once_the_decoder_sets_the_pace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut t = Target::open(&dir.path().join("t.img"), &TargetOptions::default()).expect("open");
     assert_eq!(t.write_depth(), DEFAULT_QUEUE_DEPTH);
-    t.decoder_bound();
-    assert_eq!(t.write_depth(), DECODER_BOUND_QUEUE_DEPTH);
+    t.input_paced();
+    assert_eq!(t.write_depth(), PACED_QUEUE_DEPTH);
     // A depth given by hand (no decoder-bound depth) is kept.
     let opts = TargetOptions {
         queue_depth: 6,
-        decoder_bound_depth: None,
+        paced_depth: None,
         ..TargetOptions::default()
     };
     let mut t = Target::open(&dir.path().join("u.img"), &opts).expect("open");
-    t.decoder_bound();
+    t.input_paced();
     assert_eq!(t.write_depth(), 6);
 }

@@ -42,6 +42,9 @@
 //! - `require_header(name, value)`: requests without it get 403.
 //! - `redirect_to(url)`: every request gets `302 Found` with `Location: url`.
 //! - `rate_limit(bytes_per_sec)`: each connection's body is paced to that rate.
+//! - `answer_delay(dur)`: every request waits `dur` before its answer (a distant server).
+//! - `one_at_a_time(true)`: a request that arrives while another response is being sent
+//!   gets `503` (a server that allows each client one download at a time).
 //! - `keep_alive(false)`: `Connection: close` after each response (default: keep-alive,
 //!   honouring a client's `Connection: close`).
 //! - `omit_content_length(true)`: 200 bodies are close-delimited (no `Content-Length`).
@@ -150,6 +153,8 @@ pub struct ServerConfig {
     require_header: Option<(String, String)>,
     redirect_to: Option<String>,
     rate_limit: Option<u64>,
+    answer_delay: Option<Duration>,
+    one_at_a_time: bool,
     keep_alive: bool,
     omit_content_length: bool,
     tls: Option<(String, String)>,
@@ -213,6 +218,14 @@ impl ServerBuilder {
         self.cfg.rate_limit = Some(bytes_per_sec.max(1));
         self
     }
+    pub fn answer_delay(mut self, dur: Duration) -> Self {
+        self.cfg.answer_delay = Some(dur);
+        self
+    }
+    pub fn one_at_a_time(mut self, on: bool) -> Self {
+        self.cfg.one_at_a_time = on;
+        self
+    }
     pub fn keep_alive(mut self, on: bool) -> Self {
         self.cfg.keep_alive = on;
         self
@@ -241,6 +254,8 @@ struct Shared {
     connections: AtomicUsize,
     body_responses: AtomicUsize,
     stall_done: AtomicBool,
+    /// Responses being written right now.
+    busy: AtomicUsize,
     bytes_sent: AtomicU64,
     stop: AtomicBool,
     started: SystemTime,
@@ -271,6 +286,8 @@ impl TestServer {
                 require_header: None,
                 redirect_to: None,
                 rate_limit: None,
+                answer_delay: None,
+                one_at_a_time: false,
                 keep_alive: true,
                 omit_content_length: false,
                 tls: None,
@@ -298,6 +315,7 @@ impl TestServer {
             connections: AtomicUsize::new(0),
             body_responses: AtomicUsize::new(0),
             stall_done: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             started: SystemTime::now() - Duration::from_secs(3600),
@@ -471,6 +489,26 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Counts a response in progress while it lives.
+struct Busy<'a> {
+    count: &'a AtomicUsize,
+    /// Responses that were in progress when this one started.
+    others: usize,
+}
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let others = count.fetch_add(1, Ordering::SeqCst);
+        Busy { count, others }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Writes one response; returns whether the connection may be reused.
 fn respond(
     sh: &Shared,
@@ -538,6 +576,16 @@ fn respond(
         sh.log.lock().expect("log lock").push(record);
     };
 
+    if let Some(dur) = cfg.answer_delay {
+        std::thread::sleep(dur);
+    }
+    let _busy = Busy::enter(&sh.busy);
+    if cfg.one_at_a_time && _busy.others > 0 {
+        record.status = 503;
+        finish(record);
+        simple(conn, 503, "")?;
+        return Ok(keep);
+    }
     if let Some((n, status, retry_after)) = &cfg.fail_first {
         if index < *n {
             let extra = retry_after

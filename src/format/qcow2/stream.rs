@@ -71,7 +71,7 @@ struct Body {
     /// Finished decompressions waiting to be emitted.
     done: Vec<Done>,
     /// The sink was told that decompression sets the pace.
-    told_decoder_bound: bool,
+    told_input_paced: bool,
     l1_done: bool,
     pending_l2: u64,
     complete: bool,
@@ -199,7 +199,7 @@ impl StreamDecoder {
             emit: Emitter::new(vsize),
             pool,
             done: Vec::new(),
-            told_decoder_bound: false,
+            told_input_paced: false,
             l1_done: l1_bytes == 0,
             pending_l2: 0,
             complete: false,
@@ -662,9 +662,9 @@ impl Body {
         self.map
             .check_plain(host, end, "compressed cluster")
             .map_err(inv)?;
-        if !self.told_decoder_bound {
-            self.told_decoder_bound = true;
-            sink.decoder_bound();
+        if !self.told_input_paced {
+            self.told_input_paced = true;
+            sink.input_paced();
         }
         let mut buf = self.pool.buffer();
         let split = pos.clamp(host, end);
@@ -782,11 +782,11 @@ mod tests {
         vsize: u64,
         bytes: BTreeMap<u64, u8>,
         zeros: Vec<(u64, u64)>,
-        decoder_bound_calls: usize,
+        input_paced_calls: usize,
     }
     impl ExtentSink for Mem {
-        fn decoder_bound(&mut self) {
-            self.decoder_bound_calls += 1;
+        fn input_paced(&mut self) {
+            self.input_paced_calls += 1;
         }
         fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
             self.vsize = s;
@@ -870,7 +870,7 @@ mod tests {
         for piece in [1, 7, 512, 100_000] {
             let m = run(&img, 0, piece).expect("decodes");
             check(&m);
-            assert_eq!(m.decoder_bound_calls, 0, "no compressed cluster");
+            assert_eq!(m.input_paced_calls, 0, "no compressed cluster");
         }
     }
 
@@ -895,7 +895,7 @@ mod tests {
         }
         let m = run(&img, 0, 97).expect("decodes");
         check(&m);
-        assert_eq!(m.decoder_bound_calls, 1);
+        assert_eq!(m.input_paced_calls, 1);
     }
 
     #[test]

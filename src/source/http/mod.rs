@@ -27,7 +27,7 @@ use self::endpoint::{Endpoint, Span};
 use self::reader::{pipe, ChannelReader, ChannelSink};
 use self::retry::RetryState;
 use self::validator::Validator;
-use super::{HttpOptions, OpenedSource, RangeRead, SourceError};
+use super::{HttpOptions, OpenedSource, RangeRead, ReadAhead, SourceError};
 
 /// Most parallel connections used, whatever is asked: beyond this a server
 /// sees abuse rather than a download, and each connection costs a segment
@@ -37,6 +37,15 @@ const MAX_CONNECTIONS: usize = 16;
 /// Smallest segment: tinier ones spend more on request round trips than
 /// they gain from parallelism.
 const MIN_SEGMENT: usize = 64 << 10;
+
+/// Connections in auto mode. A second connection keeps a second read going
+/// on the server's disk (see [`segments`]); more would cost a segment of
+/// memory each for little more.
+const AUTO_SEGMENTED_CONNECTIONS: usize = 2;
+
+/// Files below this length stream over one connection in auto mode: the
+/// second connection's setup is not worth it.
+const AUTO_MIN_LENGTH: u64 = 64 << 20;
 
 /// Opens `url`: sends the first GET (with retries), learns the length and
 /// validators, then streams the body from a task on `rt` (or, with
@@ -99,37 +108,51 @@ pub(super) fn open(
     };
 
     let (sink, end) = pipe(&label);
-    let task = match (opts.connections > 1, validator.accept_ranges, size) {
-        (true, true, Some(total)) => {
+    let auto = opts.connections == crate::source::AUTO_CONNECTIONS;
+    let connections = if auto {
+        AUTO_SEGMENTED_CONNECTIONS
+    } else {
+        opts.connections.min(MAX_CONNECTIONS)
+    };
+    let segment_size = opts.segment_size.max(MIN_SEGMENT);
+    let worth_it = |total: u64| !auto || total >= AUTO_MIN_LENGTH;
+    let (task, read_ahead) = match (connections > 1, validator.accept_ranges, size) {
+        (true, true, Some(total)) if worth_it(total) => {
+            tracing::info!(
+                "{label}: downloading in segments of {segment_size} bytes over {connections} connections"
+            );
             let opts = HttpOptions {
-                connections: opts.connections.min(MAX_CONNECTIONS),
-                segment_size: opts.segment_size.max(MIN_SEGMENT),
+                connections,
+                segment_size,
                 ..opts.clone()
             };
-            tracing::info!(
-                "{label}: downloading in segments of {} bytes over {} connections",
-                opts.segment_size,
-                opts.connections
-            );
             // The first response only served to learn the file's identity.
             drop(first);
-            // One client per connection: over HTTP/2 a single client would
-            // multiplex every segment onto one TCP connection, and the
-            // per-connection caps that make segments worthwhile would apply.
-            let mut clients = vec![ep.clone()];
-            for _ in 1..opts.connections {
-                let _guard = rt.enter();
-                clients.push(Arc::new(Endpoint::new(url, &opts)?));
-            }
-            rt.spawn(segments::run(clients, validator.clone(), opts, total, sink))
+            let read_ahead = ReadAhead::default();
+            let plan = segments::Plan {
+                segment: u64::try_from(segment_size).unwrap_or(u64::MAX),
+                adaptive: auto,
+                read_ahead: read_ahead.clone(),
+            };
+            let task = rt.spawn(segments::run(
+                ep.clone(),
+                url.to_string(),
+                validator.clone(),
+                opts,
+                plan,
+                total,
+                sink,
+            ));
+            (task, Some(read_ahead))
         }
         (multi, _, _) => {
-            if multi {
+            if multi && !auto {
                 tracing::info!(
                     "{label}: one connection only (parallel download needs Range support and a known length)"
                 );
             }
-            rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink))
+            let task = rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink));
+            (task, None)
         }
     };
     Ok(OpenedSource {
@@ -137,6 +160,7 @@ pub(super) fn open(
         size,
         range,
         display: label,
+        read_ahead,
     })
 }
 
