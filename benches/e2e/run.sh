@@ -244,7 +244,7 @@ fi
 PLAN=()
 plan() { local g=$1 i=$2 loc=$3; shift 3; local v; for v in "$@"; do PLAN+=("$g $i $loc $v"); done; }
 sd() { [ -z "$PEERS_ONLY" ] && echo "$@"; }
-want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-local) cdi-http cdi-none nbdkit qemu-local dd http-floor
+want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-c1 streamdisk-local) cdi-http cdi-none nbdkit qemu-local dd http-floor
 want_group zlib && plan zlib rootfs-zlib img $(sd streamdisk streamdisk@32) cdi-http nbdkit qemu-local
 want_group xz && plan xz rootfs-xz img $(sd streamdisk) xz-pipe
 if want_group sparse && [ -z "$PEERS_ONLY" ]; then plan sparse sparse-1t img streamdisk; plan sparse dense img streamdisk; fi
@@ -259,7 +259,7 @@ want_group throttled && plan throttled throttled slow $(sd streamdisk streamdisk
 # The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
-        streamdisk|streamdisk-c4|streamdisk-local) echo 0 ;;
+        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local) echo 0 ;;
         streamdisk@*) echo "${1#streamdisk@}" ;;
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
@@ -268,6 +268,7 @@ variant_limit() {
 variant_cmd() {
     case $1 in
         streamdisk|streamdisk@*) echo 'exec "$SD" convert "$URL" "$DEV"' ;;
+        streamdisk-c1) echo 'exec "$SD" convert --connections 1 "$URL" "$DEV"' ;;
         streamdisk-c4) echo 'exec "$SD" convert --connections 4 "$URL" "$DEV"' ;;
         streamdisk-local) echo 'exec "$SD" convert "$IMG" "$DEV"' ;;
         cdi-http) echo 'curl -sfo "$SCRATCH/tmpimage" "$URL" && qemu-img convert -t writeback -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
@@ -343,7 +344,7 @@ if [ -z "$PEERS_ONLY" ]; then
     declare -A VERIFIED_VARIANT
     for line in "${PLAN[@]}"; do
         read -r g name loc v <<< "$line"
-        case $v in streamdisk|streamdisk-c4) ;; *) continue ;; esac
+        case $v in streamdisk|streamdisk-c1|streamdisk-c4) ;; *) continue ;; esac
         [ -n "${VERIFIED_VARIANT[$name/$v]:-}" ] && continue
         VERIFIED_VARIANT[$name/$v]=1
         prev=${IMG_VERIFY[$name]}

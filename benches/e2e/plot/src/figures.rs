@@ -18,6 +18,7 @@ fn color(variant: &str) -> RGBColor {
         "streamdisk" => RGBColor(0xd6, 0x27, 0x28),
         "streamdisk@64" => RGBColor(0xff, 0x98, 0x96),
         "streamdisk@32" => RGBColor(0x8b, 0x00, 0x00),
+        "streamdisk-c1" => RGBColor(0xf7, 0xb6, 0xd2),
         "streamdisk-c4" => RGBColor(0xe3, 0x77, 0xc2),
         "streamdisk-local" => RGBColor(0xbc, 0xbd, 0x22),
         "cdi-http" => RGBColor(0x1f, 0x77, 0xb4),
