@@ -1159,3 +1159,29 @@ fn explicit_connection_count_is_kept_for_slow_answers() {
         600_000usize.div_ceil(64 << 10)
     );
 }
+
+#[test]
+fn auto_mode_reports_a_changed_file_as_changed() {
+    // The file changes after the probe and the first segment: the segments
+    // fail, the fallback stream fails the same way, and the message says why.
+    let body = sample(AUTO_MIN + 4 * SEGMENT, 47);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .change_after(2, Body::mem(sample(AUTO_MIN + 4 * SEGMENT, 48)))
+        .start();
+    let rt = runtime();
+    let mut src = open(&srv.url("/x"), &fast_opts(), &rt).expect("open");
+    let mut got = Vec::new();
+    let err = src
+        .reader
+        .read_to_end(&mut got)
+        .expect_err("source changed");
+    assert!(
+        err.to_string()
+            .starts_with("source changed during download"),
+        "{err}"
+    );
+    assert!(
+        got[..] == body[..got.len()],
+        "only the old version was delivered"
+    );
+}
