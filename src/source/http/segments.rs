@@ -194,8 +194,9 @@ impl Clients {
 
 /// Why the segmented download stopped early.
 enum Stop {
-    /// The reader went away: nothing more to do.
-    Reader(SourceError),
+    /// Nothing more to try: the reader went away, or the one stream for
+    /// the rest of the file failed after its full retry policy.
+    Final(SourceError),
     /// A segment failed (after its own retries).
     Segment(SourceError),
 }
@@ -217,7 +218,7 @@ async fn download(
     let mut handed: u64 = 0;
     let failed = match segmented(clients, &validator, opts, plan, total, sink, &mut handed).await {
         Ok(()) => return Ok(()),
-        Err(Stop::Reader(err)) => return Err(err),
+        Err(Stop::Final(err)) => return Err(err),
         Err(Stop::Segment(err)) if !plan.adaptive => return Err(err),
         Err(Stop::Segment(err)) => err,
     };
@@ -294,6 +295,26 @@ async fn segmented(
                 "{label}: decompression sets the pace; fetching the rest from byte {next} in one request"
             );
             segment = total;
+        }
+        if segment >= total && in_flight.is_empty() && next < total {
+            // One stream for the rest: straight into the reader's pipe, as
+            // a single-connection download would, without the segment
+            // queue in between (about 1 MiB less at the peak on the raw.xz
+            // benchmark image).
+            let (client, ep, _) = clients.take(opts).map_err(Stop::Segment)?;
+            let mut retry = RetryState::new(opts);
+            let mut counted = Counted { sink, handed };
+            let result = fetch(
+                &ep,
+                validator,
+                &mut retry,
+                (next, Some(total)),
+                None,
+                &mut counted,
+            )
+            .await;
+            clients.release(client);
+            return result.map_err(Stop::Final);
         }
         // Auto mode reads nothing ahead until the first segment has been
         // read: by then a wrapper's magic or the qcow2 header has shown
@@ -418,10 +439,25 @@ async fn hand_over(
             Budget::Front => front.shared.front.add_permits(chunk.len().min(FRONT_QUEUE)),
         }
         let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-        sink.put(chunk).await.map_err(Stop::Reader)?;
+        sink.put(chunk).await.map_err(Stop::Final)?;
         *handed = handed.saturating_add(len);
     }
     Ok(())
+}
+
+/// The reader's pipe, counting what passes.
+struct Counted<'a> {
+    sink: &'a mut ChannelSink,
+    handed: &'a mut u64,
+}
+
+impl Sink for Counted<'_> {
+    async fn put(&mut self, data: Bytes) -> Result<(), SourceError> {
+        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        self.sink.put(data).await?;
+        *self.handed = self.handed.saturating_add(len);
+        Ok(())
+    }
 }
 
 /// The segment task's side of its queue.
