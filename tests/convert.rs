@@ -570,7 +570,14 @@ fn http_large_images_segmented_by_default() {
             .count();
         let segments = len.div_ceil(2 * MIB) as usize;
         if segmented {
-            assert_eq!(ranged, segments, "{}: one GET per segment", image.display());
+            // One GET per segment, unless a loaded machine answered slowly
+            // twice in a row and the rest came in one request (after four
+            // segments at least: a connection's first answer is not timed).
+            assert!(
+                ranged >= 5 && ranged <= segments,
+                "{}: {ranged} ranged GETs for {segments} segments",
+                image.display()
+            );
         } else {
             assert!(
                 ranged < 8,

@@ -1051,10 +1051,18 @@ fn auto_mode_segments_large_files_over_two_connections() {
     src.reader.read_to_end(&mut got).expect("download");
     assert!(got == body, "bytes differ");
     let log = srv.log();
-    let mut starts = range_starts(&log);
-    starts.sort_unstable();
-    let expected: Vec<u64> = (0..body.len()).step_by(SEGMENT).map(|s| s as u64).collect();
-    assert_eq!(starts, expected, "one ranged GET per segment");
+    let starts = range_starts(&log);
+    let segments = body.len().div_ceil(SEGMENT);
+    // One ranged GET per segment. (On a loaded machine two answers slower
+    // than 10 ms in a row may end the segments early: then the last GET
+    // asks for the rest, still from a segment boundary. Four segments at
+    // least come first: a connection's first answer is not timed.)
+    assert!(
+        starts.len() >= 5 && starts.len() <= segments,
+        "{} ranged GETs for {segments} segments",
+        starts.len()
+    );
+    assert!(starts.iter().all(|s| s % SEGMENT as u64 == 0), "{starts:?}");
     // The probe's connection, then one per segment connection.
     assert!(
         srv.connection_count() >= 3,
@@ -1129,6 +1137,11 @@ fn auto_mode_falls_back_when_the_server_allows_one_download_at_a_time() {
     let body = sample(AUTO_MIN + 2 * SEGMENT, 45);
     let srv = TestServer::builder(Body::mem(body.clone()))
         .one_at_a_time(true)
+        // Paced, so that each response is still being sent when the next
+        // segment's request comes (on loopback, a whole segment fits in the
+        // socket buffers and its response could end before the next one
+        // is asked for).
+        .rate_limit(100 << 20)
         .start();
     let got = fetch_all(&srv.url("/single"), &fast_opts()).expect("download");
     assert!(got == body, "bytes differ");
