@@ -1027,16 +1027,18 @@ fn range_starts(log: &[RequestRecord]) -> Vec<u64> {
         .collect()
 }
 
-/// The last GET asked for everything up to the file's last byte: the rest
-/// of the file came in one request.
-fn assert_last_request_reaches_the_end(log: &[RequestRecord], len: usize) {
-    let last = gets(log)
-        .last()
-        .and_then(|r| r.range.clone())
-        .unwrap_or_default();
+/// A ranged GET asked for bytes up to the file's last byte. (Not always the
+/// last one logged: the server logs a request when it answers, and two
+/// requests sent a moment apart on two connections can be answered in
+/// either order.)
+fn assert_some_request_reaches_the_end(log: &[RequestRecord], len: usize) {
+    let end = format!("-{}", len - 1);
     assert!(
-        last.ends_with(&format!("-{}", len - 1)),
-        "last request {last}"
+        gets(log)
+            .iter()
+            .filter_map(|r| r.range.as_deref())
+            .any(|r| r.ends_with(&end)),
+        "no request for the end: {log:?}"
     );
 }
 
@@ -1102,7 +1104,7 @@ fn auto_mode_stops_reading_ahead_when_told() {
         starts == [0] || starts == [0, SEGMENT as u64],
         "{starts:?}: {log:?}"
     );
-    assert_last_request_reaches_the_end(&log, body.len());
+    assert_some_request_reaches_the_end(&log, body.len());
 }
 
 #[test]
@@ -1118,7 +1120,7 @@ fn auto_mode_gives_up_segments_when_answers_are_slow() {
     let log = srv.log();
     let ranged = range_starts(&log).len();
     assert!(ranged <= 8, "{ranged} ranged requests: {log:?}");
-    assert_last_request_reaches_the_end(&log, body.len());
+    assert_some_request_reaches_the_end(&log, body.len());
 }
 
 #[test]

@@ -284,10 +284,12 @@ async fn segmented(
         permits: Semaphore::new(ahead_total),
         total: ahead_total,
     });
-    let mut index: usize = 0;
     let mut segment = plan.segment.max(1);
     let mut next: u64 = 0;
     let mut slow: u32 = 0;
+    // Whether a segment has been handed over whole (auto mode reads ahead
+    // only from then on).
+    let mut warmed = false;
     let mut in_flight: VecDeque<Segment> = VecDeque::with_capacity(connections);
     loop {
         if plan.adaptive && segment < total && plan.read_ahead.stopped() {
@@ -321,7 +323,7 @@ async fn segmented(
         // whether decompression will set the pace (and stopped the
         // read-ahead if so), and the server has shown that it honours
         // ranges.
-        let wanted = if plan.adaptive && index == 1 && !in_flight.is_empty() {
+        let wanted = if plan.adaptive && !warmed {
             1
         } else {
             connections
@@ -345,7 +347,6 @@ async fn segmented(
                 // TLS session): its answer time says little about the rest.
                 used,
             ));
-            index = index.wrapping_add(1);
             next = end;
         }
         let Some(mut front) = in_flight.pop_front() else {
@@ -357,6 +358,7 @@ async fn segmented(
             Err(join) => return Err(internal(format!("segment task failed: {join}"))),
         };
         clients.release(front.client);
+        warmed = true;
         if plan.adaptive && front.timed {
             match fetched.first_byte {
                 Some(t) if t > SLOW_ANSWER => slow += 1,
