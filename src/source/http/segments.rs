@@ -25,6 +25,10 @@
 //!   distant server): the round trips cost more than the second read gains;
 //! - decompression sets the pace ([`ReadAhead::stop`]): bytes read ahead
 //!   would only wait in memory, next to the inflate workers' buffers.
+//!
+//! Auto mode also reads nothing ahead until the first segment is in (by
+//! then a wrapper has shown itself), and a failed segment makes it fall
+//! back to one stream from the first byte not yet handed over.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +49,7 @@ use crate::source::{HttpOptions, ReadAhead, SourceError};
 /// Bytes the front segment may queue beyond the reader's own pipe: one
 /// network chunk (a chunk larger than this takes all of it), so that its
 /// connection keeps flowing while the previous chunk is handed over. The
-/// pipe behind it is the real buffer; 256 KiB here cost about 1 MiB more at
-/// the peak on the xz benchmark image (chunks pin hyper's larger buffers).
+/// reader's pipe behind it is the real buffer.
 const FRONT_QUEUE: usize = 64 << 10;
 
 /// A segment request answered slower than this is a slow answer in auto
