@@ -7,14 +7,14 @@
 //!
 //! Run: `cargo bench --bench decode`. Needs qemu-img for the image benches.
 
-use std::io::{self, Cursor};
+use std::io::Cursor;
 use std::process::Command;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flate2::{Compress, Compression, FlushCompress};
-use streamdisk::format::qcow2::decompress::Decompressor;
-use streamdisk::format::qcow2::{decode, CompressionType, PlanOptions, SpillPolicy};
-use streamdisk::format::ExtentSink;
+use streamdisk::format::inflate::{Codec, Decompressor};
+use streamdisk::format::qcow2::{decode, PlanOptions, SpillPolicy};
+use streamdisk::testing::NullSink;
 
 const CLUSTER: usize = 65536;
 
@@ -38,21 +38,6 @@ fn mixed(n: usize) -> Vec<u8> {
     v
 }
 
-struct Count(u64);
-impl ExtentSink for Count {
-    fn set_virtual_size(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn data(&mut self, _: u64, d: &[u8]) -> io::Result<()> {
-        self.0 += d.len() as u64;
-        Ok(())
-    }
-    fn zero(&mut self, _: u64, len: u64) -> io::Result<()> {
-        self.0 += len;
-        Ok(())
-    }
-}
-
 fn clusters(c: &mut Criterion) {
     let data = mixed(CLUSTER * 4);
     let cluster = &data[CLUSTER * 3..CLUSTER * 4];
@@ -65,13 +50,13 @@ fn clusters(c: &mut Criterion) {
     let mut out = vec![0u8; CLUSTER];
     let mut g = c.benchmark_group("cluster");
     g.throughput(Throughput::Bytes(CLUSTER as u64));
-    let mut d = Decompressor::new(CompressionType::Zlib).expect("zlib");
+    let mut d = Decompressor::new(Codec::Deflate).expect("zlib");
     g.bench_function("inflate_cluster", |b| {
-        b.iter(|| d.cluster(&deflated, &mut out).expect("inflate"))
+        b.iter(|| d.unit(&deflated, &mut out).expect("inflate"))
     });
-    let mut d = Decompressor::new(CompressionType::Zstd).expect("zstd");
+    let mut d = Decompressor::new(Codec::Zstd).expect("zstd");
     g.bench_function("zstd_cluster", |b| {
-        b.iter(|| d.cluster(&zst, &mut out).expect("zstd"))
+        b.iter(|| d.unit(&zst, &mut out).expect("zstd"))
     });
     g.finish();
 }
@@ -111,9 +96,9 @@ fn images(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(64 << 20));
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut sink = Count(0);
+                let mut sink = NullSink::default();
                 decode(&mut Cursor::new(&bytes), None, &opts, &mut sink).expect("decode");
-                sink.0
+                sink.data_bytes + sink.zero_bytes
             })
         });
     }

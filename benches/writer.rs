@@ -15,7 +15,6 @@
 //! the median MiB/s: how the defaults in `src/target/mod.rs` were chosen.
 
 use std::hint::black_box;
-use std::io;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -23,7 +22,8 @@ use rand::{RngCore, SeedableRng};
 use streamdisk::format::raw::{decode_with_granule, is_zero};
 use streamdisk::format::ExtentSink;
 use streamdisk::target::pool::{AlignedBuf, BufferPool};
-use streamdisk::target::{Target, TargetOptions};
+use streamdisk::target::{Depth, Target, TargetOptions};
+use streamdisk::testing::NullSink;
 
 /// Byte by byte, as a baseline.
 fn is_zero_bytewise(buf: &[u8]) -> bool {
@@ -88,27 +88,6 @@ fn zero_detect(c: &mut Criterion) {
     g.finish();
 }
 
-/// Discards extents, counting them so the work cannot be optimized away.
-#[derive(Default)]
-struct NullSink {
-    calls: u64,
-}
-
-impl ExtentSink for NullSink {
-    fn set_virtual_size(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn data(&mut self, _: u64, d: &[u8]) -> io::Result<()> {
-        self.calls += 1;
-        black_box(d);
-        Ok(())
-    }
-    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
-        self.calls += 1;
-        Ok(())
-    }
-}
-
 /// 32 MiB alternating 4 KiB data and zero runs of varying length, like a
 /// freshly made filesystem image.
 fn mixed_image() -> Vec<u8> {
@@ -139,7 +118,7 @@ fn raw_decode(c: &mut Criterion) {
                 b.iter(|| {
                     let mut sink = NullSink::default();
                     decode_with_granule(&mut &img[..], None, &mut sink, granule).expect("decode");
-                    sink.calls
+                    sink.data_bytes + sink.zero_bytes
                 })
             },
         );
@@ -189,7 +168,7 @@ fn tune(path: &str, mib: u64, rounds: usize) {
         for (i, &(buffer_size, queue_depth)) in settings.iter().enumerate() {
             let opts = TargetOptions {
                 buffer_size,
-                queue_depth,
+                depth: Depth::Fixed(queue_depth),
                 ..TargetOptions::default()
             };
             let started = Instant::now();

@@ -3,11 +3,13 @@
 //! The digest observes the raw source stream (before decompression), which is
 //! what CDI's `IMPORTER_CHECKSUM` and the `--checksum` flag promise.
 
-use std::io::{self, BufRead, Read};
+use std::io::BufRead;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use digest::DynDigest;
+
+use crate::io::HashTap;
 
 /// A supported digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,7 @@ impl FromStr for Checksum {
 #[derive(Clone)]
 pub struct Verifier {
     expected: Checksum,
-    state: Arc<Mutex<Box<dyn DynDigest + Send>>>,
+    state: crate::io::hash::SharedDigest,
 }
 
 impl Verifier {
@@ -102,12 +104,13 @@ impl Verifier {
     }
 
     /// Wraps `inner` so that every byte read is hashed.
-    pub fn tap<R: BufRead>(&self, inner: R) -> HashingReader<R> {
-        HashingReader {
-            inner,
-            state: Arc::clone(&self.state),
-            hashed: 0,
-        }
+    pub fn tap<R: BufRead>(&self, inner: R) -> HashTap<R> {
+        HashTap::new(inner, self.digest())
+    }
+
+    /// The shared digest the taps feed.
+    pub fn digest(&self) -> crate::io::hash::SharedDigest {
+        Arc::clone(&self.state)
     }
 
     /// Compares the digest of everything read so far with the expected value.
@@ -129,46 +132,10 @@ impl Verifier {
     }
 }
 
-/// The tap made by [`Verifier::tap`]: a `BufRead` that hashes the bytes in
-/// place, as they first show up in the inner buffer.
-pub struct HashingReader<R> {
-    inner: R,
-    state: Arc<Mutex<Box<dyn DynDigest + Send>>>,
-    /// Leading bytes of the inner buffer already hashed (shown by `fill_buf`,
-    /// not consumed yet). All access goes through `fill_buf`/`consume`, and a
-    /// `BufRead` keeps unconsumed bytes at the front of its buffer, so each
-    /// byte is hashed exactly once, in stream order.
-    hashed: usize,
-}
-
-impl<R: BufRead> BufRead for HashingReader<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        let buf = self.inner.fill_buf()?;
-        if let Some(new) = buf.get(self.hashed..).filter(|n| !n.is_empty()) {
-            match self.state.lock() {
-                Ok(mut h) => h.update(new),
-                Err(poisoned) => poisoned.into_inner().update(new),
-            }
-            self.hashed = buf.len();
-        }
-        Ok(buf)
-    }
-
-    fn consume(&mut self, amt: usize) {
-        self.hashed = self.hashed.saturating_sub(amt);
-        self.inner.consume(amt);
-    }
-}
-
-impl<R: BufRead> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::source::read_via_buf(self, buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, Read};
 
     #[test]
     fn parses_and_rejects() {

@@ -4,12 +4,16 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use streamdisk::format::Format;
 use streamdisk::job::FormatChoice;
-use streamdisk::progress::ProgressMode;
+use streamdisk::source::Connections;
+
+use crate::report::ProgressMode;
 
 /// Stream a disk image (qcow2 or raw, optionally gzip/xz/zstd-compressed) from
 /// HTTP(S), a file or stdin onto a block device or file in one pass, with
-/// O_DIRECT writes and memory that does not grow with the image.
+/// O_DIRECT writes and memory that does not grow with the image. Formats it
+/// recognises and does not decode are refused by name, never copied as raw.
 #[derive(Debug, Parser)]
 #[command(name = "streamdisk", version, propagate_version = true)]
 pub struct Cli {
@@ -75,9 +79,10 @@ pub struct ConvertArgs {
     pub src: SourceArgs,
     /// Block device or regular file to write the raw disk into.
     pub target: PathBuf,
-    /// Image format after decompression.
-    #[arg(long, value_enum, default_value_t = FormatChoice::Auto)]
-    pub format: FormatChoice,
+    /// Image format after decompression: detected by signature, or required.
+    /// `raw` copies the bytes as they are, whatever their signature says.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub format: FormatArg,
     /// Verify ALGO:HEX (md5, sha1, sha256, sha512) over the bytes as received.
     #[arg(long, value_name = "ALGO:HEX")]
     pub checksum: Option<streamdisk::checksum::Checksum>,
@@ -107,7 +112,7 @@ pub struct ConvertArgs {
     /// going on the server, and goes back to one stream when the server is
     /// slow to answer requests.
     #[arg(long, default_value = "auto", value_parser = parse_connections, value_name = "auto|N")]
-    pub connections: usize,
+    pub connections: Connections,
     /// Bytes per segment of a parallel download. Each segment ahead of the
     /// one being written is held in memory: (connections - 1) x this.
     #[arg(long, default_value = "2MiB", value_parser = parse_size, value_name = "BYTES")]
@@ -117,6 +122,42 @@ pub struct ConvertArgs {
     pub progress: ProgressMode,
 }
 
+/// `--format`, named as qemu names the formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Detect by signature.
+    Auto,
+    /// A raw disk: the bytes as they are.
+    Raw,
+    /// qcow2.
+    Qcow2,
+    /// VMDK.
+    Vmdk,
+    /// VHD (qemu's `vpc`).
+    Vpc,
+    /// VHDX.
+    Vhdx,
+    /// VDI.
+    Vdi,
+}
+
+impl FormatArg {
+    /// The library's choice.
+    pub fn choice(self) -> FormatChoice {
+        let f = match self {
+            FormatArg::Auto => return FormatChoice::Auto,
+            FormatArg::Raw => Format::Raw,
+            FormatArg::Qcow2 => Format::Qcow2,
+            FormatArg::Vmdk => Format::Vmdk,
+            FormatArg::Vpc => Format::Vpc,
+            FormatArg::Vhdx => Format::Vhdx,
+            FormatArg::Vdi => Format::Vdi,
+        };
+        FormatChoice::Exactly(f)
+    }
+}
+
+/// `info --output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Human,
@@ -132,20 +173,20 @@ pub struct InfoArgs {
     pub output: OutputFormat,
 }
 
-/// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
 /// `auto` (the source decides) or a count of at least 1.
-pub fn parse_connections(s: &str) -> Result<usize, String> {
+pub fn parse_connections(s: &str) -> Result<Connections, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
-        return Ok(streamdisk::source::AUTO_CONNECTIONS);
+        return Ok(Connections::Auto);
     }
     match s.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if n >= 1 => Ok(Connections::Fixed(n)),
         _ => Err(format!(
             "invalid connection count {s:?} (auto or 1 or more)"
         )),
     }
 }
 
+/// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -172,8 +213,8 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert!(parse_size("1X").is_err());
-        assert_eq!(parse_connections("auto"), Ok(0));
-        assert_eq!(parse_connections("3"), Ok(3));
+        assert_eq!(parse_connections("auto"), Ok(Connections::Auto));
+        assert_eq!(parse_connections("3"), Ok(Connections::Fixed(3)));
         assert!(parse_connections("0").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
     }

@@ -6,11 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command, ConvertArgs, InfoArgs, OutputFormat, SourceArgs};
-use streamdisk::format::qcow2::{PlanOptions, SpillPolicy};
-use streamdisk::job::{ImportError, ImportJob};
-use streamdisk::progress::{Counter, Reporter};
+use crate::report::{ProgressMode, Reporter};
+use streamdisk::format::{PlanOptions, SpillPolicy};
+use streamdisk::job::{ImportError, ImportJob, InputOptions};
+use streamdisk::progress::Counter;
 use streamdisk::source::{HttpOptions, SourceSpec};
-use streamdisk::target::{TargetOptions, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
+use streamdisk::target::{Depth, TargetOptions};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
@@ -87,17 +88,28 @@ fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {
     Ok(o)
 }
 
+/// The input side of a command: the source and how to read it.
+fn input_options(a: &SourceArgs) -> Result<InputOptions, Failure> {
+    let source = SourceSpec::parse(&a.source).map_err(|e| Failure {
+        message: streamdisk::error_chain(&e),
+        code: 1,
+    })?;
+    Ok(InputOptions {
+        http: http_options(a)?,
+        ..InputOptions::new(source)
+    })
+}
+
 fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
-    let mut http = http_options(&a.src)?;
-    http.connections = a.connections;
-    http.segment_size = usize::try_from(a.segment_size)
+    let mut input = input_options(&a.src)?;
+    input.http.connections = a.connections;
+    input.http.segment_size = usize::try_from(a.segment_size)
         .map_err(|_| anyhow::anyhow!("segment size {} is too large", a.segment_size))?;
+    input.format = a.format.choice();
+    input.checksum = a.checksum.clone();
     let job = ImportJob {
-        source: SourceSpec::parse(&a.src.source),
-        http,
+        input,
         target: a.target.clone(),
-        format: a.format,
-        checksum: a.checksum.clone(),
         target_opts: TargetOptions {
             target_is_zero: a.target_is_zero,
             buffer_size: usize::try_from(a.buffer_size)
@@ -105,11 +117,9 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
                 .filter(|b| *b >= 4096)
                 .ok_or_else(|| anyhow::anyhow!("--buffer-size must be at least 4096"))?,
             // A depth given by hand is kept throughout.
-            queue_depth: a.queue_depth.map_or(DEFAULT_QUEUE_DEPTH, |d| d.max(1)),
-            paced_depth: match a.queue_depth {
-                Some(_) => None,
-                None => Some(PACED_QUEUE_DEPTH),
-            },
+            depth: a
+                .queue_depth
+                .map_or(Depth::Auto, |d| Depth::Fixed(d.max(1))),
             available: None,
         },
         plan: PlanOptions {
@@ -121,16 +131,16 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
                 SpillPolicy::Dir(a.scratch.clone().unwrap_or_else(std::env::temp_dir))
             },
         },
-        progress: if quiet {
-            streamdisk::progress::ProgressMode::None
-        } else {
-            a.progress
-        },
+    };
+    let progress = if quiet {
+        ProgressMode::None
+    } else {
+        a.progress
     };
     let rt = runtime()?;
     streamdisk::signals::install(rt.handle(), |_| {});
     let counter = Arc::new(Counter::default());
-    let reporter = Reporter::start(job.progress, Arc::clone(&counter));
+    let reporter = Reporter::start(progress, Arc::clone(&counter));
     let started = std::time::Instant::now();
     let result = streamdisk::pipeline::run(&job, rt.handle(), Arc::clone(&counter));
     drop(reporter);
@@ -152,23 +162,24 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Err(ImportError::Interrupted(sig)) => Err(Failure {
-            message: format!("interrupted by {sig}; the import is incomplete"),
-            code: streamdisk::signals::exit_code(sig),
+        Err(ImportError::Interrupted(i)) => Err(Failure {
+            message: format!("{i}; the import is incomplete"),
+            code: streamdisk::signals::exit_code(i.0),
         }),
         Err(e) => Err(Failure {
-            message: format!("{:#}", anyhow::Error::new(e)),
+            message: e.message(),
             code: 1,
         }),
     }
 }
 
 fn info(a: InfoArgs) -> Result<(), Failure> {
-    let http = http_options(&a.src)?;
+    let input = input_options(&a.src)?;
     let rt = runtime()?;
-    let info =
-        streamdisk::info::probe_source(&SourceSpec::parse(&a.src.source), &http, rt.handle())
-            .map_err(anyhow::Error::new)?;
+    let info = streamdisk::info::probe_source(&input, rt.handle()).map_err(|e| Failure {
+        message: e.message(),
+        code: 1,
+    })?;
     match a.output {
         OutputFormat::Json => {
             let s = serde_json::to_string_pretty(&info).context("encoding JSON")?;

@@ -1,137 +1,156 @@
 //! `streamdisk info`: what an image is, from as few bytes as possible.
 //!
-//! It reads the first bytes of the (unwrapped) stream; for qcow2 it reads on
-//! up to the end of the header cluster (the header and its extensions live
-//! there) and never further, so probing a multi-GiB URL costs one small read.
+//! The input is opened as for an import ([`crate::pipeline::open_input`]),
+//! so wrappers, containers and refusals are found the same way. For qcow2
+//! the header cluster is read and probed leniently (features an import would
+//! refuse are reported, not errors); for other formats the decoder is fed
+//! only until its header is parsed. A raw image reads nothing further.
 
-use std::io::{self, Read};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::format::{self, qcow2, Format};
-use crate::source::{self, HttpOptions, SourceSpec};
-use crate::unwrap::{self, Wrapper};
+use crate::format::{drive, qcow2, Format, ImageInfo, PlanOptions};
+use crate::job::{ImportError, InputOptions};
+use crate::pace::Pace;
+use crate::progress::Counter;
+use crate::unwrap::Wrapper;
+
+/// Most bytes of the (unwrapped) stream a probe reads to find a header.
+const PROBE_BUDGET: u64 = 64 << 20;
 
 /// What `info` reports.
 #[derive(Debug, Serialize)]
 pub struct SourceInfo {
-    /// Compression wrapper around the image, if any.
-    pub wrapper: Wrapper,
-    /// Image format inside the wrapper.
-    pub format: Format,
+    /// The image, named as `qemu-img info --output json` names it; its
+    /// virtual size is absent for a raw stream of unknown length.
+    #[serde(flatten)]
+    pub image: ImageInfo,
+    /// Compression wrappers around the image, outermost first.
+    pub wrappers: Vec<Wrapper>,
     /// Size of the source as transferred (Content-Length, file size), when known.
+    #[serde(rename = "source-size")]
     pub source_size: Option<u64>,
-    /// Guest-visible size. For raw this is the unwrapped length, known only without a wrapper.
-    pub virtual_size: Option<u64>,
     /// Whether the source answers range reads (enables out-of-order metadata reads).
     pub seekable: bool,
-    /// qcow2 header details.
+    /// qcow2 header details as the decoder sees them, with what an import
+    /// would refuse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qcow2: Option<qcow2::ImageInfo>,
 }
 
-/// Why `info` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InfoError {
-    #[error("opening source: {0}")]
-    Source(#[from] source::SourceError),
-    #[error("reading the image: {0}")]
-    Read(#[from] io::Error),
-    #[error(transparent)]
-    Qcow2(#[from] qcow2::Qcow2Error),
-}
-
-/// Offset of the qcow2 `cluster_bits` field.
-const CLUSTER_BITS_AT: usize = 20;
-
-/// Opens `spec` and describes the image it holds.
+/// Opens the input of `opts` and describes the image it holds.
 pub fn probe_source(
-    spec: &SourceSpec,
-    http: &HttpOptions,
+    opts: &InputOptions,
     rt: &tokio::runtime::Handle,
-) -> Result<SourceInfo, InfoError> {
+) -> Result<SourceInfo, ImportError> {
     // One connection: info reads the start of the image and range reads,
     // so a segment read ahead would be fetched for nothing.
-    let http = HttpOptions {
-        connections: 1,
-        ..http.clone()
-    };
-    let src = source::open(spec, &http, rt)?;
-    let seekable = src.range.is_some();
-    let (wrapper, mut r) = unwrap::unwrap(src.reader)?;
-    let mut head = Vec::new();
-    read_up_to(&mut r, &mut head, 512)?;
-    if head.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image is empty").into());
-    }
-    let fmt = format::detect(&head);
+    let mut opts = opts.clone();
+    opts.http.connections = crate::source::Connections::Fixed(1);
+    let pace = Pace::new();
+    let mut input = crate::pipeline::open_input(&opts, rt, Arc::new(Counter::default()), &pace)?;
+    let seekable = input.range.is_some();
     let mut info = SourceInfo {
-        wrapper,
-        format: fmt,
-        source_size: src.size,
-        virtual_size: None,
+        image: ImageInfo {
+            format: input.format,
+            virtual_size: None,
+            cluster_size: None,
+            format_specific: None,
+        },
+        wrappers: input.wrappers.clone(),
+        source_size: input.source_size,
         seekable,
         qcow2: None,
     };
-    match fmt {
-        Format::Raw => {
-            if wrapper == Wrapper::None {
-                info.virtual_size = src.size;
-            }
-        }
+    match input.format {
         Format::Qcow2 => {
-            // The header cluster holds everything `probe` needs; its size is
-            // known from `cluster_bits`, clamped to the range qcow2 allows so a
-            // hostile value cannot make us read more than 2 MiB.
-            let bits = head
-                .get(CLUSTER_BITS_AT..CLUSTER_BITS_AT + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(16)
-                .clamp(9, 21);
-            read_up_to(&mut r, &mut head, 1usize << bits)?;
-            let q = qcow2::probe(&head)?;
-            info.virtual_size = Some(q.virtual_size);
+            let head = crate::pipeline::input::read_head(&mut input, qcow2::PROBE_MAX_BYTES)?;
+            let head = head
+                .get(..qcow2::probe_len(&head).min(head.len()))
+                .unwrap_or_default();
+            let q = qcow2::probe(head).map_err(crate::format::FormatError::from)?;
+            info.image = qcow2::image_info_of(&q);
             info.qcow2 = Some(q);
+        }
+        _ => {
+            let plan = PlanOptions::default();
+            let mut dec = input.decoder(&plan)?;
+            let range = input
+                .range
+                .as_deref_mut()
+                .map(|r| r as &mut dyn crate::io::RangeRead);
+            match drive::probe(dec.as_mut(), &mut input.reader, range, &plan, PROBE_BUDGET)? {
+                Some(i) => info.image = i,
+                None if input.format == Format::Raw => {}
+                None => {
+                    return Err(crate::format::FormatError::Internal(
+                        "no header found within the probe budget",
+                    )
+                    .into())
+                }
+            }
         }
     }
     Ok(info)
-}
-
-/// Reads until `buf` holds `want` bytes or the stream ends.
-fn read_up_to(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result<()> {
-    if buf.len() >= want {
-        return Ok(());
-    }
-    let need = (want - buf.len()) as u64;
-    r.take(need).read_to_end(buf)?;
-    Ok(())
 }
 
 impl SourceInfo {
     /// The human-readable form, one `key: value` per line.
     pub fn human(&self) -> String {
         let mut s = String::new();
-        let size = |v: Option<u64>| v.map_or("unknown".to_string(), |n| format!("{n} bytes"));
-        s.push_str(&format!("format: {}\n", self.format));
-        s.push_str(&format!("wrapper: {:?}\n", self.wrapper).to_lowercase());
-        s.push_str(&format!("virtual size: {}\n", size(self.virtual_size)));
-        s.push_str(&format!("source size: {}\n", size(self.source_size)));
+        s.push_str(&format!("format: {}\n", self.image.format));
+        let wrappers: Vec<&str> = self.wrappers.iter().map(|w| w.name()).collect();
+        s.push_str(&format!(
+            "wrapper: {}\n",
+            if wrappers.is_empty() {
+                "none".to_string()
+            } else {
+                wrappers.join(", ")
+            }
+        ));
+        s.push_str(&format!(
+            "virtual size: {}\n",
+            self.image
+                .virtual_size
+                .map_or("unknown".to_string(), |n| format!("{n} bytes"))
+        ));
+        s.push_str(&format!(
+            "source size: {}\n",
+            self.source_size
+                .map_or("unknown".to_string(), |n| format!("{n} bytes"))
+        ));
         s.push_str(&format!("seekable: {}\n", self.seekable));
+        if let Some(c) = self.image.cluster_size {
+            s.push_str(&format!("cluster size: {c}\n"));
+        }
         if let Some(q) = &self.qcow2 {
-            if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(q) {
-                for (k, v) in m {
-                    if k == "virtual_size" {
-                        continue;
-                    }
-                    let v = match v {
-                        serde_json::Value::Null => "none".to_string(),
-                        serde_json::Value::String(t) => t,
-                        other => other.to_string(),
-                    };
-                    s.push_str(&format!("{}: {}\n", k.replace('_', " "), v));
-                }
+            push_fields(&mut s, q, &["virtual_size", "cluster_size"]);
+        } else if let Some(f) = &self.image.format_specific {
+            for (k, v) in &f.data {
+                s.push_str(&format!("{}: {}\n", k.replace('-', " "), plain(v)));
             }
         }
         s
+    }
+}
+
+/// Adds every field of `v` (a struct serialized as an object) but `skip`.
+fn push_fields(s: &mut String, v: &impl Serialize, skip: &[&str]) {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(v) {
+        for (k, v) in m {
+            if skip.contains(&k.as_str()) {
+                continue;
+            }
+            s.push_str(&format!("{}: {}\n", k.replace('_', " "), plain(&v)));
+        }
+    }
+}
+
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "none".to_string(),
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
     }
 }

@@ -12,14 +12,36 @@
 //! are `Read` adapters, decoders are sans-IO state machines that push guest
 //! extents into an [`format::ExtentSink`], and the target is that sink.
 
+pub mod archive;
 pub mod cdi;
 pub mod checksum;
 pub mod format;
 pub mod info;
+pub mod io;
 pub mod job;
+pub mod pace;
 pub mod pipeline;
 pub mod progress;
 pub mod signals;
 pub mod source;
 pub mod target;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod unwrap;
+
+/// An error and its causes, joined by ": " (each cause once), for
+/// messages that leave the process: the CLI's last line, CDI's termination
+/// message.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !s.is_empty() && !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}

@@ -1,8 +1,7 @@
 //! Compression wrappers (gzip, xz, zstd), found by magic bytes and decoded as streams.
 //!
-//! The wrapper is sniffed with a [`PeekReader`], which looks at the first
-//! bytes without consuming them, so the decoder (or the raw passthrough) sees
-//! the stream from its first byte. Decoders are bounded: xz by a memory
+//! Wrappers are recognised by the format table (`format::table`); this
+//! module only decodes them. Decoders are bounded: xz by a memory
 //! limit, zstd by a maximum window, so that a hostile or exotic file cannot
 //! blow the memory budget. Every decoder fails on truncated input instead of
 //! ending the stream short.
@@ -10,11 +9,8 @@
 use std::io::{self, BufRead, BufReader};
 
 mod gz;
-mod peek;
 mod xz;
 mod zst;
-
-pub use peek::PeekReader;
 
 /// Memory limit for the xz decoder (its dictionary dominates). `xz -9` uses
 /// a 64 MiB dictionary, so every preset decodes within this.
@@ -33,30 +29,18 @@ const DECODED_BUFFER: usize = 256 << 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wrapper {
-    None,
+    /// gzip (RFC 1952), possibly several members.
     Gzip,
+    /// xz.
     Xz,
+    /// zstd, possibly several frames.
     Zstd,
 }
 
 impl Wrapper {
-    /// Identifies a wrapper from the first bytes of a stream.
-    pub fn detect(head: &[u8]) -> Wrapper {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Wrapper::Gzip
-        } else if head.starts_with(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) {
-            Wrapper::Xz
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Wrapper::Zstd
-        } else {
-            Wrapper::None
-        }
-    }
-
     /// A short name for logs and `info`.
     pub fn name(self) -> &'static str {
         match self {
-            Wrapper::None => "none",
             Wrapper::Gzip => "gzip",
             Wrapper::Xz => "xz",
             Wrapper::Zstd => "zstd",
@@ -70,30 +54,25 @@ impl std::fmt::Display for Wrapper {
     }
 }
 
-/// Longest magic number looked at.
-const MAGIC_LEN: usize = 6;
-
-/// Detects the wrapper of `reader` and returns a stream of the unwrapped
-/// bytes (the input itself, unconsumed, when there is no wrapper).
-pub fn unwrap(reader: Box<dyn BufRead + Send>) -> io::Result<(Wrapper, Box<dyn BufRead + Send>)> {
-    let mut peek = PeekReader::new(reader);
-    let wrapper = Wrapper::detect(peek.peek(MAGIC_LEN)?);
-    let decoded: Box<dyn BufRead + Send> = match wrapper {
-        Wrapper::None => Box::new(peek),
+/// The stream of bytes `wrapper` holds, decoded from `reader`.
+pub fn decoder(
+    wrapper: Wrapper,
+    reader: Box<dyn BufRead + Send>,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    Ok(match wrapper {
         Wrapper::Gzip => Box::new(BufReader::with_capacity(
             DECODED_BUFFER,
-            gz::GzReader::new(peek),
+            gz::GzReader::new(reader),
         )),
         Wrapper::Xz => Box::new(BufReader::with_capacity(
             DECODED_BUFFER,
-            xz::XzReader::new(peek, XZ_MEMLIMIT)?,
+            xz::XzReader::new(reader, XZ_MEMLIMIT)?,
         )),
         Wrapper::Zstd => Box::new(BufReader::with_capacity(
             DECODED_BUFFER,
-            zst::ZstdReader::new(peek, ZSTD_WINDOW_LOG_MAX)?,
+            zst::ZstdReader::new(reader, ZSTD_WINDOW_LOG_MAX)?,
         )),
-    };
-    Ok((wrapper, decoded))
+    })
 }
 
 #[cfg(test)]

@@ -7,14 +7,15 @@
 //! fsync, and the cleanup after a checksum mismatch.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::checksum::Verifier;
-use crate::format::qcow2::{PlanOptions, SpillPolicy};
-use crate::job::{FormatChoice, ImportError, ImportJob};
-use crate::progress::{Counter, ProgressMode, Tap};
+use crate::archive;
+use crate::format::{PlanOptions, SpillPolicy};
+use crate::job::{Content, ImportError, ImportJob, InputOptions};
+use crate::pace::Pace;
+use crate::progress::Counter;
 use crate::source::{HttpOptions, SourceSpec};
 use crate::target::TargetOptions;
 
@@ -22,7 +23,7 @@ use super::config::{ContentType, PodConfig};
 use super::logging::{display_url, Redactor};
 use super::outcome::Outcome;
 use super::paths::PodPaths;
-use super::{archive, blank, headers, space};
+use super::{blank, headers, space};
 
 /// Everything an HTTP import needs from the pod run.
 pub struct HttpContext<'a> {
@@ -158,12 +159,17 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     } else {
         SpillPolicy::Forbid
     };
+    let source = match SourceSpec::parse(&cfg.endpoint) {
+        Ok(s) => s,
+        Err(e) => return connect_failed(e),
+    };
     let job = ImportJob {
-        source: SourceSpec::Http(cfg.endpoint.clone()),
-        http,
+        input: InputOptions {
+            http,
+            checksum: cfg.checksum.clone(),
+            ..InputOptions::new(source)
+        },
         target: target.clone(),
-        format: FormatChoice::Auto,
-        checksum: cfg.checksum.clone(),
         target_opts: TargetOptions {
             available: Some(available),
             ..TargetOptions::default()
@@ -172,7 +178,6 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             spill,
             ..PlanOptions::default()
         },
-        progress: ProgressMode::None,
     };
 
     let result = run_pipeline(ctx, job);
@@ -216,8 +221,8 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 "checksum mismatch: expected {expected}, calculated {calculated}"
             )))
         }
-        Err(ImportError::ScratchRequired(why)) => {
-            tracing::info!(reason = %ctx.redactor.scrub(&why), "scratch space required");
+        Err(e) if e.scratch_required() => {
+            tracing::info!(reason = %ctx.redactor.scrub(&e.message()), "scratch space required");
             if !ctx.block {
                 let _ = clean(&target);
             }
@@ -227,16 +232,8 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             if !ctx.block {
                 let _ = clean(&target);
             }
-            Outcome::Failed(unable(ctx.redactor.scrub(&error_chain(&e))))
+            Outcome::Failed(unable(ctx.redactor.scrub(&super::failure_message(&e))))
         }
-    }
-}
-
-/// The error and its sources, `: `-joined, the way Go's wrapped errors print.
-fn error_chain(e: &ImportError) -> String {
-    match e {
-        ImportError::Other(a) => format!("{a:#}"),
-        other => other.to_string(),
     }
 }
 
@@ -274,9 +271,10 @@ fn run_pipeline(
         .spawn_blocking(move || crate::pipeline::run(&job, &handle, counter));
     match ctx.rt.block_on(task) {
         Ok(r) => r,
-        Err(e) => Err(ImportError::Other(anyhow::anyhow!(
-            "import thread failed: {e}"
-        ))),
+        Err(e) => Err(ImportError::Read {
+            display: "the import thread".to_string(),
+            source: io::Error::other(e.to_string()),
+        }),
     }
 }
 
@@ -330,82 +328,41 @@ fn remove_target(block: bool, target: &Path) {
 
 /// A `Read` shared between the decompressor (which may stop at the end of its
 /// stream) and the final drain (which must still hash and count every byte).
-struct Shared<R>(Arc<Mutex<R>>);
-
-impl<R> Clone for Shared<R> {
-    fn clone(&self) -> Self {
-        Shared(Arc::clone(&self.0))
-    }
-}
-
-impl<R: Read> Read for Shared<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut r) => r.read(buf),
-            Err(p) => p.into_inner().read(buf),
-        }
-    }
-}
-
-/// An `archive` (tar, optionally compressed) extracted into `/data`.
 fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     if ctx.block {
         return Outcome::Failed(unable(
             "archive content needs a filesystem volume, but the PVC is in block mode",
         ));
     }
+    let source = match SourceSpec::parse(&ctx.cfg.endpoint) {
+        Ok(s) => s,
+        Err(e) => return connect_failed(e),
+    };
     let data_dir = ctx.paths.data_dir.clone();
-    let spec = SourceSpec::Http(ctx.cfg.endpoint.clone());
+    let opts = InputOptions {
+        http,
+        checksum: ctx.cfg.checksum.clone(),
+        content: Content::Archive,
+        ..InputOptions::new(source)
+    };
     let counter = Arc::clone(&ctx.counter);
-    let checksum = ctx.cfg.checksum.clone();
     let handle = ctx.rt.handle().clone();
     let dir = data_dir.clone();
-    let task = ctx
-        .rt
-        .spawn_blocking(move || -> Result<Option<(String, String)>, String> {
-            let opened = crate::source::open(&spec, &http, &handle).map_err(|e| e.to_string())?;
-            if let Some(size) = opened.size {
-                counter.set_total(size);
-            }
-            // Counts progress and turns SIGTERM into a read error.
-            let counting = Tap::new(opened.reader, Arc::clone(&counter));
-            let verifier = checksum.map(Verifier::new);
-            let tapped: Box<dyn Read + Send> = match &verifier {
-                Some(v) => Box::new(v.tap(counting)),
-                None => Box::new(counting),
-            };
-            let raw = Shared(Arc::new(Mutex::new(tapped)));
-            // The buffer's bytes are hashed and counted as they enter it (the
-            // taps sit below `Shared`), so whatever it still holds when the
-            // decompressor stops is covered; the final drain reads the rest.
-            let buffered = io::BufReader::with_capacity(64 << 10, raw.clone());
-            let (wrapper, mut decoded) = crate::unwrap::unwrap(Box::new(buffered))
-                .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
-            tracing::info!(wrapper = %wrapper, "archive compression");
-            let stats = archive::extract(&mut decoded, &dir).map_err(|e| e.to_string())?;
-            tracing::info!(
-                files = stats.files,
-                dirs = stats.dirs,
-                links = stats.links,
-                skipped = stats.skipped,
-                bytes = stats.bytes,
-                "archive extracted"
-            );
-            // Hash and count everything as received: the tar trailer, the rest of
-            // the compressed stream, anything after it.
-            io::copy(&mut decoded, &mut io::sink())
-                .map_err(|e| format!("unable to untar files from endpoint: {e}"))?;
-            drop(decoded);
-            io::copy(&mut raw.clone(), &mut io::sink())
-                .map_err(|e| format!("reading from endpoint: {e}"))?;
-            Ok(verifier.and_then(|v| v.verify().err()))
-        });
+    let task = ctx.rt.spawn_blocking(move || {
+        let input = crate::pipeline::open_input(&opts, &handle, counter, &Pace::new())?;
+        if let Some(w) = input.wrappers.first() {
+            tracing::info!(wrapper = %w, "archive compression");
+        }
+        crate::pipeline::extract_archive(input, &dir)
+    });
     let result = match ctx.rt.block_on(task) {
         Ok(r) => r,
-        Err(e) => Err(format!("import thread failed: {e}")),
+        Err(e) => {
+            return Outcome::Failed(unable(format!("import thread failed: {e}")));
+        }
     };
     match result {
-        Ok(None) => match syncfs(&data_dir) {
+        Ok(_) => match syncfs(&data_dir) {
             Ok(()) => {
                 ctx.counter.set_done();
                 Outcome::Complete {
@@ -416,7 +373,10 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             }
             Err(e) => Outcome::Failed(unable(e)),
         },
-        Ok(Some((expected, calculated))) => {
+        Err(ImportError::ChecksumMismatch {
+            expected,
+            calculated,
+        }) => {
             if let Err(e) = archive::remove_contents(&data_dir) {
                 tracing::warn!(error = %e, "failed to clean the volume after a checksum mismatch");
             }
@@ -424,7 +384,7 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 "checksum mismatch: expected {expected}, calculated {calculated}"
             )))
         }
-        Err(e) => Outcome::Failed(unable(ctx.redactor.scrub(&e))),
+        Err(e) => Outcome::Failed(unable(ctx.redactor.scrub(&super::failure_message(&e)))),
     }
 }
 

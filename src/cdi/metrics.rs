@@ -106,7 +106,7 @@ pub fn render(reg: &Registry) -> String {
 pub enum MetricsError {
     #[error("generating the metrics certificate: {0}")]
     Cert(String),
-    #[error("binding port {port}: {source}")]
+    #[error("binding port {port}")]
     Bind {
         port: u16,
         #[source]

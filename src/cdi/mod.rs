@@ -23,7 +23,6 @@
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
 //! | [`logging`] | stderr logs and secret scrubbing |
 
-pub mod archive;
 pub mod blank;
 pub mod config;
 pub mod flags;
@@ -298,16 +297,30 @@ fn blank_disk(cfg: &PodConfig, paths: &PodPaths, block: bool) -> Outcome {
     let res = match blank::plan(block, available, requested, cfg.overhead, cfg.preallocation) {
         blank::BlankPlan::File { size, preallocate } => {
             tracing::info!(size, preallocate, "creating blank image");
-            blank::create_file(&paths.disk_image, size, preallocate).map_err(|e| e.to_string())
+            blank::create_file(&paths.disk_image, size, preallocate)
+                .map_err(|e| crate::error_chain(&e))
         }
         blank::BlankPlan::ZeroBlock { len } => {
             tracing::info!(len, "preallocating blank block volume");
-            crate::target::write_zeros_direct(&paths.block_device, len).map_err(|e| e.to_string())
+            crate::target::write_zeros_direct(&paths.block_device, len)
+                .map_err(|e| crate::error_chain(&e))
         }
         blank::BlankPlan::Nothing => Ok(()),
     };
     match res {
         Ok(()) => done,
         Err(e) => failed(&e),
+    }
+}
+
+/// A failed import in the words CDI's controller expects: the size refusal
+/// as CDI words it (the controller looks for `is larger than the reported
+/// available`), everything else as its error chain.
+pub(crate) fn failure_message(e: &crate::job::ImportError) -> String {
+    match e.too_large() {
+        Some((size, available)) => format!(
+            "virtual image size {size} is larger than the reported available storage {available}. A larger PVC is required"
+        ),
+        None => e.message(),
     }
 }

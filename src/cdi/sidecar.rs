@@ -90,11 +90,18 @@ pub fn fetch_labels(rt: &tokio::runtime::Runtime, endpoint: &str) -> BTreeMap<St
         let opts = crate::source::HttpOptions {
             max_attempts: 1,
             // A small JSON document: no segments.
-            connections: 1,
+            connections: crate::source::Connections::Fixed(1),
             ..Default::default()
         };
-        let mut opened = crate::source::open(&crate::source::SourceSpec::Http(url), &opts, &handle)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let spec = crate::source::SourceSpec::parse(&url)
+            .map_err(|e| io::Error::other(crate::error_chain(&e)))?;
+        let mut opened = spec
+            .open(&crate::source::OpenContext {
+                http: &opts,
+                rt: &handle,
+                pace: &crate::pace::Pace::new(),
+            })
+            .map_err(|e| io::Error::other(crate::error_chain(&e)))?;
         labels_from_info(&mut opened.reader)
     });
     match rt.block_on(task) {

@@ -1,63 +1,75 @@
 //! Image formats: sans-IO decoders that turn host-offset bytes into guest extents.
 //!
-//! A decoder is fed the (unwrapped) image stream in order, chunk by chunk, and
-//! pushes what it learns into an [`ExtentSink`]: "these bytes belong at guest
-//! offset G" or "guest range [G, G+len) reads as zeros". It never does I/O of its
-//! own, which is what makes it unit-testable on byte slices and fuzzable.
+//! A decoder ([`Decoder`]) is fed the (unwrapped) image stream in order,
+//! chunk by chunk, and pushes what it learns into an [`ExtentSink`]: "these
+//! bytes belong at guest offset G" or "guest range [G, G+len) reads as
+//! zeros". It never does I/O of its own, which is what makes it
+//! unit-testable on byte slices and fuzzable; [`drive`] feeds it and gets it
+//! the metadata it asks for.
+//!
+//! Layout:
+//! - [`table`]: every signature, and which formats are decoded or refused;
+//! - [`sink`], [`decoder`], [`error`], [`info`]: the interfaces;
+//! - [`drive`] and [`plan`]: feeding a decoder, range reads, the window and
+//!   the spill;
+//! - [`inflate`]: compressed units on all cores;
+//! - one module per format: [`qcow2`], [`raw`]; [`zeros`] turns all-zero
+//!   data into zero extents.
 
+pub mod decoder;
+pub mod drive;
+pub mod error;
+pub mod inflate;
+pub mod info;
+pub mod plan;
 pub mod qcow2;
 pub mod raw;
+pub mod sink;
+pub mod table;
 pub mod zeros;
 
-use std::io;
+pub use decoder::{DecodeReport, Decoder, Feed};
+pub use drive::drive;
+pub use error::FormatError;
+pub use info::{FormatSpecific, ImageInfo};
+pub use plan::{PlanError, PlanOptions, SpillPolicy};
+pub use sink::{ExtentSink, SinkError};
+pub use table::{identify, Refusal, Signature};
 
-/// The receiving end of a decoder: usually the target writer.
-///
-/// Calls may come in any guest order (qcow2 stores clusters in host order), but
-/// every guest byte of `[0, virtual_size)` is reported at most once as data.
-pub trait ExtentSink {
-    /// Called once, before any extent, when the decoder learns the virtual size.
-    /// Raw streams of unknown length never call it.
-    fn set_virtual_size(&mut self, size: u64) -> io::Result<()>;
-    /// `data` belongs at guest offset `guest_offset`.
-    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Guest range `[guest_offset, guest_offset + len)` reads as zeros.
-    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()>;
-    /// The input side will set the pace from here on, or smooths it itself:
-    /// decompression (the decoder met its first compressed cluster, or the
-    /// image has a wrapper), or a source that reads ahead on its own (a
-    /// segmented download). A sink with a memory budget may then keep fewer
-    /// writes in flight, leaving that memory to the input side. Only a hint:
-    /// the default ignores it.
-    fn input_paced(&mut self) {}
-}
-
-/// Which format a stream holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// An image format, named as qemu names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// A raw disk: the bytes as they are.
     Raw,
+    /// QEMU's qcow2, versions 2 and 3.
     Qcow2,
+    /// VMware's VMDK (hosted sparse extents).
+    Vmdk,
+    /// Microsoft's VHD (qemu calls the driver `vpc`).
+    Vpc,
+    /// Microsoft's VHDX.
+    Vhdx,
+    /// VirtualBox's VDI.
+    Vdi,
+}
+
+impl Format {
+    /// The name qemu uses (`qemu-img info`, `-f`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vpc => "vpc",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
+        }
+    }
 }
 
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-        })
-    }
-}
-
-/// qcow2 magic bytes, `QFI\xfb`.
-pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
-
-/// Detects the format from the first bytes of the unwrapped stream.
-/// Anything that is not qcow2 is raw, as in CDI.
-pub fn detect(head: &[u8]) -> Format {
-    if head.starts_with(&QCOW2_MAGIC) {
-        Format::Qcow2
-    } else {
-        Format::Raw
+        f.write_str(self.name())
     }
 }

@@ -6,9 +6,12 @@
 //! zero extent, so a sparse raw image costs one zeroing call per run of zeros
 //! instead of one write per block.
 
-use std::io::{self, BufRead};
+use std::io::BufRead;
 
-use super::ExtentSink;
+use super::table::{self, Trailer, TAIL_LEN};
+use super::{
+    DecodeReport, Decoder, ExtentSink, Feed, Format, FormatError, ImageInfo, PlanOptions, SinkError,
+};
 
 /// Zero-detection granularity.
 ///
@@ -73,24 +76,31 @@ pub fn is_zero(buf: &[u8]) -> bool {
     blocks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Streams a raw image from `input` into `sink`.
-///
-/// The image is scanned where `input` buffers it (over HTTP, the network
-/// chunk itself), so data is copied only once, by the sink. Granules are
-/// aligned to guest offsets whatever the slices: a granule split between
-/// two slices is judged on both halves, without copying either (see
-/// [`Scanner`]).
-///
-/// With `size_hint` (the image size, when known) it calls
-/// `sink.set_virtual_size` first and fails if the stream is shorter or longer;
-/// nothing beyond the hint ever reaches the sink. Read errors are returned with
-/// context; sink errors are returned unchanged (they may carry a
-/// [`crate::target::TargetError`]).
+/// Why a raw stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RawError {
+    /// Less than one sector: almost always a failed download.
+    #[error("the image is only {0} bytes: a disk image holds at least one 512-byte sector (truncated download?)")]
+    TooShort(u64),
+    /// The stream ended before its announced size.
+    #[error("the image ended after {got} bytes, but its size is {size}")]
+    Truncated {
+        /// Bytes received.
+        got: u64,
+        /// The announced size.
+        size: u64,
+    },
+    /// The stream goes on past its announced size.
+    #[error("the image is longer than its announced size {0}")]
+    TooLong(u64),
+}
+
+/// Streams a raw image from `input` into `sink` (see [`RawDecoder`]).
 pub fn decode(
     input: &mut dyn BufRead,
     size_hint: Option<u64>,
     sink: &mut dyn ExtentSink,
-) -> io::Result<RawReport> {
+) -> Result<RawReport, FormatError> {
     decode_with_granule(input, size_hint, sink, ZERO_GRANULE)
 }
 
@@ -100,74 +110,170 @@ pub fn decode_with_granule(
     size_hint: Option<u64>,
     sink: &mut dyn ExtentSink,
     granule: usize,
-) -> io::Result<RawReport> {
-    let granule = granule.clamp(512, MAX_GRANULE);
-    if let Some(n) = size_hint {
-        sink.set_virtual_size(round_up_sector(n))?;
-    }
-    let mut scanner = Scanner::new(granule);
-    let mut report = RawReport::default();
-    let mut pos: u64 = 0;
-    loop {
-        let buf = match input.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("reading image: {e}"))),
-        };
-        if buf.is_empty() {
-            break;
+) -> Result<RawReport, FormatError> {
+    let mut dec = RawDecoder::new(size_hint).granule(granule);
+    super::drive(&mut dec, input, None, &PlanOptions::default(), sink)?;
+    Ok(dec.report)
+}
+
+/// The raw "decoder": the stream is the disk.
+///
+/// The image is scanned where the input buffers it (over HTTP, the network
+/// chunk itself), so data is copied only once, by the sink. Granules are
+/// aligned to guest offsets whatever the slices: a granule split between
+/// two slices is judged on both halves, without copying either (see
+/// [`Scanner`]).
+///
+/// With a size (the image size, when known) it calls `set_virtual_size`
+/// first and fails if the stream is shorter or longer; nothing beyond the
+/// size ever reaches the sink.
+///
+/// With [`RawDecoder::hold_tail`], the last 512 bytes are held back until
+/// the stream ends, then checked for a trailer (`format::table::identify_tail`):
+/// a fixed VHD's footer is not part of the disk, and a DMG is refused. That
+/// is how a stream that could not be checked up front (stdin, a wrapper)
+/// is kept from writing a footer into the disk.
+pub struct RawDecoder {
+    size: Option<u64>,
+    scanner: Scanner,
+    announced: bool,
+    /// Bytes passed to the scanner.
+    pos: u64,
+    /// The held-back last bytes, when holding.
+    tail: Option<Vec<u8>>,
+    report: RawReport,
+}
+
+impl RawDecoder {
+    /// A raw stream of `size` bytes, when known.
+    pub fn new(size: Option<u64>) -> RawDecoder {
+        RawDecoder {
+            size,
+            scanner: Scanner::new(ZERO_GRANULE),
+            announced: false,
+            pos: 0,
+            tail: None,
+            report: RawReport::default(),
         }
-        let take = match size_hint {
-            Some(n) => {
-                usize::try_from(n.saturating_sub(pos)).map_or(buf.len(), |r| r.min(buf.len()))
-            }
-            None => buf.len(),
+    }
+
+    /// Uses `granule` for zero detection (clamped to 512 B..1 MiB).
+    pub fn granule(mut self, granule: usize) -> RawDecoder {
+        self.scanner = Scanner::new(granule.clamp(512, MAX_GRANULE));
+        self
+    }
+
+    /// Holds the last [`TAIL_LEN`] bytes back and checks them for a trailer.
+    pub fn hold_tail(mut self) -> RawDecoder {
+        self.tail = Some(Vec::with_capacity(2 * TAIL_LEN));
+        self
+    }
+
+    /// What the pass saw so far.
+    pub fn report(&self) -> &RawReport {
+        &self.report
+    }
+
+    /// Scans `bytes` (the next ones of the disk), within the announced size.
+    fn scan(&mut self, bytes: &[u8], sink: &mut dyn ExtentSink) -> Result<(), FormatError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let take = match self.size {
+            Some(n) => usize::try_from(n.saturating_sub(self.pos))
+                .map_or(bytes.len(), |r| r.min(bytes.len())),
+            None => bytes.len(),
         };
-        if take == 0 {
+        let slice = bytes.get(..take).unwrap_or_default();
+        self.scanner.feed(slice, self.pos, sink, &mut self.report)?;
+        self.pos += take as u64;
+        if take < bytes.len() {
             // `pos` reached the announced size and bytes keep coming.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "raw image is longer than its announced size {}",
-                    size_hint.unwrap_or(pos)
-                ),
-            ));
+            return Err(RawError::TooLong(self.size.unwrap_or(self.pos)).into());
         }
-        let slice = buf.get(..take).unwrap_or_default();
-        scanner.feed(slice, pos, sink, &mut report)?;
-        pos += take as u64;
-        input.consume(take);
+        Ok(())
     }
-    scanner.finish(sink, &mut report)?;
-    if pos < SECTOR {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "raw image is only {pos} bytes: a disk image holds at least one 512-byte sector (truncated download?)"
-            ),
-        ));
-    }
-    report.bytes_read = pos;
-    if let Some(n) = size_hint {
-        if pos < n {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("raw image ended after {pos} bytes, but its size is {n}"),
-            ));
+}
+
+impl Decoder for RawDecoder {
+    fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, FormatError> {
+        if !self.announced {
+            self.announced = true;
+            if let Some(n) = self.size {
+                sink.set_virtual_size(round_up_sector(n))?;
+            }
         }
+        let Some(mut tail) = self.tail.take() else {
+            self.scan(chunk, sink)?;
+            return Ok(Feed::Done);
+        };
+        // Everything but the last TAIL_LEN bytes seen so far goes on:
+        // first from the held bytes, then from the chunk.
+        let total = tail.len() + chunk.len();
+        let pass = total.saturating_sub(TAIL_LEN);
+        let from_tail = pass.min(tail.len());
+        let from_chunk = pass - from_tail;
+        let r = self
+            .scan(tail.get(..from_tail).unwrap_or_default(), sink)
+            .and_then(|()| self.scan(chunk.get(..from_chunk).unwrap_or_default(), sink));
+        tail.drain(..from_tail);
+        tail.extend_from_slice(chunk.get(from_chunk..).unwrap_or_default());
+        self.tail = Some(tail);
+        r.map(|()| Feed::Done)
     }
-    // qemu's raw driver rounds a disk up to whole sectors; so does the oracle
-    // (`qemu-img convert -O raw`), so the tail of a partial sector reads as zeros.
-    let padded = round_up_sector(pos);
-    if padded > pos {
-        sink.zero(pos, padded - pos)?;
-        report.zero_bytes += padded - pos;
+
+    fn finish(&mut self, sink: &mut dyn ExtentSink) -> Result<DecodeReport, FormatError> {
+        if !self.announced {
+            self.announced = true;
+            if let Some(n) = self.size {
+                sink.set_virtual_size(round_up_sector(n))?;
+            }
+        }
+        if let Some(tail) = self.tail.take() {
+            match table::identify_tail(&tail) {
+                Some(Trailer::Dmg) => return Err(table::dmg_refusal().into()),
+                Some(Trailer::VhdFooter) => {
+                    return Err(FormatError::Refused(table::fixed_vhd_refusal()))
+                }
+                None => self.scan(&tail, sink)?,
+            }
+        }
+        self.scanner.finish(sink, &mut self.report)?;
+        let pos = self.pos;
+        if pos < SECTOR {
+            return Err(RawError::TooShort(pos).into());
+        }
+        self.report.bytes_read = pos;
+        if let Some(n) = self.size {
+            if pos < n {
+                return Err(RawError::Truncated { got: pos, size: n }.into());
+            }
+        }
+        // qemu's raw driver rounds a disk up to whole sectors; so does the oracle
+        // (`qemu-img convert -O raw`), so the tail of a partial sector reads as zeros.
+        let padded = round_up_sector(pos);
+        if padded > pos {
+            sink.zero(pos, padded - pos)?;
+            self.report.zero_bytes += padded - pos;
+        }
+        Ok(DecodeReport {
+            virtual_size: padded,
+            ..DecodeReport::default()
+        })
     }
-    Ok(report)
+
+    fn info(&self) -> Option<ImageInfo> {
+        self.size.map(|n| ImageInfo {
+            format: Format::Raw,
+            virtual_size: Some(round_up_sector(n)),
+            cluster_size: None,
+            format_specific: None,
+        })
+    }
 }
 
 /// The sector size raw images are rounded up to.
-const SECTOR: u64 = 512;
+pub const SECTOR: u64 = 512;
 
 fn round_up_sector(n: u64) -> u64 {
     n.div_ceil(SECTOR).saturating_mul(SECTOR)
@@ -206,7 +312,7 @@ impl Scanner {
         pos: u64,
         sink: &mut dyn ExtentSink,
         report: &mut RawReport,
-    ) -> io::Result<()> {
+    ) -> Result<(), SinkError> {
         // Start of the pending data run within `chunk`.
         let mut data_from: Option<usize> = None;
         let mut at = 0usize;
@@ -262,7 +368,11 @@ impl Scanner {
     }
 
     /// Reports the zero run still pending at the end of the stream.
-    fn finish(&mut self, sink: &mut dyn ExtentSink, report: &mut RawReport) -> io::Result<()> {
+    fn finish(
+        &mut self,
+        sink: &mut dyn ExtentSink,
+        report: &mut RawReport,
+    ) -> Result<(), SinkError> {
         match self.zero_run.take() {
             Some((s, l)) => emit_zero(sink, s, l, report),
             None => Ok(()),
@@ -275,7 +385,7 @@ fn emit_data(
     offset: u64,
     data: &[u8],
     report: &mut RawReport,
-) -> io::Result<()> {
+) -> Result<(), SinkError> {
     report.data_bytes += data.len() as u64;
     sink.data(offset, data)
 }
@@ -285,7 +395,7 @@ fn emit_zero(
     offset: u64,
     len: u64,
     report: &mut RawReport,
-) -> io::Result<()> {
+) -> Result<(), SinkError> {
     report.zero_bytes += len;
     sink.zero(offset, len)
 }
@@ -293,7 +403,7 @@ fn emit_zero(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{self, Read};
 
     /// Records what a decoder reports and rebuilds the image from it.
     #[derive(Default)]
@@ -304,11 +414,11 @@ mod tests {
     }
 
     impl ExtentSink for Recorder {
-        fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
+        fn set_virtual_size(&mut self, size: u64) -> Result<(), SinkError> {
             self.vsize = Some(size);
             Ok(())
         }
-        fn data(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        fn data(&mut self, off: u64, data: &[u8]) -> Result<(), SinkError> {
             self.calls.push((off, data.len() as u64, true));
             let end = off as usize + data.len();
             if self.image.len() < end {
@@ -317,7 +427,7 @@ mod tests {
             self.image[off as usize..end].copy_from_slice(data);
             Ok(())
         }
-        fn zero(&mut self, off: u64, len: u64) -> io::Result<()> {
+        fn zero(&mut self, off: u64, len: u64) -> Result<(), SinkError> {
             self.calls.push((off, len, false));
             let end = (off + len) as usize;
             if self.image.len() < end {
@@ -466,13 +576,15 @@ mod tests {
 
         let mut rec = Recorder::default();
         let err = decode(&mut &img[..], Some(n + 1), &mut rec).expect_err("short");
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(err.to_string().contains("ended after"), "{err}");
+        assert!(
+            matches!(err, FormatError::Raw(RawError::Truncated { got, size }) if got == n && size == n + 1),
+            "{err}"
+        );
 
         let mut rec = Recorder::default();
         let err = decode(&mut &img[..], Some(n - 10), &mut rec).expect_err("long");
         assert!(
-            err.to_string().contains("longer than its announced size"),
+            matches!(err, FormatError::Raw(RawError::TooLong(s)) if s == n - 10),
             "{err}"
         );
         assert!(
@@ -487,7 +599,10 @@ mod tests {
             let img = vec![1u8; len];
             let mut rec = Recorder::default();
             let err = decode(&mut &img[..], None, &mut rec).expect_err("too small");
-            assert!(err.to_string().contains("512-byte sector"), "{err}");
+            assert!(
+                matches!(err, FormatError::Raw(RawError::TooShort(l)) if l == len as u64),
+                "{err}"
+            );
         }
     }
 
@@ -516,7 +631,44 @@ mod tests {
         }
         let mut rec = Recorder::default();
         let err = decode(&mut io::BufReader::new(Broken), None, &mut rec).expect_err("fails");
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
-        assert!(err.to_string().starts_with("reading image: "), "{err}");
+        assert!(
+            matches!(&err, FormatError::Read(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{err}"
+        );
+    }
+
+    /// A stream whose tail is a footer or trailer: the footer never reaches
+    /// the sink, and the refusal names the format.
+    #[test]
+    fn a_held_tail_is_checked_for_trailers() {
+        let mut img = vec![7u8; 4096];
+        let mut rec = Recorder::default();
+        let mut dec = RawDecoder::new(None).hold_tail();
+        crate::format::drive(
+            &mut dec,
+            &mut dribbled(&img, 999, 4096),
+            None,
+            &PlanOptions::default(),
+            &mut rec,
+        )
+        .expect("plain data");
+        assert_eq!(rec.image, img, "held bytes are written at the end");
+
+        img[4096 - 512..4096 - 504].copy_from_slice(b"koly\0\0\0\x04");
+        let mut rec = Recorder::default();
+        let mut dec = RawDecoder::new(None).hold_tail();
+        let err = crate::format::drive(
+            &mut dec,
+            &mut dribbled(&img, 100, 4096),
+            None,
+            &PlanOptions::default(),
+            &mut rec,
+        )
+        .expect_err("dmg");
+        assert!(err.to_string().starts_with("DMG"), "{err}");
+        assert!(
+            rec.image.len() <= 4096 - 512,
+            "the trailer never reached the sink"
+        );
     }
 }

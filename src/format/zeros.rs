@@ -7,10 +7,8 @@
 //! reason. The raw decoder does its own detection as it reads; qcow2 output
 //! passes through this adapter.
 
-use std::io;
-
 use super::raw::{is_zero, ZERO_GRANULE};
-use super::ExtentSink;
+use super::{ExtentSink, SinkError};
 
 /// Forwards to `inner`, splitting data extents at guest offsets that are
 /// multiples of [`ZERO_GRANULE`] and reporting all-zero pieces as zeros.
@@ -41,11 +39,11 @@ impl<'a> ZeroDetect<'a> {
 
     /// Forwards the zeros still held back. Without this the last zero range
     /// of the image would be lost.
-    pub fn finish(mut self) -> io::Result<()> {
+    pub fn finish(mut self) -> Result<(), SinkError> {
         self.release()
     }
 
-    fn release(&mut self) -> io::Result<()> {
+    fn release(&mut self) -> Result<(), SinkError> {
         match self.pending.take() {
             Some((s, e)) => self.inner.zero(s, e - s),
             None => Ok(()),
@@ -54,15 +52,15 @@ impl<'a> ZeroDetect<'a> {
 
     /// Adds zeros `[off, off + len)`, joining them to the held-back range
     /// when contiguous.
-    fn hold_zero(&mut self, off: u64, len: u64) -> io::Result<()> {
+    fn hold_zero(&mut self, off: u64, len: u64) -> Result<(), SinkError> {
         if len == 0 {
             return Ok(());
         }
-        let end = off.checked_add(len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("zero extent at offset {off} of length {len} overflows"),
-            )
+        let end = off.checked_add(len).ok_or(SinkError::OutOfRange {
+            start: off,
+            end: u64::MAX,
+            limit: u64::MAX,
+            what: "the largest offset",
         })?;
         if let Some((s, e)) = self.pending {
             if e == off {
@@ -77,19 +75,15 @@ impl<'a> ZeroDetect<'a> {
 }
 
 impl ExtentSink for ZeroDetect<'_> {
-    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
+    fn set_virtual_size(&mut self, size: u64) -> Result<(), SinkError> {
         self.inner.set_virtual_size(size)
     }
 
-    fn input_paced(&mut self) {
-        self.inner.input_paced();
-    }
-
-    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
+    fn zero(&mut self, guest_offset: u64, len: u64) -> Result<(), SinkError> {
         self.hold_zero(guest_offset, len)
     }
 
-    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
+    fn data(&mut self, guest_offset: u64, data: &[u8]) -> Result<(), SinkError> {
         let g = ZERO_GRANULE as u64;
         // Start of the current run within `data`, and whether it is zeros.
         let mut run_start = 0usize;
@@ -120,7 +114,7 @@ impl ExtentSink for ZeroDetect<'_> {
 }
 
 impl ZeroDetect<'_> {
-    fn flush(&mut self, base: u64, piece: &[u8], at: usize, zero: bool) -> io::Result<()> {
+    fn flush(&mut self, base: u64, piece: &[u8], at: usize, zero: bool) -> Result<(), SinkError> {
         let off = base + at as u64;
         if zero {
             self.hold_zero(off, piece.len() as u64)
@@ -139,14 +133,14 @@ mod tests {
     struct Calls(Vec<(u64, u64, bool)>);
 
     impl ExtentSink for Calls {
-        fn set_virtual_size(&mut self, _: u64) -> io::Result<()> {
+        fn set_virtual_size(&mut self, _: u64) -> Result<(), SinkError> {
             Ok(())
         }
-        fn data(&mut self, off: u64, d: &[u8]) -> io::Result<()> {
+        fn data(&mut self, off: u64, d: &[u8]) -> Result<(), SinkError> {
             self.0.push((off, d.len() as u64, true));
             Ok(())
         }
-        fn zero(&mut self, off: u64, len: u64) -> io::Result<()> {
+        fn zero(&mut self, off: u64, len: u64) -> Result<(), SinkError> {
             self.0.push((off, len, false));
             Ok(())
         }

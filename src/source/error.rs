@@ -10,12 +10,17 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A local file or stdin failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
+        /// What was being done, with the path.
         what: String,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
+    /// A locator with a scheme no source handles.
+    #[error("unsupported source scheme {0:?}:// (use http://, https://, a path or -)")]
+    UnknownScheme(String),
     /// The URL could not be parsed or is not http(s).
     #[error("invalid URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },

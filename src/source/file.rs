@@ -6,12 +6,37 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{OpenedSource, RangeRead, SourceError};
+use std::path::PathBuf;
+
+use super::{OpenContext, OpenedSource, Source, SourceError};
+use crate::io::RangeRead;
+
+/// A local file or block device.
+#[derive(Debug, Clone)]
+pub(super) struct FileSource {
+    path: PathBuf,
+}
+
+impl FileSource {
+    pub(super) fn new(path: PathBuf) -> FileSource {
+        FileSource { path }
+    }
+}
+
+impl Source for FileSource {
+    fn display(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn open(&self, _: &OpenContext<'_>) -> Result<OpenedSource, SourceError> {
+        open(&self.path)
+    }
+}
 
 /// Opens `path` for reading. The size comes from seeking to the end, which
 /// works for regular files and block devices alike (metadata `len()` is 0 for
 /// a block device).
-pub(super) fn open(path: &Path) -> Result<OpenedSource, SourceError> {
+fn open(path: &Path) -> Result<OpenedSource, SourceError> {
     let display = path.display().to_string();
     let io_err = |what: &str, source: io::Error| SourceError::Io {
         what: format!("{what} {display}"),
@@ -40,7 +65,6 @@ pub(super) fn open(path: &Path) -> Result<OpenedSource, SourceError> {
         size,
         range,
         display,
-        read_ahead: None,
     })
 }
 

@@ -9,9 +9,13 @@
 //! redirects, credentials), the resumable transfer loop, the retry policy,
 //! range reads and the parallel segmented download.
 
-use std::io::{self, BufRead};
+use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::io::RangeRead;
+use crate::pace::Pace;
 
 mod error;
 mod file;
@@ -20,37 +24,73 @@ mod stdin;
 
 pub use error::SourceError;
 
-/// Where the image comes from.
-#[derive(Debug, Clone)]
-pub enum SourceSpec {
-    /// An `http://` or `https://` URL.
-    Http(String),
-    /// A local file.
-    File(PathBuf),
-    /// Standard input (`-`).
-    Stdin,
+/// One kind of source. Each module under `source/` implements it for its
+/// locator; [`SourceSpec::parse`] is the one place that picks the module by
+/// the locator's scheme.
+pub trait Source: std::fmt::Debug + Send + Sync {
+    /// A name for logs and messages, never containing credentials.
+    fn display(&self) -> String;
+
+    /// Opens the source. Network transfers run on `ctx.rt`; the returned
+    /// reader blocks. Must be called from a thread that is not driving the
+    /// runtime (the pipeline's blocking thread, or a plain thread).
+    fn open(&self, ctx: &OpenContext<'_>) -> Result<OpenedSource, SourceError>;
 }
 
+/// What a source needs to open.
+pub struct OpenContext<'a> {
+    /// Client settings (HTTP and everything built on it).
+    pub http: &'a HttpOptions,
+    /// The runtime that carries network transfers.
+    pub rt: &'a tokio::runtime::Handle,
+    /// Who sets the pace: a source that reads ahead says so, and stops
+    /// reading ahead once decompression sets the pace.
+    pub pace: &'a Pace,
+}
+
+/// Where the image comes from: a URL, a path or `-`, parsed once.
+#[derive(Debug, Clone)]
+pub struct SourceSpec(Arc<dyn Source>);
+
 impl SourceSpec {
-    /// Parses a CLI SOURCE argument: a URL, `-`, or a path.
-    pub fn parse(s: &str) -> Self {
+    /// Parses a SOURCE argument: a URL (by its scheme), `-` for stdin, or a
+    /// path. An unknown scheme is an error rather than a file name.
+    pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
         if s == "-" {
-            SourceSpec::Stdin
-        } else if s.starts_with("http://") || s.starts_with("https://") {
-            SourceSpec::Http(s.to_string())
-        } else {
-            SourceSpec::File(PathBuf::from(s))
+            return Ok(SourceSpec::new(stdin::Stdin));
         }
+        match s
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        {
+            Some(scheme) if scheme == "http" || scheme == "https" => {
+                Ok(SourceSpec::new(http::HttpSource::new(s)))
+            }
+            Some(scheme)
+                if scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
+                Err(SourceError::UnknownScheme(scheme))
+            }
+            _ => Ok(SourceSpec::new(file::FileSource::new(PathBuf::from(s)))),
+        }
+    }
+
+    /// A spec for a source built by hand (a request body, a test double).
+    pub fn new(source: impl Source + 'static) -> SourceSpec {
+        SourceSpec(Arc::new(source))
     }
 
     /// A name for logs and messages, never containing credentials
     /// (URL userinfo is removed).
     pub fn display(&self) -> String {
-        match self {
-            SourceSpec::Http(url) => http::redact_url(url),
-            SourceSpec::File(path) => path.display().to_string(),
-            SourceSpec::Stdin => "stdin".to_string(),
-        }
+        self.0.display()
+    }
+
+    /// Opens the source (see [`Source::open`]).
+    pub fn open(&self, ctx: &OpenContext<'_>) -> Result<OpenedSource, SourceError> {
+        self.0.open(ctx)
     }
 }
 
@@ -76,11 +116,8 @@ pub struct HttpOptions {
     ///
     /// Measured from the first failure of a streak (see `max_attempts`).
     pub max_retry_time: Duration,
-    /// Parallel range connections: 1 is a single streaming GET, and
-    /// [`AUTO_CONNECTIONS`] lets the source choose (two connections for
-    /// files of 64 MiB or more on servers with Range support, back to one
-    /// stream when the server is slow to answer requests).
-    pub connections: usize,
+    /// Parallel range connections.
+    pub connections: Connections,
     /// Bytes per segment when the download is segmented; each segment
     /// behind the one being read is held in memory whole.
     pub segment_size: usize,
@@ -96,41 +133,30 @@ impl Default for HttpOptions {
             stall_timeout: Duration::from_secs(60),
             max_attempts: 8,
             max_retry_time: Duration::from_secs(300),
-            connections: AUTO_CONNECTIONS,
+            connections: Connections::Auto,
             segment_size: DEFAULT_SEGMENT,
         }
     }
 }
 
-/// [`HttpOptions::connections`] value that lets the source choose.
-pub const AUTO_CONNECTIONS: usize = 0;
+/// How many connections a download may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connections {
+    /// The source chooses: two connections for files of 64 MiB or more on
+    /// servers with Range support, back to one stream when segments stop
+    /// paying (decompression sets the pace, slow answers, refused ranges).
+    #[default]
+    Auto,
+    /// Exactly this many (1 is a single streaming GET), whatever happens.
+    Fixed(usize),
+}
 
 /// Default [`HttpOptions::segment_size`].
 pub const DEFAULT_SEGMENT: usize = 2 << 20;
 
-/// Random access to the source's raw bytes (before unwrapping).
-pub trait RangeRead: Send {
-    /// Fills `buf` exactly from `offset`, or fails.
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-}
-
 /// Buffer in front of file and stdin reads: the size of the slices the
-/// decoders work on (the qcow2 driver used to read in 256 KiB chunks).
+/// decoders work on.
 pub(crate) const READ_BUFFER: usize = 256 << 10;
-
-/// `Read::read` for a `BufRead` stage (the HTTP reader, the progress and
-/// checksum taps): copy out of `fill_buf`, then `consume`, so a stage that
-/// acts on consumed bytes sees each byte exactly once whichever way it is read.
-pub(crate) fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
-    if out.is_empty() {
-        return Ok(0);
-    }
-    let avail = r.fill_buf()?;
-    let n = out.len().min(avail.len());
-    out[..n].copy_from_slice(&avail[..n]);
-    r.consume(n);
-    Ok(n)
-}
 
 /// An opened source.
 pub struct OpenedSource {
@@ -144,47 +170,20 @@ pub struct OpenedSource {
     pub range: Option<Box<dyn RangeRead>>,
     /// For logs: the URL without credentials, the path, or "stdin".
     pub display: String,
-    /// Present when the source reads ahead of the reader on its own (a
-    /// segmented HTTP download): the write side then needs less depth to
-    /// absorb bursts, and the handle stops the read-ahead when the decoder
-    /// sets the pace.
-    pub read_ahead: Option<ReadAhead>,
 }
 
-/// Handle on a source's own read-ahead.
-#[derive(Debug, Clone, Default)]
-pub struct ReadAhead(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl ReadAhead {
-    /// Asks the source to stop reading ahead, because decompression sets
-    /// the pace: bytes read ahead would only wait in memory. A source that
-    /// reads ahead at the user's explicit request (a connection count given
-    /// by hand) keeps doing so.
-    pub fn stop(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether [`ReadAhead::stop`] was called.
-    pub fn stopped(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Opens a source. HTTP work runs on `rt`; the returned reader blocks.
-///
-/// Must be called from a thread that is not driving `rt` (the pipeline's
-/// blocking thread, or a plain thread): opening an HTTP source waits for the
-/// first response with `rt.block_on`.
+/// Opens `spec` with a pace of its own, for callers that do not share one
+/// (tests, small probes).
 pub fn open(
     spec: &SourceSpec,
-    opts: &HttpOptions,
+    http: &HttpOptions,
     rt: &tokio::runtime::Handle,
 ) -> Result<OpenedSource, SourceError> {
-    match spec {
-        SourceSpec::Http(url) => http::open(url, opts, rt),
-        SourceSpec::File(path) => file::open(path),
-        SourceSpec::Stdin => Ok(stdin::open()),
-    }
+    spec.open(&OpenContext {
+        http,
+        rt,
+        pace: &Pace::new(),
+    })
 }
 
 /// The async runtime that carries network transfers.

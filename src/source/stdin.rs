@@ -4,11 +4,25 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use super::OpenedSource;
+use super::{OpenContext, OpenedSource, Source, SourceError};
+
+/// Standard input (`-`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stdin;
+
+impl Source for Stdin {
+    fn display(&self) -> String {
+        "stdin".to_string()
+    }
+
+    fn open(&self, _: &OpenContext<'_>) -> Result<OpenedSource, SourceError> {
+        Ok(open())
+    }
+}
 
 /// Wraps stdin. The size is known only when stdin is a regular file
 /// (`streamdisk convert - T < image`), which lets progress show a percentage.
-pub(super) fn open() -> OpenedSource {
+fn open() -> OpenedSource {
     let stdin = io::stdin();
     let size = regular_file_remaining(&stdin);
     OpenedSource {
@@ -16,7 +30,6 @@ pub(super) fn open() -> OpenedSource {
         size,
         range: None,
         display: "stdin".to_string(),
-        read_ahead: None,
     }
 }
 

@@ -31,7 +31,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::format::ExtentSink;
+use crate::format::{ExtentSink, SinkError};
+use crate::pace::Pace;
 
 pub use device::size_of_path as block_device_size;
 pub use wipe::{wipe_edges, write_zeros_direct};
@@ -41,79 +42,32 @@ use pool::{AlignedBuf, BufferPool};
 use writer::WritePipeline;
 use zeroing::{DeviceZeroer, ZeroCoalescer};
 
-/// Default size of each aligned write buffer.
-///
-/// Chosen by measurement (issue 7, part 3), together with
-/// [`DEFAULT_QUEUE_DEPTH`]. Command (release build, root, a preallocated
-/// 256 MiB backing file on the machine's virtio disk):
-///
-/// ```text
-/// fallocate -l 256M /tmp/sdtune/backing.img
-/// LO=$(losetup -f --show --direct-io=on /tmp/sdtune/backing.img)
-/// STREAMDISK_TUNE=$LO STREAMDISK_TUNE_MIB=256 cargo bench --bench writer
-/// STREAMDISK_TUNE=/tmp/sdtune/file.img STREAMDISK_TUNE_MIB=256 cargo bench --bench writer
-/// losetup -d $LO
-/// ```
-///
-/// 256 MiB of random data in 64 KiB extents per run, fdatasync included,
-/// 3 rounds interleaved; median MiB/s (the 2-core machine was shared with
-/// other builds, load average 14-18, so min-max spreads reached 2-4x):
-///
-/// ```text
-/// buffer  depth | loop device | file (ext4)
-/// 256K    1     |   307       |   420
-/// 256K    4     |   928       |   249
-/// 1M      1     |   408       |   679
-/// 1M      2     |   755       |   681
-/// 1M      4     |   817       |   725
-/// 1M      8     |  1139       |   488
-/// 2M      2     |   573       |  1080
-/// 2M      4     |   668       |   803
-/// 4M      2     |  1036       |   672
-/// 4M      4     |   984       |   793
-/// ```
-///
-/// Depth 1 is clearly slower (one write at a time leaves the device idle);
-/// from 1 MiB x 4 upward the differences are within the noise. 1 MiB x 4
-/// costs 5 MiB of pool (4 in flight + 1 filling), against 10-20 MiB for the
-/// larger buffers, out of a 24 MiB budget for the whole process (but see
-/// [`DEFAULT_QUEUE_DEPTH`]: the end-to-end import wants 8 in flight). For
-/// reference, `dd bs=4M oflag=direct conv=fdatasync` of the same 256 MiB
-/// reached 250-370 MB/s on the loop device and 120-250 MB/s on the file in
-/// the same session: a single write in flight.
+/// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
+/// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
 pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
 
-/// Default number of writes in flight.
-///
-/// The micro benchmark above (one writer feeding 64 KiB extents of a
-/// 256 MiB file) could not tell 4 from 8. The end-to-end import can: the
-/// mixed 8 GiB benchmark image over loopback HTTP into a loop device, with
-/// page cache dropped before each command, took 3.99-4.07 s with 4 writes in
-/// flight and 3.16-3.72 s with 8 (qemu-img's local conversion: 3.07-3.39 s in
-/// the same rounds; 2026-11-28). What counts is bytes in flight, not the
-/// number of writes: 8 x 512 KiB (3.93-4.06 s) and 16 x 256 KiB (4.07-4.34 s)
-/// were no better than 4 x 1 MiB. The network stream delivers in bursts and
-/// the loop device completes in bursts; 8 MiB in flight rides out both.
-///
-/// It costs memory only when writes set the pace: the pool allocates lazily
-/// and reuses the last buffer returned (see `pool`), and once the input side
-/// sets the pace the pool shrinks to [`PACED_QUEUE_DEPTH`].
+/// Writes in flight by default: the end-to-end import wants about 8 MiB in
+/// flight to ride out the bursts of one network stream and of the device
+/// (BENCHMARKS.md, "Tuning"). It costs memory only when writes set the
+/// pace: the pool allocates lazily and reuses the last buffer returned.
 pub const DEFAULT_QUEUE_DEPTH: usize = 8;
 
 /// Writes in flight once the input side sets the pace or smooths it itself
-/// (see [`crate::format::ExtentSink::input_paced`]).
-///
-/// - Decompression (compressed qcow2 clusters, gzip/xz/zstd wrappers): the
-///   writer waits for data anyway, and the 4 MiB given back pays for the
-///   inflate workers' buffers within the 24 MiB budget. The zlib Debian
-///   rootfs image peaked at 26 MiB with 8 writes in flight against 22-23 MiB
-///   with 4, at the same speed (1.79-2.12 s against 1.94-1.95 s).
-/// - A segmented HTTP download: two connections deliver evenly instead of
-///   in the bursts that 8 writes in flight absorb for one stream, and the
-///   memory pays for the segment read ahead. On the mixed benchmark image,
-///   4 writes took 3.35-3.46 s, 6 took 3.28-3.43 s and 8 took 3.52-4.01 s
-///   (one stream with 8: 4.05-4.10 s, qemu-img local 3.19-3.46 s).
+/// (see [`Pace`]): decompression leaves the writer waiting anyway and its
+/// workers want the memory; a segmented download delivers evenly and its
+/// read-ahead wants the memory (BENCHMARKS.md, "Tuning").
 pub const PACED_QUEUE_DEPTH: usize = 4;
+
+/// How many writes may be in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Depth {
+    /// [`DEFAULT_QUEUE_DEPTH`], lowered to [`PACED_QUEUE_DEPTH`] once the
+    /// input side sets the pace.
+    #[default]
+    Auto,
+    /// Exactly this many, throughout.
+    Fixed(usize),
+}
 
 /// Writer settings: the memory budget of the write side.
 #[derive(Debug, Clone)]
@@ -123,10 +77,7 @@ pub struct TargetOptions {
     /// Size of each aligned write buffer.
     pub buffer_size: usize,
     /// Writes in flight (and buffers in the pool beyond the one being filled).
-    pub queue_depth: usize,
-    /// Writes in flight once the input side sets the pace (see
-    /// [`ExtentSink::input_paced`]); `None` keeps `queue_depth` throughout.
-    pub paced_depth: Option<usize>,
+    pub depth: Depth,
     /// Refuse images larger than this (bytes), in addition to a block device's size.
     pub available: Option<u64>,
 }
@@ -136,8 +87,7 @@ impl Default for TargetOptions {
         TargetOptions {
             target_is_zero: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
-            queue_depth: DEFAULT_QUEUE_DEPTH,
-            paced_depth: Some(PACED_QUEUE_DEPTH),
+            depth: Depth::Auto,
             available: None,
         }
     }
@@ -163,26 +113,28 @@ pub struct WriteStats {
     pub partial_merges: u64,
 }
 
-/// Target-side failures.
+/// Target-side failures outside the sink calls (opening, finishing, wiping).
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("virtual image size {size} is larger than the reported available storage {available}. A larger PVC is required")]
-    TooLarge { size: u64, available: u64 },
-    #[error("{context}: {source}")]
+    /// The image does not fit.
+    #[error(
+        "the image's virtual size ({size} bytes) is larger than the target ({available} bytes)"
+    )]
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// What the target holds.
+        available: u64,
+    },
+    /// A system call failed.
+    #[error("{context}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
-}
-
-impl TargetError {
-    /// Recovers a `TargetError` carried inside an `io::Error` (the
-    /// [`ExtentSink`] methods return `io::Result`, so a too-large refusal from
-    /// `set_virtual_size` travels wrapped; callers unwrap it with this).
-    pub fn from_io(err: &io::Error) -> Option<&TargetError> {
-        err.get_ref().and_then(|e| e.downcast_ref::<TargetError>())
-    }
 }
 
 /// The largest and smallest buffer sizes accepted; outside this range the
@@ -211,7 +163,7 @@ pub struct Target {
     /// End of the highest byte covered by any extent (sizes files of unknown length).
     high_water: u64,
     pool: BufferPool,
-    /// `TargetOptions::paced_depth`, until used.
+    /// The depth to lower to once the input side sets the pace, until used.
     paced_depth: Option<usize>,
     writers: Option<WritePipeline>,
     run: Option<assemble::Run>,
@@ -226,7 +178,9 @@ pub struct Target {
     pacer: Option<pacing::Pacer>,
     stats: WriteStats,
     /// Set by the first failed call; every later call and `finish` report it.
-    failed: Option<(io::ErrorKind, String)>,
+    failed: Option<String>,
+    /// Followed to lower the write depth (see [`Target::follow`]).
+    pace: Option<Pace>,
 }
 
 impl Target {
@@ -245,7 +199,10 @@ impl Target {
         }
         let align = opened.align;
         let buffer_size = round_up_usize(opts.buffer_size.clamp(MIN_BUFFER, MAX_BUFFER), align);
-        let depth = opts.queue_depth.clamp(1, MAX_QUEUE_DEPTH);
+        let (depth, paced_depth) = match opts.depth {
+            Depth::Auto => (DEFAULT_QUEUE_DEPTH, Some(PACED_QUEUE_DEPTH)),
+            Depth::Fixed(n) => (n.clamp(1, MAX_QUEUE_DEPTH), None),
+        };
         let file = Arc::new(opened.file);
         let pool = BufferPool::new(depth + 1, buffer_size, align);
         let writers = WritePipeline::new(
@@ -272,7 +229,7 @@ impl Target {
             started: false,
             high_water: 0,
             pool,
-            paced_depth: opts.paced_depth,
+            paced_depth,
             writers: Some(writers),
             run: None,
             gap: 0,
@@ -286,6 +243,7 @@ impl Target {
                 ..WriteStats::default()
             },
             failed: None,
+            pace: None,
         })
     }
 
@@ -325,7 +283,9 @@ impl Target {
     }
 
     fn finish_inner(&mut self) -> io::Result<WriteStats> {
-        self.check_failed()?;
+        if let Some(msg) = &self.failed {
+            return Err(io::Error::other(format!("an earlier write failed: {msg}")));
+        }
         let r = self.flush_all();
         let writers = self.writers.take();
         // Join the writers even after a flush error, and prefer their error:
@@ -348,22 +308,43 @@ impl Target {
         Ok(self.stats.clone())
     }
 
-    fn check_failed(&self) -> io::Result<()> {
+    fn check_failed(&self) -> Result<(), SinkError> {
         match &self.failed {
-            Some((kind, msg)) => Err(io::Error::new(
-                *kind,
-                format!("an earlier write failed: {msg}"),
-            )),
+            Some(msg) => Err(SinkError::Failed(msg.clone())),
             None => Ok(()),
         }
     }
 
     /// Records the first failure so nothing after it can report success.
-    fn fail(&mut self, err: io::Error) -> io::Error {
+    fn fail(&mut self, err: SinkError) -> SinkError {
         if self.failed.is_none() {
-            self.failed = Some((err.kind(), err.to_string()));
+            self.failed = Some(crate::error_chain(&err));
         }
         err
+    }
+
+    /// Runs a write-side step, naming the target in its error.
+    fn io(&mut self, f: impl FnOnce(&mut Self) -> io::Result<()>) -> Result<(), SinkError> {
+        f(self).map_err(|e| SinkError::io(format!("writing {}", self.path.display()), e))
+    }
+
+    /// Once the input side sets the pace, keep fewer writes in flight
+    /// (see [`Pace`]); checked on every data extent, one atomic load.
+    fn follow_pace(&mut self) {
+        if self.paced_depth.is_some() && self.pace.as_ref().is_some_and(Pace::input_paced) {
+            if let Some(depth) = self.paced_depth.take() {
+                tracing::debug!(
+                    depth,
+                    "the input side sets the pace: fewer writes in flight, memory left to the input"
+                );
+                self.pool.lower_limit(depth + 1);
+            }
+        }
+    }
+
+    /// Lowers the write depth once `pace` says the input side sets the pace.
+    pub fn follow(&mut self, pace: Pace) {
+        self.pace = Some(pace);
     }
 
     /// The end of the writable range: the virtual size, else a block device's
@@ -373,37 +354,29 @@ impl Target {
     }
 
     /// Checks that `[offset, offset+len)` lies inside the writable range.
-    fn check_range(&self, offset: u64, len: u64) -> io::Result<u64> {
-        let end = offset.checked_add(len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("extent at offset {offset} of length {len} overflows"),
-            )
-        })?;
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), SinkError> {
         let limit = self.limit();
-        if end > limit {
-            let what = if self.vsize.is_some() {
-                "the virtual size"
-            } else {
-                "the end of the block device"
-            };
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("extent [{offset}, {end}) lies beyond {what} ({limit} bytes)"),
-            ));
+        match offset.checked_add(len) {
+            Some(end) if end <= limit => Ok(()),
+            end => Err(SinkError::OutOfRange {
+                start: offset,
+                end: end.unwrap_or(u64::MAX),
+                limit,
+                what: if self.vsize.is_some() {
+                    "the virtual size"
+                } else {
+                    "the end of the block device"
+                },
+            }),
         }
-        Ok(end)
     }
 }
 
 impl ExtentSink for Target {
-    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
+    fn set_virtual_size(&mut self, size: u64) -> Result<(), SinkError> {
         self.check_failed()?;
         if self.started || self.vsize.is_some_and(|v| v != size) {
-            let e = io::Error::other(format!(
-                "virtual size {size} announced after writing had started"
-            ));
-            return Err(self.fail(e));
+            return Err(self.fail(SinkError::LateSize(size)));
         }
         let available = match (self.device_size, self.available) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -411,12 +384,12 @@ impl ExtentSink for Target {
         };
         if let Some(available) = available {
             if size > available {
-                let e = io::Error::other(TargetError::TooLarge { size, available });
-                return Err(self.fail(e));
+                return Err(self.fail(SinkError::TooLarge { size, available }));
             }
         }
         if self.kind == TargetKind::File {
             if let Err(e) = self.file.set_len(size) {
+                let e = SinkError::io(format!("resizing {}", self.path.display()), e);
                 return Err(self.fail(e));
             }
         }
@@ -424,26 +397,21 @@ impl ExtentSink for Target {
         Ok(())
     }
 
-    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
+    fn data(&mut self, guest_offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.check_failed()?;
-        let r = self.accept_data(guest_offset, data);
+        self.follow_pace();
+        let r = self
+            .check_range(guest_offset, data.len() as u64)
+            .and_then(|()| self.io(|t| t.accept_data(guest_offset, data)));
         r.map_err(|e| self.fail(e))
     }
 
-    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
+    fn zero(&mut self, guest_offset: u64, len: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        let r = self.accept_zero(guest_offset, len);
+        let r = self
+            .check_range(guest_offset, len)
+            .and_then(|()| self.io(|t| t.accept_zero(guest_offset, len)));
         r.map_err(|e| self.fail(e))
-    }
-
-    fn input_paced(&mut self) {
-        if let Some(depth) = self.paced_depth.take() {
-            tracing::debug!(
-                depth,
-                "the input side sets the pace: fewer writes in flight, memory left to the input"
-            );
-            self.pool.lower_limit(depth + 1);
-        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! layouts and block devices are in `tests/target.rs`.
 
 use super::*;
+use crate::pace::Pace;
 
 /// One extent: data (filled with a pattern derived from its offset) or zeros.
 #[derive(Clone, Copy)]
@@ -50,7 +51,7 @@ fn expected(exts: &[Ext], len: u64) -> Vec<u8> {
 fn small() -> TargetOptions {
     TargetOptions {
         buffer_size: 64 << 10,
-        queue_depth: 2,
+        depth: Depth::Fixed(2),
         ..TargetOptions::default()
     }
 }
@@ -136,15 +137,23 @@ fn writes_outside_the_virtual_size_are_rejected() {
     t.set_virtual_size(8192).expect("vsize");
     let err = t.data(8000, &[1u8; 200]).expect_err("past the end");
     assert!(
-        err.to_string()
-            .contains("beyond the virtual size (8192 bytes)"),
+        matches!(
+            err,
+            SinkError::OutOfRange {
+                start: 8000,
+                end: 8200,
+                limit: 8192,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(t.zero(u64::MAX - 1, 10).is_err(), "overflow");
     // A rejected extent poisons the target: finish never reports success.
     t.data(0, &[1u8; 10]).expect_err("poisoned");
     let err = t.finish().expect_err("finish fails");
-    assert!(err.to_string().contains("beyond the virtual size"), "{err}");
+    let msg = crate::error_chain(&err);
+    assert!(msg.contains("beyond the virtual size"), "{msg}");
 }
 
 #[test]
@@ -157,16 +166,12 @@ fn too_large_is_refused_before_writing() {
     };
     let mut t = Target::open(&p, &opts).expect("open");
     let err = t.set_virtual_size((1 << 20) + 1).expect_err("too large");
-    assert_eq!(
-        err.to_string(),
-        "virtual image size 1048577 is larger than the reported available storage 1048576. A larger PVC is required"
-    );
     assert!(matches!(
-        TargetError::from_io(&err),
-        Some(TargetError::TooLarge {
+        err,
+        SinkError::TooLarge {
             size: 1048577,
             available: 1048576
-        })
+        }
     ));
     assert!(t.finish().is_err());
     assert_eq!(std::fs::metadata(&p).expect("meta").len(), 0);
@@ -187,7 +192,8 @@ fn overlapping_pieces_are_an_error() {
     t.set_virtual_size(1 << 20).expect("vsize");
     t.data(100, &[1u8; 100]).expect("first");
     let err = t.data(150, &[1u8; 10]).expect_err("overlap");
-    assert!(err.to_string().contains("overlaps"), "{err}");
+    let msg = crate::error_chain(&err);
+    assert!(msg.contains("overlaps"), "{msg}");
 }
 
 #[test]
@@ -195,7 +201,7 @@ fn defaults_and_clamping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = TargetOptions {
         buffer_size: 1,
-        queue_depth: 0,
+        depth: Depth::Fixed(0),
         ..TargetOptions::default()
     };
     let mut t = Target::open(&dir.path().join("t.img"), &opts).expect("open");
@@ -211,17 +217,21 @@ fn defaults_and_clamping() {
 #[test]
 fn the_write_depth_drops_once_the_decoder_sets_the_pace() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let pace = Pace::new();
     let mut t = Target::open(&dir.path().join("t.img"), &TargetOptions::default()).expect("open");
+    t.follow(pace.clone());
+    t.data(0, &[1u8; 4096]).expect("data");
     assert_eq!(t.write_depth(), DEFAULT_QUEUE_DEPTH);
-    t.input_paced();
+    pace.set_decompressing();
+    t.data(4096, &[1u8; 4096]).expect("data");
     assert_eq!(t.write_depth(), PACED_QUEUE_DEPTH);
-    // A depth given by hand (no decoder-bound depth) is kept.
+    // A depth given by hand is kept.
     let opts = TargetOptions {
-        queue_depth: 6,
-        paced_depth: None,
+        depth: Depth::Fixed(6),
         ..TargetOptions::default()
     };
     let mut t = Target::open(&dir.path().join("u.img"), &opts).expect("open");
-    t.input_paced();
+    t.follow(pace);
+    t.data(0, &[1u8; 4096]).expect("data");
     assert_eq!(t.write_depth(), 6);
 }

@@ -14,6 +14,9 @@ use qcow2_rs::meta::Qcow2Header;
 
 use super::Qcow2Error;
 
+/// qcow2 magic bytes, `QFI\xfb`.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
 /// Bytes needed to read the fixed header fields up to `cluster_bits`.
 pub const FIXED_PREFIX: usize = 24;
 /// Smallest cluster (`cluster_bits` 9) and largest (`cluster_bits` 21, QEMU's limit).
@@ -164,7 +167,7 @@ impl Header {
     /// Parses without refusing anything: fields, extensions, backing name.
     pub fn parse_raw(head: &[u8]) -> Result<Header, HeaderError> {
         let magic = head.get(0..4).ok_or(HeaderError::NeedMore(4))?;
-        if magic != crate::format::QCOW2_MAGIC {
+        if magic != QCOW2_MAGIC {
             return Err(inv("bad magic: not a qcow2 image"));
         }
         let version = be_u32(head, 4)?;
@@ -472,7 +475,7 @@ impl Header {
             }
         };
         if let Some(s) = b.get_mut(0..4) {
-            s.copy_from_slice(&crate::format::QCOW2_MAGIC);
+            s.copy_from_slice(&QCOW2_MAGIC);
         }
         put32(&mut b, 4, 3);
         put32(&mut b, 20, self.cluster_bits);

@@ -110,3 +110,62 @@ fn parse_lenient(head: &[u8]) -> Result<(Header, Vec<String>), Qcow2Error> {
     h.compression_type = check.compression_type;
     Ok((h, unknown))
 }
+
+/// The header as `qemu-img info --output json` reports it.
+pub fn image_info(h: &Header) -> crate::format::ImageInfo {
+    use crate::format::{Format, FormatSpecific, ImageInfo};
+    let compression = match h.compression_type {
+        CompressionType::Zlib => "zlib",
+        CompressionType::Zstd => "zstd",
+    };
+    let mut specific = FormatSpecific::new("qcow2")
+        .with("compat", if h.version >= 3 { "1.1" } else { "0.10" })
+        .with("compression-type", compression)
+        .with(
+            "lazy-refcounts",
+            h.compatible_features & COMPAT_LAZY_REFCOUNTS != 0,
+        )
+        .with("refcount-bits", 1u64 << h.refcount_order.min(6))
+        .with("corrupt", h.incompatible_features & INCOMPAT_CORRUPT != 0)
+        .with("extended-l2", h.incompatible_features & INCOMPAT_EXTL2 != 0);
+    if let Some(f) = &h.external_data_file {
+        specific = specific.with("data-file", f.as_str());
+    }
+    ImageInfo {
+        format: Format::Qcow2,
+        virtual_size: Some(h.virtual_size),
+        cluster_size: Some(h.cluster_size()),
+        format_specific: Some(specific),
+    }
+}
+
+/// A lenient probe's result as `qemu-img info --output json` reports it.
+pub fn image_info_of(q: &ImageInfo) -> crate::format::ImageInfo {
+    use crate::format::{Format, FormatSpecific};
+    let compression = match q.compression_type {
+        CompressionType::Zlib => "zlib",
+        CompressionType::Zstd => "zstd",
+    };
+    let mut specific = FormatSpecific::new("qcow2")
+        .with("compat", if q.version >= 3 { "1.1" } else { "0.10" })
+        .with("compression-type", compression)
+        .with("lazy-refcounts", q.lazy_refcounts)
+        .with("refcount-bits", 1u64 << q.refcount_order.min(6))
+        .with("corrupt", q.corrupt)
+        .with("extended-l2", q.extended_l2);
+    if let Some(f) = &q.external_data_file {
+        specific = specific.with("data-file", f.as_str());
+    }
+    if let Some(b) = &q.backing_file {
+        specific = specific.with("backing-filename", b.as_str());
+    }
+    if q.encryption != "none" {
+        specific = specific.with("encrypt", q.encryption.as_str());
+    }
+    crate::format::ImageInfo {
+        format: Format::Qcow2,
+        virtual_size: Some(q.virtual_size),
+        cluster_size: Some(q.cluster_size),
+        format_specific: Some(specific),
+    }
+}

@@ -11,15 +11,20 @@
 //! [`Feed::NeedMetadata`]; the driver then reads [`StreamDecoder::missing_metadata`]
 //! and hands the bytes back with [`StreamDecoder::supply`].
 
-use crate::format::ExtentSink;
+use std::ops::Range;
+
+use crate::format::inflate::{Codec, Done, Pool};
+use crate::format::plan::{SpillPolicy, Window};
+use crate::format::{DecodeReport, Decoder, ExtentSink, Feed, FormatError, ImageInfo};
+use crate::pace::Pace;
 
 use super::emit::Emitter;
 use super::entry::{Geometry, Mapping, SUBCLUSTERS};
-use super::header::{align_up, cluster_size_hint, Header, HeaderError, MAX_HOST_OFFSET};
+use super::header::{
+    align_up, cluster_size_hint, CompressionType, Header, HeaderError, MAX_HOST_OFFSET,
+};
 use super::map::{describe, CompressedRegion, MapState, Plain, TableCursor};
-use super::window::Window;
-use super::workers::{Done, Pool};
-use super::{Qcow2Error, SpillPolicy};
+use super::Qcow2Error;
 
 /// On a seekable source, the missing tables are fetched once this much is
 /// held, even when the window could take more.
@@ -45,16 +50,8 @@ pub struct Config {
     pub can_fetch: bool,
     /// Budget of the mapping state (bytes), see `map.rs`.
     pub mapping_budget: usize,
-}
-
-/// What `feed` did with a chunk.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Feed {
-    /// The whole chunk was consumed.
-    Done,
-    /// Only the first `n` bytes were consumed: fetch the missing metadata
-    /// (see `missing_metadata`), supply it, then feed the rest.
-    NeedMetadata(usize),
+    /// Told when the first compressed cluster arrives.
+    pub pace: Pace,
 }
 
 fn inv(m: impl Into<String>) -> Qcow2Error {
@@ -70,8 +67,8 @@ struct Body {
     pool: Pool,
     /// Finished decompressions waiting to be emitted.
     done: Vec<Done>,
-    /// The sink was told that decompression sets the pace.
-    told_input_paced: bool,
+    /// Told once the first compressed cluster arrives.
+    pace: Pace,
     l1_done: bool,
     pending_l2: u64,
     complete: bool,
@@ -101,12 +98,6 @@ impl StreamDecoder {
         }
     }
 
-    /// Never ask for metadata again: the range reads failed, so bytes
-    /// whose tables have not been seen are held (and spilled) instead.
-    pub fn stop_fetching(&mut self) {
-        self.cfg.can_fetch = false;
-    }
-
     /// Host offset of the next byte expected.
     pub fn position(&self) -> u64 {
         self.pos
@@ -121,7 +112,7 @@ impl StreamDecoder {
     }
 
     /// Feeds the next bytes of the stream.
-    pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, Qcow2Error> {
+    fn feed_bytes(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, Qcow2Error> {
         let mut off = 0usize;
         if self.body.is_none() {
             off = self.feed_head(chunk, sink)?;
@@ -191,7 +182,12 @@ impl StreamDecoder {
             .map_err(inv)?;
         sink.set_virtual_size(header.virtual_size)
             .map_err(Qcow2Error::Sink)?;
-        let pool = Pool::new(header.compression_type, cs).map_err(inv)?;
+        let codec = match header.compression_type {
+            CompressionType::Zlib => Codec::Deflate,
+            CompressionType::Zstd => Codec::Zstd,
+        };
+        let unit = usize::try_from(cs).map_err(|_| inv("cluster size out of range"))?;
+        let pool = Pool::new(codec, unit).map_err(|e| inv(e.to_string()))?;
         let vsize = header.virtual_size;
         let mut body = Body {
             geo,
@@ -199,7 +195,7 @@ impl StreamDecoder {
             emit: Emitter::new(vsize),
             pool,
             done: Vec::new(),
-            told_input_paced: false,
+            pace: self.cfg.pace.clone(),
             l1_done: l1_bytes == 0,
             pending_l2: 0,
             complete: false,
@@ -270,7 +266,7 @@ impl StreamDecoder {
     /// Host ranges of metadata still missing, for the driver to fetch: the
     /// rest of the L1 table if it has not been parsed, else every L2 table
     /// not parsed yet. Empty once the mapping is complete.
-    pub fn missing_metadata(&self) -> Vec<(u64, u64)> {
+    fn missing_tables(&self) -> Vec<(u64, u64)> {
         let Some(body) = self.body.as_ref() else {
             return Vec::new();
         };
@@ -291,7 +287,7 @@ impl StreamDecoder {
 
     /// Hands over metadata bytes read out of order (`host` must be where the
     /// table's parsing stands, as returned by `missing_metadata`).
-    pub fn supply(
+    fn supply_tables(
         &mut self,
         host: u64,
         bytes: &[u8],
@@ -345,7 +341,7 @@ impl StreamDecoder {
     }
 
     /// Ends the stream: everything mapped must have arrived.
-    pub fn finish(&mut self, sink: &mut dyn ExtentSink) -> Result<(u64, u64), Qcow2Error> {
+    fn finish_stream(&mut self, sink: &mut dyn ExtentSink) -> Result<(u64, u64), Qcow2Error> {
         let pos = self.pos;
         let Some(body) = self.body.as_mut() else {
             return Err(inv(if pos == 0 && self.head.is_empty() {
@@ -397,6 +393,50 @@ impl StreamDecoder {
             )));
         }
         Ok((vsize, body.header.cluster_size()))
+    }
+}
+
+impl Decoder for StreamDecoder {
+    fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, FormatError> {
+        Ok(self.feed_bytes(chunk, sink)?)
+    }
+
+    fn missing_metadata(&self) -> Vec<Range<u64>> {
+        self.missing_tables()
+            .into_iter()
+            .map(|(a, b)| a..b)
+            .collect()
+    }
+
+    fn supply(
+        &mut self,
+        host: u64,
+        bytes: &[u8],
+        sink: &mut dyn ExtentSink,
+    ) -> Result<(), FormatError> {
+        Ok(self.supply_tables(host, bytes, sink)?)
+    }
+
+    /// Never ask for metadata again: the range reads failed, so bytes
+    /// whose tables have not been seen are held (and spilled) instead.
+    fn stop_fetching(&mut self) -> bool {
+        self.cfg.can_fetch = false;
+        true
+    }
+
+    fn finish(&mut self, sink: &mut dyn ExtentSink) -> Result<DecodeReport, FormatError> {
+        let (virtual_size, _) = self.finish_stream(sink)?;
+        Ok(DecodeReport {
+            virtual_size,
+            spilled_bytes: self.window.spilled_bytes(),
+            ..DecodeReport::default()
+        })
+    }
+
+    fn info(&self) -> Option<ImageInfo> {
+        self.body
+            .as_ref()
+            .map(|b| super::info::image_info(&b.header))
     }
 }
 
@@ -662,10 +702,7 @@ impl Body {
         self.map
             .check_plain(host, end, "compressed cluster")
             .map_err(inv)?;
-        if !self.told_input_paced {
-            self.told_input_paced = true;
-            sink.input_paced();
-        }
+        self.pace.set_decompressing();
         let mut buf = self.pool.buffer();
         let split = pos.clamp(host, end);
         if split > host {
@@ -693,7 +730,8 @@ impl Body {
         sink: &mut dyn ExtentSink,
         window: &mut Window,
     ) -> Result<(), Qcow2Error> {
-        self.pool.submit(host, guest, input, &mut self.done);
+        let len = self.geo.cluster_size as usize;
+        self.pool.submit(host, guest, input, len, &mut self.done);
         self.emit_done(sink, window)
     }
 
@@ -773,38 +811,8 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use std::io;
-
-    /// Collects extents; panics on overlap or out-of-range writes.
-    #[derive(Default)]
-    struct Mem {
-        vsize: u64,
-        bytes: BTreeMap<u64, u8>,
-        zeros: Vec<(u64, u64)>,
-        input_paced_calls: usize,
-    }
-    impl ExtentSink for Mem {
-        fn input_paced(&mut self) {
-            self.input_paced_calls += 1;
-        }
-        fn set_virtual_size(&mut self, s: u64) -> io::Result<()> {
-            self.vsize = s;
-            Ok(())
-        }
-        fn data(&mut self, g: u64, d: &[u8]) -> io::Result<()> {
-            assert!(g + d.len() as u64 <= self.vsize);
-            for (i, &b) in d.iter().enumerate() {
-                assert!(self.bytes.insert(g + i as u64, b).is_none(), "twice");
-            }
-            Ok(())
-        }
-        fn zero(&mut self, g: u64, l: u64) -> io::Result<()> {
-            assert!(g + l <= self.vsize);
-            self.zeros.push((g, l));
-            Ok(())
-        }
-    }
+    use crate::format::PlanError;
+    use crate::testing::CheckingSink;
 
     const CS: usize = 512;
 
@@ -835,47 +843,52 @@ mod tests {
         b
     }
 
-    fn run(img: &[u8], window: usize, piece: usize) -> Result<Mem, Qcow2Error> {
+    /// Decodes `img` fed in pieces of `piece` bytes; returns the sink and
+    /// whether decompression was said to set the pace.
+    fn run(img: &[u8], window: usize, piece: usize) -> Result<(CheckingSink, bool), FormatError> {
+        let pace = Pace::new();
         let mut d = StreamDecoder::new(Config {
             window,
             spill: SpillPolicy::Forbid,
             can_fetch: false,
             mapping_budget: super::super::MAPPING_BUDGET,
+            pace: pace.clone(),
         });
-        let mut m = Mem::default();
+        let mut m = CheckingSink::new();
         for p in img.chunks(piece) {
             assert_eq!(d.feed(p, &mut m)?, Feed::Done);
         }
         d.finish(&mut m)?;
-        Ok(m)
+        Ok((m, pace.decompressing()))
     }
 
-    fn check(m: &Mem) {
-        assert_eq!(m.vsize, 20 * CS as u64);
-        for g in 0..(20 * CS) as u64 {
-            let want = match g / CS as u64 {
-                0 => Some(0xA1),
-                2 => Some(0xA2),
-                _ => None,
+    fn check(m: &CheckingSink) {
+        m.assert_complete();
+        assert_eq!(m.vsize, Some(20 * CS as u64));
+        let image = m.image();
+        for (g, &b) in image.iter().enumerate() {
+            let want = match g / CS {
+                0 => 0xA1,
+                2 => 0xA2,
+                _ => 0,
             };
-            assert_eq!(m.bytes.get(&g).copied(), want, "guest byte {g}");
+            assert_eq!(b, want, "guest byte {g}");
         }
-        let zeros: u64 = m.zeros.iter().map(|z| z.1).sum();
-        assert_eq!(zeros + m.bytes.len() as u64, m.vsize);
+        assert_eq!(m.data_bytes(), 2 * CS as u64);
     }
 
     #[test]
     fn forward_layout_needs_no_window() {
         let img = image(2, 3, [4, 5]);
         for piece in [1, 7, 512, 100_000] {
-            let m = run(&img, 0, piece).expect("decodes");
+            let (m, paced) = run(&img, 0, piece).expect("decodes");
             check(&m);
-            assert_eq!(m.input_paced_calls, 0, "no compressed cluster");
+            assert!(!paced, "no compressed cluster");
         }
     }
 
     #[test]
-    fn a_compressed_cluster_is_inflated_and_the_sink_told_once() {
+    fn a_compressed_cluster_is_inflated_and_the_pace_told() {
         use std::io::Write;
         // Guest clusters 0 and 2 compressed (raw deflate, one sector each)
         // in place of the plain ones.
@@ -893,18 +906,18 @@ mod tests {
             let at = 3 * CS + guest * 8;
             img[at..at + 8].copy_from_slice(&entry.to_be_bytes());
         }
-        let m = run(&img, 0, 97).expect("decodes");
+        let (m, paced) = run(&img, 0, 97).expect("decodes");
         check(&m);
-        assert_eq!(m.input_paced_calls, 1);
+        assert!(paced, "decompression sets the pace");
     }
 
     #[test]
     fn data_before_its_l2_is_held_then_placed() {
         let img = image(2, 6, [3, 5]);
-        check(&run(&img, 4096, 100).expect("decodes"));
+        check(&run(&img, 4096, 100).expect("decodes").0);
         // Forbid with a window too small: scratch required, said so.
         match run(&img, 600, 100) {
-            Err(Qcow2Error::ScratchRequired(m)) => assert!(m.contains("scratch space is required")),
+            Err(FormatError::Plan(PlanError::ScratchRequired { held: 600 })) => {}
             other => panic!("expected ScratchRequired, got {:?}", other.err()),
         }
     }
@@ -912,7 +925,7 @@ mod tests {
     #[test]
     fn l1_at_the_end() {
         let img = image(7, 4, [3, 5]);
-        check(&run(&img, 8192, 333).expect("decodes"));
+        check(&run(&img, 8192, 333).expect("decodes").0);
     }
 
     #[test]
@@ -920,7 +933,7 @@ mod tests {
         let img = image(2, 3, [4, 5]);
         for cut in 0..img.len() {
             match run(&img[..cut], 1 << 20, 64) {
-                Err(Qcow2Error::Invalid(m)) => {
+                Err(FormatError::Qcow2(Qcow2Error::Invalid(m))) => {
                     assert!(m.contains("truncated") || m.contains("empty"), "{cut}: {m}")
                 }
                 Err(e) => panic!("{cut}: {e}"),

@@ -27,7 +27,8 @@ use self::endpoint::{Endpoint, Span};
 use self::reader::{pipe, ChannelReader, ChannelSink};
 use self::retry::RetryState;
 use self::validator::Validator;
-use super::{HttpOptions, OpenedSource, RangeRead, ReadAhead, SourceError};
+use super::{Connections, HttpOptions, OpenContext, OpenedSource, RangeRead, Source, SourceError};
+use crate::pace::Pace;
 
 /// Most parallel connections used, whatever is asked: beyond this a server
 /// sees abuse rather than a download, and each connection costs a segment
@@ -47,13 +48,38 @@ const AUTO_SEGMENTED_CONNECTIONS: usize = 2;
 /// second connection's setup is not worth it.
 const AUTO_MIN_LENGTH: u64 = 64 << 20;
 
+/// An `http://` or `https://` URL.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSource {
+    url: String,
+}
+
+impl HttpSource {
+    pub(crate) fn new(url: &str) -> HttpSource {
+        HttpSource {
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Source for HttpSource {
+    fn display(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn open(&self, ctx: &OpenContext<'_>) -> Result<OpenedSource, SourceError> {
+        open(&self.url, ctx.http, ctx.rt, ctx.pace)
+    }
+}
+
 /// Opens `url`: sends the first GET (with retries), learns the length and
 /// validators, then streams the body from a task on `rt` (or, with
 /// `connections > 1` and Range support, runs the segmented download).
-pub(super) fn open(
+pub(crate) fn open(
     url: &str,
     opts: &HttpOptions,
     rt: &tokio::runtime::Handle,
+    pace: &Pace,
 ) -> Result<OpenedSource, SourceError> {
     let ep = {
         // The client spawns nothing at build time, but entering the runtime
@@ -108,33 +134,31 @@ pub(super) fn open(
     };
 
     let (sink, end) = pipe(&label);
-    let auto = opts.connections == crate::source::AUTO_CONNECTIONS;
-    let connections = if auto {
-        AUTO_SEGMENTED_CONNECTIONS
-    } else {
-        opts.connections.min(MAX_CONNECTIONS)
+    let (auto, connections) = match opts.connections {
+        Connections::Auto => (true, AUTO_SEGMENTED_CONNECTIONS),
+        Connections::Fixed(n) => (false, n.clamp(1, MAX_CONNECTIONS)),
     };
     let segment_size = opts.segment_size.max(MIN_SEGMENT);
     let worth_it = |total: u64| !auto || total >= AUTO_MIN_LENGTH;
-    let (task, read_ahead) = match (connections > 1, validator.accept_ranges, size) {
+    let task = match (connections > 1, validator.accept_ranges, size) {
         (true, true, Some(total)) if worth_it(total) => {
             tracing::info!(
                 "{label}: downloading in segments of {segment_size} bytes over {connections} connections"
             );
             let opts = HttpOptions {
-                connections,
                 segment_size,
                 ..opts.clone()
             };
             // The first response only served to learn the file's identity.
             drop(first);
-            let read_ahead = ReadAhead::default();
+            pace.set_reads_ahead();
             let plan = segments::Plan {
                 segment: u64::try_from(segment_size).unwrap_or(u64::MAX),
                 adaptive: auto,
-                read_ahead: read_ahead.clone(),
+                pace: pace.clone(),
+                connections,
             };
-            let task = rt.spawn(segments::run(
+            rt.spawn(segments::run(
                 ep.clone(),
                 url.to_string(),
                 validator.clone(),
@@ -142,8 +166,7 @@ pub(super) fn open(
                 plan,
                 total,
                 sink,
-            ));
-            (task, Some(read_ahead))
+            ))
         }
         (multi, _, _) => {
             if multi && !auto {
@@ -151,8 +174,7 @@ pub(super) fn open(
                     "{label}: one connection only (parallel download needs Range support and a known length)"
                 );
             }
-            let task = rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink));
-            (task, None)
+            rt.spawn(stream(ep.clone(), validator.clone(), retry, first, sink))
         }
     };
     Ok(OpenedSource {
@@ -160,7 +182,6 @@ pub(super) fn open(
         size,
         range,
         display: label,
-        read_ahead,
     })
 }
 

@@ -10,7 +10,8 @@ use super::endpoint::Endpoint;
 use super::fetch::{fetch, Sink};
 use super::retry::RetryState;
 use super::validator::Validator;
-use crate::source::{HttpOptions, RangeRead, SourceError};
+use crate::io::RangeRead;
+use crate::source::{HttpOptions, SourceError};
 
 /// Range reads of one URL.
 pub(super) struct HttpRange {

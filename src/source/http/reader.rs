@@ -144,7 +144,7 @@ impl BufRead for ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::source::read_via_buf(self, buf)
+        crate::io::read_via_buf(self, buf)
     }
 }
 

@@ -23,7 +23,7 @@
 //! one request and streamed when segments stop paying:
 //! - the server takes longer than [`SLOW_ANSWER`] to answer requests (a
 //!   distant server): the round trips cost more than the second read gains;
-//! - decompression sets the pace ([`ReadAhead::stop`]): bytes read ahead
+//! - decompression sets the pace ([`Pace::decompressing`]): bytes read ahead
 //!   would only wait in memory, next to the inflate workers' buffers.
 //!
 //! Auto mode also reads nothing ahead until the first segment is in (by
@@ -44,7 +44,8 @@ use super::fetch::{fetch, Sink};
 use super::reader::ChannelSink;
 use super::retry::RetryState;
 use super::validator::Validator;
-use crate::source::{HttpOptions, ReadAhead, SourceError};
+use crate::pace::Pace;
+use crate::source::{HttpOptions, SourceError};
 
 /// Bytes the front segment may queue beyond the reader's own pipe: one
 /// network chunk (a chunk larger than this takes all of it), so that its
@@ -68,10 +69,13 @@ const SLOW_ANSWERS: u32 = 2;
 pub(super) struct Plan {
     /// Bytes per segment; also what each connection may read ahead.
     pub segment: u64,
-    /// Auto mode: slow answers, or a stop asked through `read_ahead`, make
+    /// Auto mode: slow answers, or decompression setting the pace, make
     /// the rest of the file one segment.
     pub adaptive: bool,
-    pub read_ahead: ReadAhead,
+    /// Read to learn whether decompression sets the pace.
+    pub pace: Pace,
+    /// Connections to use (at least 1).
+    pub connections: usize,
 }
 
 /// Which budget a queued chunk took its permits from.
@@ -141,6 +145,7 @@ pub(super) async fn run(
 ) {
     let mut clients = Clients {
         url,
+        limit: plan.connections.max(1),
         made: vec![first],
         idle: vec![0],
         used: vec![false],
@@ -152,6 +157,8 @@ pub(super) async fn run(
 /// The download's HTTP clients, made as needed, and which are idle.
 struct Clients {
     url: String,
+    /// Most clients made.
+    limit: usize,
     made: Vec<Arc<Endpoint>>,
     /// Idle clients, the most recently used last: a segment goes to the
     /// connection that just finished one, whose buffers are already there.
@@ -161,12 +168,11 @@ struct Clients {
 }
 
 impl Clients {
-    /// An idle client (made if none is left and fewer than `opts.connections`
-    /// exist), and whether it has sent a request before.
+    /// An idle client (made if none is left and fewer than `limit` exist), and whether it has sent a request before.
     fn take(&mut self, opts: &HttpOptions) -> Result<(usize, Arc<Endpoint>, bool), SourceError> {
         let i = match self.idle.pop() {
             Some(i) => i,
-            None if self.made.len() < opts.connections.max(1) => {
+            None if self.made.len() < self.limit => {
                 self.made.push(Arc::new(Endpoint::new(&self.url, opts)?));
                 self.made.len() - 1
             }
@@ -278,7 +284,7 @@ async fn segmented(
             detail,
         })
     };
-    let connections = opts.connections.max(1);
+    let connections = plan.connections.max(1);
     let per_connection = usize::try_from(plan.segment).unwrap_or(usize::MAX);
     let ahead_total = per_connection
         .saturating_mul(connections - 1)
@@ -295,7 +301,7 @@ async fn segmented(
     let mut warmed = false;
     let mut in_flight: VecDeque<Segment> = VecDeque::with_capacity(connections);
     loop {
-        if plan.adaptive && segment < total && plan.read_ahead.stopped() {
+        if plan.adaptive && segment < total && plan.pace.decompressing() {
             tracing::debug!(
                 "{label}: decompression sets the pace; fetching the rest from byte {next} in one request"
             );

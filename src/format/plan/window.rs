@@ -1,17 +1,20 @@
-//! The reorder window: stream bytes whose mapping is not known yet.
+//! The window: stream bytes whose place is not known yet.
 //!
 //! qcow2 may store data before the L2 table that maps it (compressed images,
-//! up to ~120 KiB ahead), or everything before the L1 table (resized images).
-//! Such bytes are held here, keyed by host offset, until a table maps them or
-//! the mapping is complete (then they are garbage and dropped). The in-memory
-//! part is bounded by `limit`; beyond it the planner either fetches metadata
-//! with range reads (the decoder asks before holding), spills to a scratch file,
-//! or refuses, by [`SpillPolicy`].
+//! up to ~120 KiB ahead), or everything before the L1 table (resized images);
+//! other formats may put their block table after the blocks. Such bytes are
+//! held here, keyed by host offset, until a table places them or the mapping
+//! is complete (then they are garbage and dropped). The in-memory part is
+//! bounded by `limit`; beyond it the bytes spill to a scratch file, or the
+//! hold is refused, by [`SpillPolicy`]. (On a seekable source the decoder
+//! asks for its tables with range reads before it gets that far.)
 
 use std::collections::BTreeMap;
 
+use std::path::PathBuf;
+
 use super::spill::SpillFile;
-use super::{Qcow2Error, SpillPolicy};
+use super::{PlanError, SpillPolicy};
 
 /// Largest in-memory segment; bounds the copy done when a hole is freed inside one.
 const SEGMENT_MAX: usize = 64 << 10;
@@ -62,7 +65,7 @@ impl Window {
 
     /// Holds `bytes` found at host offset `host`. On overflow, moves the
     /// in-memory bytes to the scratch file, or fails if spilling is forbidden.
-    pub fn hold(&mut self, host: u64, bytes: &[u8]) -> Result<(), Qcow2Error> {
+    pub fn hold(&mut self, host: u64, bytes: &[u8]) -> Result<(), PlanError> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -90,34 +93,23 @@ impl Window {
         Ok(())
     }
 
-    fn spill_all(&mut self) -> Result<(), Qcow2Error> {
+    fn spill_all(&mut self) -> Result<(), PlanError> {
         let dir = match &self.policy {
-            SpillPolicy::Forbid => {
-                return Err(Qcow2Error::ScratchRequired(format!(
-                    "the image stores more than {} bytes of data before the tables that map it \
-                     and the source cannot be read out of order: scratch space is required \
-                     (allow spilling, or use a seekable source)",
-                    self.limit
-                )))
-            }
+            SpillPolicy::Forbid => return Err(PlanError::ScratchRequired { held: self.limit }),
             SpillPolicy::Dir(d) => d.clone(),
         };
-        if self.spill.is_none() {
-            self.spill = Some(SpillFile::create(&dir).map_err(|e| {
-                Qcow2Error::Invalid(format!(
-                    "cannot create a scratch file in {}: {e}",
-                    dir.display()
-                ))
-            })?);
-        }
-        let spill = self
-            .spill
-            .as_mut()
-            .ok_or_else(|| Qcow2Error::Invalid("no spill".into()))?;
+        let scratch = |what: &'static str, dir: &PathBuf| {
+            let dir = dir.clone();
+            move |source| PlanError::Scratch { what, dir, source }
+        };
+        let spill = match self.spill.take() {
+            Some(s) => self.spill.insert(s),
+            None => self
+                .spill
+                .insert(SpillFile::create(&dir).map_err(scratch("creating", &dir))?),
+        };
         for (host, seg) in std::mem::take(&mut self.mem) {
-            spill
-                .append(host, &seg)
-                .map_err(|e| Qcow2Error::Invalid(format!("writing scratch file: {e}")))?;
+            spill.append(host, &seg).map_err(scratch("writing", &dir))?;
             self.spilled_total += seg.len() as u64;
         }
         self.mem_bytes = 0;
@@ -127,7 +119,7 @@ impl Window {
     /// Copies the held bytes `[host, host + out.len())` into `out`. Returns
     /// false when any of them is not held (never arrived as unknown bytes,
     /// or was already used). With `release`, the bytes leave memory.
-    pub fn take(&mut self, host: u64, out: &mut [u8], release: bool) -> Result<bool, Qcow2Error> {
+    pub fn take(&mut self, host: u64, out: &mut [u8], release: bool) -> Result<bool, PlanError> {
         let Some(end) = host.checked_add(out.len() as u64) else {
             return Ok(false);
         };
@@ -172,12 +164,17 @@ impl Window {
                 gaps.push((cur, end));
             }
             for (a, b) in gaps {
-                let dst = out
-                    .get_mut((a - host) as usize..(b - host) as usize)
-                    .ok_or_else(|| Qcow2Error::Invalid("window bounds".into()))?;
-                let ok = spill
-                    .read(a, dst)
-                    .map_err(|e| Qcow2Error::Invalid(format!("reading scratch file: {e}")))?;
+                let Some(dst) = out.get_mut((a - host) as usize..(b - host) as usize) else {
+                    return Ok(false);
+                };
+                let ok = spill.read(a, dst).map_err(|source| PlanError::Scratch {
+                    what: "reading",
+                    dir: match &self.policy {
+                        SpillPolicy::Dir(d) => d.clone(),
+                        SpillPolicy::Forbid => PathBuf::new(),
+                    },
+                    source,
+                })?;
                 if !ok {
                     return Ok(false);
                 }
@@ -257,7 +254,7 @@ mod tests {
         let mut w = Window::new(100, SpillPolicy::Forbid);
         w.hold(0, &[1; 100]).expect("fits");
         let e = w.hold(100, &[1]).unwrap_err();
-        assert!(e.to_string().contains("scratch space is required"), "{e}");
+        assert!(matches!(e, PlanError::ScratchRequired { held: 100 }), "{e}");
     }
 
     #[test]

@@ -6,8 +6,6 @@
 //! files, and the progress metric parsed with the controller's regex.
 //! Disk contents are compared with `qemu-img convert -O raw`.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{make_ca_and_cert, Body, TestServer};
-use common::{first_difference, qcow2_create, qemu_io, qemu_raw, range_is, tempdir, LoopDevice};
+use crate::common::server::{make_ca_and_cert, Body, TestServer};
+use crate::common::{
+    first_difference, qcow2_create, qemu_io, qemu_raw, range_is, tempdir, LoopDevice,
+};
 
 const MIB: u64 = 1 << 20;
 const SUCCESS: &str =
@@ -135,7 +135,7 @@ impl Pod {
     /// Starts the pod; its stderr is drained from the start (a full pipe
     /// would block the child's logging).
     fn spawn(&self) -> Running {
-        let mut cmd = Command::new(common::bin());
+        let mut cmd = Command::new(crate::common::bin());
         // As CDI's image runs it: klog flags, one unknown, then -v.
         cmd.args(["cdi", "-alsologtostderr", "-some_future_flag=x", "-v=3"])
             .env_clear()
@@ -174,7 +174,7 @@ impl Pod {
             if let Some(st) = child.try_wait().expect("wait") {
                 break st;
             }
-            if start.elapsed() > common::TIMEOUT {
+            if start.elapsed() > crate::common::TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("pod run hung:\n{}", reader.join().unwrap_or_default());
@@ -317,7 +317,7 @@ fn filesystem_target_too_small() {
 /// A loop device over a file of `size` bytes filled with `fill`.
 fn loop_device(dir: &Path, size: u64, fill: u8) -> Option<(LoopDevice, PathBuf)> {
     let backing = dir.join("backing.img");
-    common::fill_file(&backing, size, fill);
+    crate::common::fill_file(&backing, size, fill);
     LoopDevice::attach(&backing).map(|l| (l, backing))
 }
 
@@ -756,7 +756,7 @@ fn l1_after_data_image(dir: &Path) -> (PathBuf, PathBuf) {
     let img = dir.join("grown.qcow2");
     qcow2_create(&img, 64 * MIB, "");
     qemu_io(&img, &["write -P 1 0 12M"]);
-    common::qemu_img(&["resize", "-q", img.to_str().expect("utf8"), "1G"]);
+    crate::common::qemu_img(&["resize", "-q", img.to_str().expect("utf8"), "1G"]);
     qemu_io(&img, &["write -P 2 900M 1M"]);
     let raw = qemu_raw(&img);
     (img, raw)
@@ -805,13 +805,17 @@ fn scrape(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn progress_metric_during_import() {
-    if !common::have_tool("curl") {
+    if !crate::common::have_tool("curl") {
         eprintln!("SKIP: curl is not installed");
         return;
     }
     let work = tempdir();
     let img = work.path().join("random.raw");
-    common::make_raw(&img, 6 * MIB, &[(0, 6 * MIB, common::Fill::Random(7))]);
+    crate::common::make_raw(
+        &img,
+        6 * MIB,
+        &[(0, 6 * MIB, crate::common::Fill::Random(7))],
+    );
     // 6 MiB at 1.5 MiB/s: about four seconds of import to watch.
     let srv = TestServer::builder(Body::file(&img))
         .rate_limit(3 * MIB / 2)
@@ -878,7 +882,7 @@ fn busy_metrics_port_does_not_stop_the_import() {
 fn invoked_as_cdi_importer() {
     let dir = tempdir();
     let link = dir.path().join("cdi-importer");
-    std::os::unix::fs::symlink(common::bin(), &link).expect("symlink");
+    std::os::unix::fs::symlink(crate::common::bin(), &link).expect("symlink");
     let pod = Pod::new();
     let out = Command::new(&link)
         .args(["-alsologtostderr", "-v=1"])
@@ -919,7 +923,7 @@ struct SmallFs(PathBuf);
 
 impl SmallFs {
     fn mount(at: &Path, size: &str) -> Option<SmallFs> {
-        if !common::is_root() {
+        if !crate::common::is_root() {
             eprintln!("SKIP: mounting a small tmpfs needs root");
             return None;
         }
@@ -949,7 +953,11 @@ fn full_volume_is_reported_with_the_controller_wording() {
     // too-small volume shows up as ENOSPC while writing.
     let work = tempdir();
     let img = work.path().join("random.raw");
-    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(3))]);
+    crate::common::make_raw(
+        &img,
+        8 * MIB,
+        &[(0, 8 * MIB, crate::common::Fill::Random(3))],
+    );
     let srv = TestServer::builder(Body::file(&img))
         .omit_content_length(true)
         .ranges(false)
@@ -975,7 +983,11 @@ fn full_volume_is_reported_with_the_controller_wording() {
 fn sigterm_never_reports_success() {
     let work = tempdir();
     let img = work.path().join("random.raw");
-    common::make_raw(&img, 8 * MIB, &[(0, 8 * MIB, common::Fill::Random(5))]);
+    crate::common::make_raw(
+        &img,
+        8 * MIB,
+        &[(0, 8 * MIB, crate::common::Fill::Random(5))],
+    );
     let srv = TestServer::builder(Body::file(&img))
         .rate_limit(MIB)
         .start();

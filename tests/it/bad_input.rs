@@ -12,16 +12,14 @@
 //! L2 entry past the end, an L1 entry pointing at the L1 table) without complaint, so the
 //! expectation here is streamdisk's stricter one: refuse rather than invent zeros.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::matrix::SourceKind;
-use common::qcow2::{self, off, patch, patch_u32, patch_u64, read_header, read_u64};
-use common::server::{Body, TestServer};
-use common::{make_raw, qcow2_create, qcow2_from_raw, qemu_img, qemu_io, wrap, Fill, Input};
-use common::{MemCgroup, Streamdisk, Wrapper};
+use crate::common::matrix::SourceKind;
+use crate::common::qcow2::{self, off, patch, patch_u32, patch_u64, read_header, read_u64};
+use crate::common::server::{Body, TestServer};
+use crate::common::{make_raw, qcow2_create, qcow2_from_raw, qemu_img, qemu_io, wrap, Fill, Input};
+use crate::common::{MemCgroup, Streamdisk, Wrapper};
 
 const MIB: u64 = 1 << 20;
 /// Memory limit for every refusal (issue 3: "refused under a 64 MiB cgroup").
@@ -46,7 +44,7 @@ const FILE_STDIN_HTTP: &[SourceKind] =
 
 /// Runs one case from one source; `Err` describes what went wrong.
 fn refuse_once(case: &Case, source: SourceKind) -> Result<(), String> {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let target = dir.path().join("target.raw");
     let _server;
     let src: String = match source {
@@ -188,7 +186,7 @@ fn case(
 /// feature bits, short header length.
 #[test]
 fn refuses_bad_headers() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let base = base_plain(d);
     let file_len = fs::metadata(&base).unwrap().len();
@@ -211,7 +209,7 @@ fn refuses_bad_headers() {
 
     let garbage = d.join("garbage.qcow2");
     let mut g = b"QFI\xfb".to_vec();
-    let mut rng = common::SplitMix(77);
+    let mut rng = crate::common::SplitMix(77);
     let mut rest = vec![0u8; (MIB) as usize];
     rng.fill(&mut rest);
     g.extend_from_slice(&rest);
@@ -281,7 +279,7 @@ fn refuses_bad_headers() {
 /// Backing files, encryption (AES, LUKS) and external data files are refused by name.
 #[test]
 fn refuses_unsupported_features() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let mut cases = Vec::new();
 
@@ -348,7 +346,7 @@ fn refuses_unsupported_features() {
 /// Broken L1/L2 tables and data cluster pointers.
 #[test]
 fn refuses_bad_tables() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let base = base_plain(d);
     let h = read_header(&base);
@@ -450,7 +448,7 @@ fn refuses_bad_tables() {
 /// valid deflate stream that decompresses to less than one cluster.
 #[test]
 fn refuses_bad_compressed_clusters() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let mut cases = Vec::new();
     for ctype in ["zlib", "zstd"] {
@@ -538,7 +536,7 @@ fn refuses_bad_compressed_clusters() {
 /// the end; and truncated gzip/xz/zstd wrappers (around qcow2 and around raw).
 #[test]
 fn refuses_truncated_streams() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let base = base_plain(d);
     let h = read_header(&base);
@@ -633,7 +631,7 @@ fn refuses_truncated_streams() {
 /// Garbage after a wrapper's magic bytes.
 #[test]
 fn refuses_corrupt_wrappers() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let mut cases = Vec::new();
     for (name, magic) in [
@@ -644,7 +642,7 @@ fn refuses_corrupt_wrappers() {
         let p = d.join(format!("garbage.{name}"));
         let mut bytes = magic.to_vec();
         let mut rest = vec![0u8; 256 * 1024];
-        common::SplitMix(5).fill(&mut rest);
+        crate::common::SplitMix(5).fill(&mut rest);
         bytes.extend_from_slice(&rest);
         fs::write(&p, bytes).unwrap();
         let words: &'static [&'static str] = match name {
@@ -668,7 +666,7 @@ fn refuses_corrupt_wrappers() {
 /// virtual size.
 #[test]
 fn refusals_do_not_write_past_virtual_size_on_a_device() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let d = dir.path();
     let base = base_plain(d);
     let h = read_header(&base);
@@ -691,15 +689,15 @@ fn refusals_do_not_write_past_virtual_size_on_a_device() {
     let vsize = h.size;
     for img in [bad_ptr, cut] {
         let backing = d.join("dev.img");
-        common::fill_file(&backing, vsize + MIB, common::matrix::STALE);
-        let Some(lo) = common::LoopDevice::attach(&backing) else {
+        crate::common::fill_file(&backing, vsize + MIB, crate::common::matrix::STALE);
+        let Some(lo) = crate::common::LoopDevice::attach(&backing) else {
             return;
         };
         let run = Streamdisk::convert(&img, &lo.dev).run();
         drop(lo);
         run.assert_refused(&[]);
         assert!(
-            common::range_is(&backing, vsize, MIB, common::matrix::STALE),
+            crate::common::range_is(&backing, vsize, MIB, crate::common::matrix::STALE),
             "{}: bytes past the virtual size were written",
             img.display()
         );

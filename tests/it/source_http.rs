@@ -2,14 +2,14 @@
 //! server: open the source, read everything, compare with the served bytes,
 //! and check the server's request log for what was asked and sent.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::server::{make_ca_and_cert, Body, RequestRecord, TestServer};
-use streamdisk::source::{self, HttpOptions, OpenedSource, SourceSpec};
-use streamdisk::unwrap::{unwrap, Wrapper};
+use crate::common::server::{make_ca_and_cert, Body, RequestRecord, TestServer};
+use streamdisk::format::{identify, Signature};
+use streamdisk::pace::Pace;
+use streamdisk::source::{self, Connections, HttpOptions, OpenContext, OpenedSource, SourceSpec};
+use streamdisk::unwrap::{decoder, Wrapper};
 
 /// A runtime for the network tasks; the test thread plays the pipeline's
 /// blocking thread.
@@ -45,12 +45,29 @@ fn sample(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+fn spec(url: &str) -> SourceSpec {
+    SourceSpec::parse(url).expect("a valid URL")
+}
+
 fn open(
     url: &str,
     opts: &HttpOptions,
     rt: &tokio::runtime::Runtime,
 ) -> Result<OpenedSource, String> {
-    source::open(&SourceSpec::Http(url.to_string()), opts, rt.handle()).map_err(|e| e.to_string())
+    source::open(&spec(url), opts, rt.handle()).map_err(|e| streamdisk::error_chain(&e))
+}
+
+/// Opens with a pace the test can read and set, as the pipeline does.
+fn open_paced(url: &str, opts: &HttpOptions, rt: &tokio::runtime::Runtime) -> (OpenedSource, Pace) {
+    let pace = Pace::new();
+    let src = spec(url)
+        .open(&OpenContext {
+            http: opts,
+            rt: rt.handle(),
+            pace: &pace,
+        })
+        .expect("open");
+    (src, pace)
 }
 
 /// Opens and reads to the end; the error is the message a user would see.
@@ -501,7 +518,10 @@ fn url_credentials_are_used_but_never_displayed() {
     let rt = runtime();
     let mut src = open(&url, &fast_opts(), &rt).expect("URL credentials work");
     assert_eq!(src.display, srv.url("/x"));
-    assert!(!SourceSpec::parse(&url).display().contains("hunter2"));
+    assert!(!SourceSpec::parse(&url)
+        .expect("url")
+        .display()
+        .contains("hunter2"));
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("read");
     assert!(got == body);
@@ -680,7 +700,7 @@ fn parallel_segments_deliver_identical_bytes_in_order() {
     let srv = TestServer::serve(Body::mem(body.clone()));
     let segment = 64 << 10;
     let opts = HttpOptions {
-        connections: 4,
+        connections: Connections::Fixed(4),
         segment_size: segment,
         ..fast_opts()
     };
@@ -716,7 +736,7 @@ fn parallel_segments_resume_after_drops() {
         .drop_after(vec![u64::MAX, 1_000, 5_000, 30_000, 7])
         .start();
     let opts = HttpOptions {
-        connections: 4,
+        connections: Connections::Fixed(4),
         segment_size: 100_000,
         ..fast_opts()
     };
@@ -746,8 +766,8 @@ fn wrappers_unwrap_over_http() {
             .start();
         let rt = runtime();
         let src = open(&srv.url("/x"), &fast_opts(), &rt).expect("open");
-        let (found, mut reader) = unwrap(src.reader).expect("unwrap");
-        assert_eq!(found, wrapper);
+        assert_eq!(identify(&bytes), Signature::Wrapper(wrapper));
+        let mut reader = decoder(wrapper, src.reader).expect("decoder");
         let mut got = Vec::new();
         reader.read_to_end(&mut got).expect("decode");
         assert!(got == raw, "{wrapper} round trip");
@@ -755,7 +775,7 @@ fn wrappers_unwrap_over_http() {
         if wrapper != Wrapper::Zstd {
             let cut = TestServer::serve(Body::mem(bytes[..bytes.len() * 2 / 3].to_vec()));
             let src = open(&cut.url("/x"), &fast_opts(), &rt).expect("open");
-            let (_, mut reader) = unwrap(src.reader).expect("unwrap");
+            let mut reader = decoder(wrapper, src.reader).expect("decoder");
             let err = reader.read_to_end(&mut Vec::new()).expect_err("truncated");
             assert!(
                 !err.to_string().is_empty(),
@@ -795,7 +815,7 @@ fn file_source_reads_and_range_reads() {
     file.write_all(&body).expect("write");
     let rt = runtime();
     let mut src = source::open(
-        &SourceSpec::File(file.path().to_path_buf()),
+        &SourceSpec::parse(file.path().to_str().expect("utf8")).expect("path"),
         &HttpOptions::default(),
         rt.handle(),
     )
@@ -810,7 +830,7 @@ fn file_source_reads_and_range_reads() {
     assert!(got == body, "range reads must not move the stream");
 
     let err = source::open(
-        &SourceSpec::File("/nonexistent/image.qcow2".into()),
+        &SourceSpec::parse("/nonexistent/image.qcow2").expect("path"),
         &HttpOptions::default(),
         rt.handle(),
     )
@@ -849,8 +869,8 @@ fn works_from_a_spawn_blocking_thread() {
     let handle = rt.handle().clone();
     let got = rt
         .block_on(rt.spawn_blocking(move || {
-            let mut src = source::open(&SourceSpec::Http(url), &fast_opts(), &handle)
-                .map_err(|e| e.to_string())?;
+            let mut src = source::open(&spec(&url), &fast_opts(), &handle)
+                .map_err(|e| streamdisk::error_chain(&e))?;
             let mut out = Vec::new();
             src.reader
                 .read_to_end(&mut out)
@@ -994,7 +1014,7 @@ fn http2_is_negotiated_when_offered() {
     // Segments over HTTP/2 still use one connection each, so that
     // per-connection throughput caps are multiplied.
     let opts = HttpOptions {
-        connections: 4,
+        connections: Connections::Fixed(4),
         segment_size: 64 << 10,
         ..opts
     };
@@ -1054,8 +1074,8 @@ fn auto_mode_segments_large_files_over_two_connections() {
     let body = sample(AUTO_MIN + 3 * SEGMENT + 4567, 40);
     let srv = TestServer::serve(Body::mem(body.clone()));
     let rt = runtime();
-    let mut src = open(&srv.url("/big"), &fast_opts(), &rt).expect("open");
-    assert!(src.read_ahead.is_some(), "a large file is segmented");
+    let (mut src, pace) = open_paced(&srv.url("/big"), &fast_opts(), &rt);
+    assert!(pace.reads_ahead(), "a large file is segmented");
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("download");
     assert!(got == body, "bytes differ");
@@ -1083,8 +1103,8 @@ fn auto_mode_segments_large_files_over_two_connections() {
     let small = sample(300_000, 41);
     let srv = TestServer::serve(Body::mem(small.clone()));
     let rt = runtime();
-    let mut src = open(&srv.url("/small"), &fast_opts(), &rt).expect("open");
-    assert!(src.read_ahead.is_none());
+    let (mut src, pace) = open_paced(&srv.url("/small"), &fast_opts(), &rt);
+    assert!(!pace.reads_ahead());
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("download");
     assert!(got == small);
@@ -1097,9 +1117,10 @@ fn auto_mode_stops_reading_ahead_when_told() {
     let body = sample(AUTO_MIN + 5 * SEGMENT, 42);
     let srv = TestServer::serve(Body::mem(body.clone()));
     let rt = runtime();
-    let mut src = open(&srv.url("/big"), &fast_opts(), &rt).expect("open");
+    let (mut src, pace) = open_paced(&srv.url("/big"), &fast_opts(), &rt);
+    assert!(pace.reads_ahead(), "segmented");
     // What the pipeline does when it finds a wrapper or a compressed cluster.
-    src.read_ahead.as_ref().expect("segmented").stop();
+    pace.set_decompressing();
     let mut got = Vec::new();
     src.reader.read_to_end(&mut got).expect("download");
     assert!(got == body, "bytes differ");
@@ -1169,7 +1190,7 @@ fn explicit_connection_count_is_kept_for_slow_answers() {
         .answer_delay(Duration::from_millis(15))
         .start();
     let opts = HttpOptions {
-        connections: 2,
+        connections: Connections::Fixed(2),
         segment_size: 64 << 10,
         ..fast_opts()
     };

@@ -3,16 +3,12 @@
 //! correct target, and an HTTP body cut several times is resumed seamlessly
 //! through the whole pipeline (decoder, checksum and writer carry on).
 
-#![allow(dead_code)]
-
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{Body, TestServer};
-use common::{assert_same_bytes, bin, make_raw, qcow2_from_raw, qemu_raw, tempdir, Fill};
+use crate::common::server::{Body, TestServer};
+use crate::common::{assert_same_bytes, bin, make_raw, qcow2_from_raw, qemu_raw, tempdir, Fill};
 
 /// A 24 MiB qcow2 of incompressible data (so the download dominates) with a
 /// zero hole in the middle.

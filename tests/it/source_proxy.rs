@@ -2,12 +2,10 @@
 //! as CDI passes it to the importer pod. A test binary of its own, because
 //! it changes process-wide environment variables.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::server::{Body, TestServer};
+use crate::common::server::{Body, TestServer};
 use streamdisk::source::{self, HttpOptions, SourceSpec};
 
 fn fetch(url: &str) -> Result<Vec<u8>, String> {
@@ -17,8 +15,8 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
         max_attempts: 2,
         ..HttpOptions::default()
     };
-    let mut src = source::open(&SourceSpec::Http(url.to_string()), &opts, rt.handle())
-        .map_err(|e| e.to_string())?;
+    let mut src = source::open(&SourceSpec::parse(url).expect("url"), &opts, rt.handle())
+        .map_err(|e| streamdisk::error_chain(&e))?;
     let mut out = Vec::new();
     src.reader
         .read_to_end(&mut out)

@@ -30,7 +30,7 @@ pub enum ArchiveError {
     Escapes(String),
     #[error("archive member {0:?} passes through a symbolic link")]
     ThroughSymlink(String),
-    #[error("unable to untar files from endpoint: {context}: {source}")]
+    #[error("unable to untar files from endpoint: {context}")]
     Io {
         context: String,
         #[source]
@@ -293,7 +293,6 @@ fn make_writable(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     /// Appends a member with an arbitrary (possibly hostile) name, bypassing
     /// the builder's own path checks.
@@ -319,8 +318,7 @@ mod tests {
     }
 
     fn extract_bytes(tar: &[u8], dest: &Path) -> Result<ExtractStats, ArchiveError> {
-        let input: Box<dyn io::BufRead + Send> = Box::new(io::Cursor::new(tar.to_vec()));
-        let (_, mut r) = crate::unwrap::unwrap(input).expect("unwrap");
+        let mut r = io::Cursor::new(tar.to_vec());
         extract(&mut r, dest)
     }
 
@@ -405,32 +403,6 @@ mod tests {
         extract_bytes(&b.into_inner().expect("tar"), dir.path()).expect("extract");
         assert_eq!(fs::read(&victim).expect("read"), b"keep");
         assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"new");
-    }
-
-    #[test]
-    fn compressed_archives() {
-        let mut b = tar::Builder::new(Vec::new());
-        raw_member(&mut b, "f", EntryType::Regular, "", &[7u8; 5000]);
-        let tar = b.into_inner().expect("tar");
-        let gz = {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(&tar).expect("gz");
-            e.finish().expect("gz")
-        };
-        let xz = {
-            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
-            e.write_all(&tar).expect("xz");
-            e.finish().expect("xz")
-        };
-        let zst = zstd::encode_all(&tar[..], 1).expect("zstd");
-        for data in [gz, xz, zst] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            extract_bytes(&data, dir.path()).expect("extract");
-            assert_eq!(
-                fs::read(dir.path().join("f")).expect("read"),
-                vec![7u8; 5000]
-            );
-        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! checked by reading the header and tables (tests/common/qcow2.rs) before converting, so
 //! the test cannot silently degrade into the friendly layout. Ranges that read as zero but
 //! still have host clusters behind them are filled with 0xEE first (see
-//! `common::poison_zero_ranges`), so a decoder that ignores zero flags or subcluster bitmaps
+//! `crate::common::poison_zero_ranges`), so a decoder that ignores zero flags or subcluster bitmaps
 //! is caught.
 //!
 //! Sources: file, HTTP with Range, HTTP without Range, stdin (a pipe), and gzip/xz/zstd
@@ -15,14 +15,12 @@
 //! Also: the spill path (non-seekable source of an L1-at-end image with `--scratch DIR`
 //! succeeds and leaves DIR empty), the refusal path (`--no-spill`), and a 1 TiB stress image.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::matrix::{assert_no_failures, convert_once, run_matrix, SourceKind, TargetKind};
-use common::qcow2::{layout, read_header};
-use common::{
+use crate::common::matrix::{assert_no_failures, convert_once, run_matrix, SourceKind, TargetKind};
+use crate::common::qcow2::{layout, read_header};
+use crate::common::{
     make_raw, poison_zero_ranges, qcow2_create, qcow2_from_raw, qemu_img, qemu_io, qemu_raw, wrap,
     Fill, Input, Streamdisk, Wrapper,
 };
@@ -144,13 +142,13 @@ fn build_l2_after_data(dir: &Path) -> PathBuf {
 
 #[test]
 fn layout_l1_after_data() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     check_all_sources("L1 after data", &build_l1_after_data(dir.path()));
 }
 
 #[test]
 fn layout_l1_at_end() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     check_all_sources(
         "L1 at end, within the reorder window",
         &build_l1_at_end(dir.path(), "l1-end-small.qcow2", 8 * MIB, "64M", "24k"),
@@ -167,7 +165,7 @@ fn layout_l1_at_end() {
 /// byte chunking varies from run to run, so that source is tried a few times.
 #[test]
 fn layout_interleaved_l2_tables_l1_at_end() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("interleaved.qcow2");
     qcow2_create(&img, 4 << 30, "cluster_size=4096");
     let cmds: Vec<String> = (0..2048u64)
@@ -225,7 +223,7 @@ fn layout_interleaved_l2_tables_l1_at_end() {
 /// the reorder window's job.
 #[test]
 fn layout_compressed_data_before_its_l2() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let raw = dir.path().join("cz.raw");
     let regions: Vec<(u64, u64, Fill)> = (0..24u64)
         .filter(|i| i % 3 != 2)
@@ -251,13 +249,13 @@ fn layout_compressed_data_before_its_l2() {
 
 #[test]
 fn layout_l2_after_data() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     check_all_sources("L2 after data", &build_l2_after_data(dir.path()));
 }
 
 #[test]
 fn layout_preallocation() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     for mode in ["metadata", "falloc", "full"] {
         let img = dir.path().join(format!("prealloc-{mode}.qcow2"));
         qcow2_create(&img, 4 * MIB, &format!("preallocation={mode}"));
@@ -276,7 +274,7 @@ fn layout_preallocation() {
 /// COWed (L2 tables copied after the data they map).
 #[test]
 fn layout_internal_snapshots() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("snap.qcow2");
     qcow2_create(&img, 8 * MIB, "cluster_size=65536");
     qemu_io(&img, &["write -P 0x51 0 1M", "write -P 0x52 5M 64k"]);
@@ -293,7 +291,7 @@ fn layout_internal_snapshots() {
 /// which does not matter for reading.
 #[test]
 fn layout_dirty_lazy_refcounts() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("dirty.qcow2");
     qcow2_create(&img, 4 * MIB, "lazy_refcounts=on");
     qemu_io(
@@ -309,7 +307,7 @@ fn layout_dirty_lazy_refcounts() {
 /// Version 2 images (compat=0.10): no zero flags, 72-byte header.
 #[test]
 fn layout_compat_0_10() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("v2.qcow2");
     qcow2_create(&img, 4 * MIB, "compat=0.10");
     qemu_io(
@@ -332,7 +330,7 @@ fn layout_compat_0_10() {
 /// Cluster sizes from 512 B to 2 MiB, with writes crossing L2 table boundaries.
 #[test]
 fn layout_cluster_sizes() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     for bits in 9..=21u32 {
         let cs = 1u64 << bits;
         let img = dir.path().join(format!("cs{cs}.qcow2"));
@@ -358,7 +356,7 @@ fn layout_cluster_sizes() {
 /// Extended L2 entries: subclusters allocated, zero and unallocated within one cluster.
 #[test]
 fn layout_extended_l2() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     for cs in [16384u64, 65536, 2 * MIB] {
         let img = dir.path().join(format!("ext{cs}.qcow2"));
         qcow2_create(&img, 8 * MIB, &format!("extended_l2=on,cluster_size={cs}"));
@@ -390,7 +388,7 @@ fn layout_extended_l2() {
 /// Compressed clusters with zstd and zlib.
 #[test]
 fn layout_compression_types() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let raw = dir.path().join("ct.raw");
     make_raw(
         &raw,
@@ -422,7 +420,7 @@ fn layout_compression_types() {
 /// v3 zero flags, with and without a host cluster behind them.
 #[test]
 fn layout_v3_zero_flags() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("zero.qcow2");
     qcow2_create(&img, 8 * MIB, "");
     qemu_io(
@@ -443,7 +441,7 @@ fn layout_v3_zero_flags() {
 /// Virtual sizes that are not a multiple of the cluster size.
 #[test]
 fn layout_odd_virtual_sizes() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     for (size, cs) in [
         (5 * MIB + 512, 65536u64),
         (MIB + 3584, 2 * MIB),
@@ -475,7 +473,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 /// succeeds and DIR is empty afterwards.
 #[test]
 fn spill_with_scratch_dir() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = build_l1_at_end(dir.path(), "spill.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
     let xz = wrap(&img, Wrapper::Xz);
@@ -487,7 +485,7 @@ fn spill_with_scratch_dir() {
         cases.push((xz, SourceKind::File));
     }
     for (input, source) in cases {
-        let scratch = common::tempdir();
+        let scratch = crate::common::tempdir();
         let s = scratch.path().to_str().unwrap().to_string();
         convert_once(
             &input,
@@ -501,7 +499,7 @@ fn spill_with_scratch_dir() {
         assert!(left.is_empty(), "scratch dir not emptied: {left:?}");
     }
     // The spill and its size are reported.
-    let scratch = common::tempdir();
+    let scratch = crate::common::tempdir();
     let out = dir.path().join("reported.raw");
     let run = Streamdisk::convert("-", &out)
         .arg("--scratch")
@@ -509,7 +507,7 @@ fn spill_with_scratch_dir() {
         .input(Input::Pipe(img.clone()))
         .run();
     run.assert_ok();
-    common::assert_same_bytes(&out, &oracle);
+    crate::common::assert_same_bytes(&out, &oracle);
     assert!(
         run.stderr.to_ascii_lowercase().contains("spill"),
         "the spill is not reported: {}",
@@ -522,7 +520,7 @@ fn spill_with_scratch_dir() {
 /// space is required; a seekable source of the same image still succeeds.
 #[test]
 fn no_spill_refuses_non_seekable() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = build_l1_at_end(dir.path(), "nospill.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
     // Stdin.
@@ -533,7 +531,7 @@ fn no_spill_refuses_non_seekable() {
         .run();
     run.assert_refused(&["scratch"]);
     // HTTP without Range.
-    let srv = common::server::TestServer::builder(common::server::Body::file(&img))
+    let srv = crate::common::server::TestServer::builder(crate::common::server::Body::file(&img))
         .ranges(false)
         .start();
     let run = Streamdisk::convert(srv.url("/i.qcow2"), dir.path().join("o2"))
@@ -560,16 +558,16 @@ fn no_spill_refuses_non_seekable() {
 /// alone, spilling like a source without ranges; with `--no-spill` it says scratch is needed.
 #[test]
 fn range_refusing_server_falls_back_to_the_stream() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = build_l1_at_end(dir.path(), "liar.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
-    let srv = common::server::TestServer::builder(common::server::Body::file(&img))
+    let srv = crate::common::server::TestServer::builder(crate::common::server::Body::file(&img))
         .ignore_range(true)
         .start();
     let out = dir.path().join("o");
     let run = Streamdisk::convert(srv.url("/liar.qcow2"), &out).run();
     run.assert_ok();
-    common::assert_same_bytes(&out, &oracle);
+    crate::common::assert_same_bytes(&out, &oracle);
     assert!(
         run.stderr.contains("continuing with the stream alone"),
         "the fallback is reported: {}",
@@ -585,15 +583,15 @@ fn range_refusing_server_falls_back_to_the_stream() {
 /// server sends stay well under twice the file size.
 #[test]
 fn range_source_does_not_download_twice() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = build_l1_at_end(dir.path(), "once.qcow2", 32 * MIB, "256M", "1M");
     let oracle = qemu_raw(&img);
-    let srv = common::server::TestServer::serve(common::server::Body::file(&img));
+    let srv = crate::common::server::TestServer::serve(crate::common::server::Body::file(&img));
     let out = dir.path().join("o");
     Streamdisk::convert(srv.url("/once.qcow2"), &out)
         .run()
         .assert_ok();
-    common::assert_same_bytes(&out, &oracle);
+    crate::common::assert_same_bytes(&out, &oracle);
     let size = fs::metadata(&img).unwrap().len();
     let sent = srv.body_bytes_sent();
     assert!(
@@ -611,7 +609,7 @@ fn range_source_does_not_download_twice() {
 /// qemu-img's sparse output. (A few seconds per source: the zero ranges are holes.)
 #[test]
 fn stress_1tib_l1_at_end() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let img = dir.path().join("huge.qcow2");
     qcow2_create(&img, 512 << 30, "cluster_size=65536");
     let mut cmds = Vec::new();
@@ -644,9 +642,11 @@ fn stress_1tib_l1_at_end() {
             SourceKind::File => input.to_str().unwrap().to_string(),
             SourceKind::Stdin => "-".to_string(),
             _ => {
-                let s = common::server::TestServer::builder(common::server::Body::file(&input))
-                    .ranges(source == SourceKind::HttpRange)
-                    .start();
+                let s = crate::common::server::TestServer::builder(
+                    crate::common::server::Body::file(&input),
+                )
+                .ranges(source == SourceKind::HttpRange)
+                .start();
                 let u = s.url("/huge.qcow2");
                 _server = s;
                 u
@@ -657,7 +657,7 @@ fn stress_1tib_l1_at_end() {
         } else {
             Input::Null
         };
-        let cg = common::MemCgroup::new(64 << 20);
+        let cg = crate::common::MemCgroup::new(64 << 20);
         let mut cmd = Streamdisk::convert(&src, &out)
             .input(inp)
             .timeout(std::time::Duration::from_secs(600));
@@ -688,7 +688,7 @@ fn stress_1tib_l1_at_end() {
         let len = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         if len != 1 << 40 {
             failures.push(format!("* {what}: target size {len}, expected 1 TiB"));
-        } else if let Some(off) = common::first_difference(&out, &oracle, 1 << 40) {
+        } else if let Some(off) = crate::common::first_difference(&out, &oracle, 1 << 40) {
             failures.push(format!("* {what}: differs from qemu-img's at offset {off}"));
         }
     }
@@ -700,7 +700,7 @@ fn stress_1tib_l1_at_end() {
 /// 32 MiB memory cgroup (page cache included). Not a speed test; the peak is printed.
 #[test]
 fn bounded_memory_under_cgroup() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let raw = dir.path().join("mem.raw");
     make_raw(
         &raw,
@@ -717,7 +717,7 @@ fn bounded_memory_under_cgroup() {
     assert!(layout(&img).l1_after_data());
     let oracle = qemu_raw(&img);
     for source in [SourceKind::HttpRange, SourceKind::Stdin, SourceKind::File] {
-        let Some(cg) = common::MemCgroup::new(32 << 20) else {
+        let Some(cg) = crate::common::MemCgroup::new(32 << 20) else {
             return;
         };
         let out = dir.path().join("mem.out");
@@ -727,7 +727,9 @@ fn bounded_memory_under_cgroup() {
             SourceKind::File => img.to_str().unwrap().to_string(),
             SourceKind::Stdin => "-".to_string(),
             _ => {
-                let s = common::server::TestServer::serve(common::server::Body::file(&img));
+                let s = crate::common::server::TestServer::serve(
+                    crate::common::server::Body::file(&img),
+                );
                 let u = s.url("/mem.qcow2");
                 _server = s;
                 u
@@ -748,6 +750,6 @@ fn bounded_memory_under_cgroup() {
             cg.peak().unwrap_or(0) / 1024,
             run.elapsed
         );
-        common::assert_same_sparse(&out, &oracle);
+        crate::common::assert_same_sparse(&out, &oracle);
     }
 }

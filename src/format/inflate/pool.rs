@@ -1,4 +1,5 @@
-//! Compressed clusters decompressed on a small worker pool.
+//! Compressed units (qcow2 clusters, VMDK grains) decompressed on a small
+//! worker pool.
 //!
 //! Inflating is the decoder's main CPU cost on compressed images (cloud images
 //! are made with `qemu-img convert -c`), and one core cannot keep up with a
@@ -6,47 +7,48 @@
 //! collected strictly in submission order, so extents reach the sink in the
 //! same order as without the pool. In-flight jobs are bounded by bytes
 //! (`INFLIGHT_BYTES` of output), which keeps the memory budget whatever the
-//! cluster size. With one thread (or none available) it runs inline.
+//! unit size. With one thread (or none available) it runs inline.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::decompress::Decompressor;
-use super::header::CompressionType;
+use super::codec::{Codec, Decompressor, InflateError};
 
-/// Output bytes in flight at most. 512 KiB (8 clusters of 64 KiB) keeps both
-/// cores busy: on the zlib rootfs image of BENCHMARKS.md over loopback HTTP,
-/// 1 MiB ran as fast as 4 MiB (1.96-2.09 s against 2.04-2.33 s, 3 runs each)
-/// with a cgroup peak of 30 MiB instead of 37 MiB; later, 512 KiB ran as fast
-/// as 1 MiB (2.37-2.58 s against 2.22-2.58 s) with a peak of 22 MiB instead
-/// of 24 MiB.
+/// Output bytes in flight at most: 512 KiB (8 units of 64 KiB) keeps both
+/// cores busy at the smallest peak (BENCHMARKS.md, "Tuning").
 const INFLIGHT_BYTES: u64 = 512 << 10;
 /// Workers at most (more does not help a single stream).
 const MAX_THREADS: usize = 4;
 
-/// One compressed cluster to decompress.
+/// One compressed unit to decompress.
 pub struct Job {
+    /// Host offset of the compressed bytes.
     pub host: u64,
+    /// Guest offset of the unit.
     pub guest: u64,
+    /// The compressed bytes (possibly followed by unrelated ones).
     pub input: Vec<u8>,
+    /// The unit, once decompressed; its length is the unit's size.
     pub out: Vec<u8>,
 }
 
-/// A finished job: the cluster in `out`, or why it failed.
+/// A finished job: the unit in `out`, or why it failed.
 pub struct Done {
+    /// The job, with its buffers.
     pub job: Job,
     /// Input bytes consumed, or the error.
-    pub result: Result<usize, String>,
+    pub result: Result<usize, InflateError>,
 }
 
 type Queue = Arc<Mutex<Receiver<(Job, Sender<Done>)>>>;
 
+/// The workers and the jobs in flight.
 pub struct Pool {
-    kind: CompressionType,
+    codec: Codec,
     started: bool,
-    cluster_size: usize,
+    unit_size: usize,
     max_inflight: usize,
     /// Inline decompressor when there are no workers.
     inline: Option<Decompressor>,
@@ -57,17 +59,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for clusters of `cluster_size`; threads start with the first job,
-    /// so images without compressed clusters never spawn any.
-    pub fn new(kind: CompressionType, cluster_size: u64) -> Result<Pool, String> {
-        let max_inflight = (INFLIGHT_BYTES / cluster_size.max(1)).clamp(2, 64) as usize;
-        let cs = usize::try_from(cluster_size).map_err(|_| "cluster size".to_string())?;
+    /// A pool for units of at most `unit_size` bytes; threads start with
+    /// the first job, so images without compressed units never spawn any.
+    pub fn new(codec: Codec, unit_size: usize) -> Result<Pool, InflateError> {
+        let max_inflight = (INFLIGHT_BYTES / (unit_size.max(1) as u64)).clamp(2, 64) as usize;
         // Fail early (at the header) if the decompressor cannot be set up.
-        Decompressor::new(kind)?;
+        Decompressor::new(codec)?;
         Ok(Pool {
-            kind,
+            codec,
             started: false,
-            cluster_size: cs,
+            unit_size,
             max_inflight,
             inline: None,
             tx: None,
@@ -77,7 +78,7 @@ impl Pool {
         })
     }
 
-    fn start(&mut self) -> Result<(), String> {
+    fn start(&mut self) -> Result<(), InflateError> {
         self.started = true;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -87,9 +88,9 @@ impl Pool {
             let rx: Queue = Arc::new(Mutex::new(rx));
             for i in 0..threads {
                 let rx = Arc::clone(&rx);
-                let mut d = Decompressor::new(self.kind)?;
+                let mut d = Decompressor::new(self.codec)?;
                 let h = std::thread::Builder::new()
-                    .name(format!("qcow2-inflate-{i}"))
+                    .name(format!("sd-inflate-{i}"))
                     .spawn(move || worker(&rx, &mut d));
                 match h {
                     Ok(h) => self.handles.push(h),
@@ -104,7 +105,7 @@ impl Pool {
                 return Ok(());
             }
         }
-        self.inline = Some(Decompressor::new(self.kind)?);
+        self.inline = Some(Decompressor::new(self.codec)?);
         Ok(())
     }
 
@@ -128,11 +129,20 @@ impl Pool {
         self.recycle(job.out);
     }
 
-    /// Submits a cluster. Returns the oldest results that had to be
-    /// collected to stay within the in-flight bound (in submission order).
-    pub fn submit(&mut self, host: u64, guest: u64, input: Vec<u8>, done: &mut Vec<Done>) {
+    /// Submits a unit of `len` bytes (at most the pool's unit size).
+    /// Pushes onto `done` the oldest results that had to be collected to
+    /// stay within the in-flight bound (in submission order).
+    pub fn submit(
+        &mut self,
+        host: u64,
+        guest: u64,
+        input: Vec<u8>,
+        len: usize,
+        done: &mut Vec<Done>,
+    ) {
         let mut out = self.spare.pop().unwrap_or_default();
-        out.resize(self.cluster_size, 0);
+        out.clear();
+        out.resize(len.min(self.unit_size), 0);
         let job = Job {
             host,
             guest,
@@ -150,7 +160,7 @@ impl Pool {
         }
         if let Some(d) = self.inline.as_mut() {
             let mut job = job;
-            let result = d.cluster(&job.input, &mut job.out);
+            let result = d.unit(&job.input, &mut job.out);
             done.push(Done { job, result });
             return;
         }
@@ -163,7 +173,7 @@ impl Pool {
                 let (job, _) = e.0;
                 done.push(Done {
                     job,
-                    result: Err("decompression worker stopped".into()),
+                    result: Err(InflateError::WorkerGone),
                 });
                 return;
             }
@@ -185,7 +195,7 @@ impl Pool {
                         input: Vec::new(),
                         out: Vec::new(),
                     },
-                    result: Err("decompression worker died".into()),
+                    result: Err(InflateError::WorkerGone),
                 }),
             }
         }
@@ -206,7 +216,7 @@ fn worker(rx: &Queue, d: &mut Decompressor) {
             Err(_) => return,
         };
         let Ok((mut job, reply)) = next else { return };
-        let result = d.cluster(&job.input, &mut job.out);
+        let result = d.unit(&job.input, &mut job.out);
         if reply.send(Done { job, result }).is_err() {
             return;
         }

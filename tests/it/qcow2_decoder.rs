@@ -4,16 +4,14 @@
 //! force every fallback), compared byte for byte with `qemu-img convert -O raw`.
 //! Broken images must be refused with `Qcow2Error::Invalid`, never a panic.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use streamdisk::format::qcow2::{decode, DecodeReport, PlanOptions, Qcow2Error, SpillPolicy};
-use streamdisk::format::ExtentSink;
-use streamdisk::source::RangeRead;
+use streamdisk::format::{FormatError, PlanError};
+use streamdisk::testing::{CheckingSink, Dribble, FileRange};
 
 // ---------------------------------------------------------------- helpers
 
@@ -53,160 +51,6 @@ fn qemu_io(img: &Path, cmds: &[&str]) {
     );
 }
 
-/// A sink that checks every call and keeps the data.
-#[derive(Default)]
-struct CheckSink {
-    vsize: Option<u64>,
-    /// Covered ranges, start -> end (merged).
-    covered: BTreeMap<u64, u64>,
-    data: BTreeMap<u64, Vec<u8>>,
-    calls: u64,
-}
-
-impl CheckSink {
-    fn cover(&mut self, a: u64, len: u64) -> io::Result<()> {
-        let vs = self
-            .vsize
-            .ok_or_else(|| io::Error::other("extent before set_virtual_size"))?;
-        let b = a
-            .checked_add(len)
-            .ok_or_else(|| io::Error::other("overflow"))?;
-        assert!(len > 0, "empty extent at {a}");
-        assert!(b <= vs, "extent [{a}, {b}) past virtual size {vs}");
-        if let Some((&s, &e)) = self.covered.range(..b).next_back() {
-            assert!(
-                e <= a || s >= b,
-                "guest [{a}, {b}) written twice (overlaps [{s}, {e}))"
-            );
-        }
-        let mut start = a;
-        let mut end = b;
-        if let Some((&s, &e)) = self.covered.range(..=a).next_back() {
-            if e == a {
-                start = s;
-                self.covered.remove(&s);
-            }
-        }
-        if let Some(&e2) = self.covered.get(&b) {
-            self.covered.remove(&b);
-            end = e2;
-        }
-        self.covered.insert(start, end);
-        self.calls += 1;
-        Ok(())
-    }
-
-    /// Compares with the raw file qemu-img produced.
-    fn compare(&self, raw: &Path) {
-        let f = File::open(raw).expect("raw");
-        let vs = self.vsize.expect("virtual size set");
-        assert_eq!(f.metadata().expect("meta").len(), vs, "virtual size");
-        if vs > 0 {
-            assert_eq!(
-                self.covered.len(),
-                1,
-                "coverage has holes: {:?}",
-                self.covered.iter().take(5).collect::<Vec<_>>()
-            );
-            assert_eq!(self.covered.iter().next(), Some((&0, &vs)), "coverage");
-        }
-        // Data extents equal the raw bytes.
-        for (&g, d) in &self.data {
-            let mut want = vec![0u8; d.len()];
-            f.read_exact_at(&mut want, g).expect("read raw");
-            assert!(want == *d, "data differs at guest {g} (len {})", d.len());
-        }
-        // Everything else reads as zeros in the raw file: check its data
-        // regions (SEEK_DATA skips holes, which keeps 1 TiB images fast).
-        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
-        let mut off: i64 = 0;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            // SAFETY: lseek on our own descriptor.
-            let d = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-            if d < 0 {
-                break;
-            }
-            // SAFETY: as above.
-            let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) };
-            let (d, h) = (d as u64, (h as u64).min(vs));
-            let mut p = d;
-            while p < h {
-                let n = ((h - p) as usize).min(buf.len());
-                f.read_exact_at(&mut buf[..n], p).expect("read raw");
-                let mut i = 0usize;
-                while i < n {
-                    if buf[i] == 0 {
-                        i += 1;
-                        continue;
-                    }
-                    // A non-zero raw byte must be inside one of our data extents.
-                    let q = p + i as u64;
-                    let (&g, dd) = self
-                        .data
-                        .range(..=q)
-                        .next_back()
-                        .filter(|(&g, dd)| g + dd.len() as u64 > q)
-                        .unwrap_or_else(|| {
-                            panic!("raw has data at {q} that the decoder reported as zero")
-                        });
-                    i = ((g + dd.len() as u64 - p) as usize).min(n);
-                }
-                p += n as u64;
-            }
-            off = h as i64;
-            if h >= vs {
-                break;
-            }
-        }
-    }
-}
-
-impl ExtentSink for CheckSink {
-    fn set_virtual_size(&mut self, size: u64) -> io::Result<()> {
-        assert!(self.vsize.is_none(), "set_virtual_size called twice");
-        self.vsize = Some(size);
-        Ok(())
-    }
-    fn data(&mut self, guest_offset: u64, data: &[u8]) -> io::Result<()> {
-        self.cover(guest_offset, data.len() as u64)?;
-        // Merge with the previous extent when contiguous, to keep the map small.
-        if let Some((&g, d)) = self.data.range_mut(..guest_offset).next_back() {
-            if g + d.len() as u64 == guest_offset {
-                d.extend_from_slice(data);
-                return Ok(());
-            }
-        }
-        self.data.insert(guest_offset, data.to_vec());
-        Ok(())
-    }
-    fn zero(&mut self, guest_offset: u64, len: u64) -> io::Result<()> {
-        self.cover(guest_offset, len)
-    }
-}
-
-/// A file-backed RangeRead that counts requests.
-struct FileRange {
-    f: File,
-    requests: u64,
-}
-
-impl RangeRead for FileRange {
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.requests += 1;
-        self.f.read_exact_at(buf, offset)
-    }
-}
-
-/// Reads in small odd-sized pieces to exercise chunk boundaries.
-struct Dribble<R>(R, usize);
-impl<R: Read> Read for Dribble<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.1);
-        self.0.read(&mut buf[..n])
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     /// Plain Read, default options (spill to a temp dir).
@@ -233,8 +77,8 @@ fn decode_file(
     img: &Path,
     mode: Mode,
     scratch: &Path,
-) -> (Result<DecodeReport, Qcow2Error>, CheckSink) {
-    let mut sink = CheckSink::default();
+) -> (Result<DecodeReport, FormatError>, CheckingSink) {
+    let mut sink = CheckingSink::new();
     let f = File::open(img).expect("open image");
     let small = 64 << 10;
     let mut opts = PlanOptions {
@@ -243,19 +87,14 @@ fn decode_file(
     };
     let r = match mode {
         Mode::Stream => decode(&mut io::BufReader::new(f), None, &opts, &mut sink),
-        Mode::Dribble => decode(
-            &mut io::BufReader::with_capacity(4099, Dribble(f, 4099)),
-            None,
-            &opts,
-            &mut sink,
-        ),
+        Mode::Dribble => {
+            let bytes = std::fs::read(img).expect("read image");
+            decode(&mut Dribble::fixed(&bytes, 4099), None, &opts, &mut sink)
+        }
         Mode::Range => {
             opts.window = small;
             opts.spill = SpillPolicy::Forbid;
-            let mut rr = FileRange {
-                f: File::open(img).expect("open"),
-                requests: 0,
-            };
+            let mut rr = FileRange::open(img).expect("open");
             let r = decode(&mut io::BufReader::new(f), Some(&mut rr), &opts, &mut sink);
             if let Ok(rep) = &r {
                 assert_eq!(rep.range_requests, rr.requests);
@@ -299,12 +138,11 @@ fn check_all(img: &Path) -> Vec<(Mode, DecodeReport)> {
         let (r, sink) = decode_file(img, mode, scratch.path());
         match r {
             Ok(rep) => {
-                sink.compare(&raw);
+                sink.assert_matches_raw(&raw);
                 reports.push((mode, rep));
             }
-            Err(Qcow2Error::ScratchRequired(m)) if matches!(mode, Mode::Forbid) => {
-                assert!(m.contains("scratch space is required"), "{m}");
-            }
+            Err(FormatError::Plan(PlanError::ScratchRequired { .. }))
+                if matches!(mode, Mode::Forbid) => {}
             Err(e) => panic!("{} in mode {mode:?}: {e}", img.display()),
         }
         assert_eq!(
@@ -607,7 +445,7 @@ fn crosscheck_with_qcow2_rs(path: &Path) {
         }
         out
     });
-    for (&g, d) in &sink.data {
+    for (&g, d) in sink.data() {
         assert_eq!(
             &got[g as usize..g as usize + d.len()],
             &d[..],
@@ -617,7 +455,7 @@ fn crosscheck_with_qcow2_rs(path: &Path) {
     let nonzero_outside = got.iter().enumerate().any(|(i, &b)| {
         b != 0
             && sink
-                .data
+                .data()
                 .range(..=(i as u64))
                 .next_back()
                 .is_none_or(|(&g, d)| (i as u64) >= g + d.len() as u64)
@@ -650,14 +488,16 @@ fn refused(bytes: &[u8], needle: &str, what: &str) {
     for mode in ALL {
         let (r, _) = decode_file(&p, mode, dir.path());
         match r {
-            Err(Qcow2Error::Invalid(m)) => {
+            Err(FormatError::Qcow2(Qcow2Error::Invalid(m))) => {
                 assert!(
                     m.to_lowercase().contains(&needle.to_lowercase()),
                     "{what} ({mode:?}): message {m:?} should mention {needle:?}"
                 );
                 assert!(!m.contains('\n'), "one-line message: {m:?}");
             }
-            Err(Qcow2Error::ScratchRequired(_)) if matches!(mode, Mode::Forbid) => {}
+            Err(FormatError::MetadataPastEnd { .. }) if needle.contains("truncated") => {}
+            Err(FormatError::Plan(PlanError::ScratchRequired { .. }))
+                if matches!(mode, Mode::Forbid) => {}
             Ok(_) => panic!("{what} ({mode:?}): accepted"),
             Err(e) => panic!("{what} ({mode:?}): wrong error kind: {e}"),
         }
@@ -1032,22 +872,17 @@ fn l1_fetched_while_the_stream_is_inside_an_l2_table() {
         (40 << 10, 4099),
         (28 << 10, 2500),
     ] {
-        let mut sink = CheckSink::default();
-        let mut rr = FileRange {
-            f: File::open(&img.path).expect("open"),
-            requests: 0,
-        };
+        let mut sink = CheckingSink::new();
+        let mut rr = FileRange::open(&img.path).expect("open");
         let opts = PlanOptions {
             window,
             spill: SpillPolicy::Forbid,
         };
-        let mut input = io::BufReader::with_capacity(
-            piece,
-            Dribble(File::open(&img.path).expect("open"), piece),
-        );
+        let bytes = std::fs::read(&img.path).expect("read image");
+        let mut input = Dribble::fixed(&bytes, piece);
         let rep = decode(&mut input, Some(&mut rr), &opts, &mut sink)
             .unwrap_or_else(|e| panic!("window {window}, pieces of {piece}: {e}"));
-        sink.compare(&raw);
+        sink.assert_matches_raw(&raw);
         range_requests += rep.range_requests;
     }
     assert!(

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-#[path = "../fuzz/harness.rs"]
+#[path = "../../fuzz/harness.rs"]
 mod harness;
 
 fn replay(dir: &str) -> usize {

@@ -1,13 +1,11 @@
 //! Checks of the test HTTP server itself (tests/common/server.rs), with a raw HTTP client,
 //! so that a failure elsewhere can be trusted to be the importer's, not the server's.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{make_ca_and_cert, Body, TestServer};
+use crate::common::server::{make_ca_and_cert, Body, TestServer};
 
 /// Sends one request on a fresh connection and reads until the server closes or the body
 /// announced by Content-Length is complete. Returns (status, headers, body).
@@ -67,7 +65,7 @@ fn ranges_head_and_416() {
 
 #[test]
 fn file_body_no_ranges_and_ignore_range() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let p = dir.path().join("f");
     let d = data(300_000);
     std::fs::write(&p, &d).unwrap();
@@ -141,7 +139,7 @@ fn auth_header_and_redirect() {
         .require_header("X-Token", "abc")
         .start();
     assert_eq!(get(srv.port(), "GET", &[]).0, 401);
-    let auth = format!("Basic {}", common::server::base64(b"user:secret"));
+    let auth = format!("Basic {}", crate::common::server::base64(b"user:secret"));
     assert_eq!(get(srv.port(), "GET", &[("Authorization", &auth)]).0, 403);
     assert_eq!(
         get(
@@ -215,31 +213,34 @@ fn tls_serves_with_generated_cert() {
 fn support_cgroup_runner_and_loop_device() {
     // The runner: the binary runs (whatever it does yet) inside a memory cgroup whose
     // peak is readable afterwards.
-    if let Some(cg) = common::MemCgroup::new(64 << 20) {
-        let run = common::Streamdisk::new().arg("--help").in_cgroup(&cg).run();
+    if let Some(cg) = crate::common::MemCgroup::new(64 << 20) {
+        let run = crate::common::Streamdisk::new()
+            .arg("--help")
+            .in_cgroup(&cg)
+            .run();
         assert!(run.status.code().is_some(), "{run:?}");
         assert!(cg.peak().is_some_and(|p| p > 0), "no peak memory recorded");
     }
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let f = dir.path().join("backing");
-    common::fill_file(&f, 1 << 20, 0xA5);
-    if let Some(l) = common::LoopDevice::attach(&f) {
+    crate::common::fill_file(&f, 1 << 20, 0xA5);
+    if let Some(l) = crate::common::LoopDevice::attach(&f) {
         assert!(l.dev.exists());
-        common::assert_same_prefix(&l.dev, &f, 1 << 20);
+        crate::common::assert_same_prefix(&l.dev, &f, 1 << 20);
     }
 }
 
 #[test]
 fn support_first_difference() {
-    let dir = common::tempdir();
+    let dir = crate::common::tempdir();
     let a = dir.path().join("a");
     let b = dir.path().join("b");
-    common::make_raw(&a, 3 << 20, &[(100, 5000, common::Fill::Random(1))]);
+    crate::common::make_raw(&a, 3 << 20, &[(100, 5000, crate::common::Fill::Random(1))]);
     std::fs::copy(&a, &b).unwrap();
-    assert_eq!(common::first_difference(&a, &b, 3 << 20), None);
-    common::qcow2::patch(&b, (2 << 20) + 77, &[1]);
+    assert_eq!(crate::common::first_difference(&a, &b, 3 << 20), None);
+    crate::common::qcow2::patch(&b, (2 << 20) + 77, &[1]);
     assert_eq!(
-        common::first_difference(&a, &b, 3 << 20),
+        crate::common::first_difference(&a, &b, 3 << 20),
         Some((2 << 20) + 77)
     );
 }

@@ -1,0 +1,263 @@
+//! Decompression of one compressed unit (a qcow2 cluster, a VMDK grain) with
+//! QEMU's acceptance rules.
+//!
+//! A qcow2 descriptor only gives the compressed size rounded up to 512-byte
+//! sectors, so the input may carry trailing bytes (the start of the next
+//! compressed cluster). Like QEMU, we require the output to fill the unit
+//! exactly: deflate may stop there with or without reaching its end marker;
+//! zstd (possibly several frames) must end exactly at the unit's end. Both
+//! report how many input bytes they consumed, which lets the reorder window
+//! release exactly those bytes and keep the rest for a neighbour.
+//!
+//! zlib-rs (flate2's backend here) is pure Rust and streaming: it accepts a
+//! deflate stream cut off once the unit is full (QEMU accepts those too),
+//! which a one-shot decoder such as libdeflate reports as an error.
+
+use flate2::{Decompress, FlushDecompress, Status};
+use zstd::stream::raw::{DParameter, Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
+
+/// How the units are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Raw deflate, no header (qcow2's "zlib" compression type).
+    Deflate,
+    /// zlib: deflate with the RFC 1950 header and checksum (VMDK grains).
+    Zlib,
+    /// zstd frames (qcow2 compression type 1).
+    Zstd,
+}
+
+/// Why a unit did not decompress.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InflateError {
+    /// The compressed bytes are not a valid stream.
+    #[error("corrupt {codec} data: {detail}")]
+    Corrupt {
+        /// The codec's name.
+        codec: &'static str,
+        /// What the decompressor said.
+        detail: String,
+    },
+    /// The stream ended before the unit was full.
+    #[error("{codec} data decompresses to {got} bytes, not {want}")]
+    Short {
+        /// The codec's name.
+        codec: &'static str,
+        /// Bytes produced.
+        got: usize,
+        /// Bytes the unit holds.
+        want: usize,
+    },
+    /// The stream goes on past the unit.
+    #[error("{codec} data decompresses to more than {want} bytes")]
+    Long {
+        /// The codec's name.
+        codec: &'static str,
+        /// Bytes the unit holds.
+        want: usize,
+    },
+    /// The decompressor could not be set up.
+    #[error("setting up the {codec} decoder: {detail}")]
+    Init {
+        /// The codec's name.
+        codec: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// A worker thread went away.
+    #[error("a decompression worker stopped")]
+    WorkerGone,
+}
+
+/// Largest zstd window we accept: a unit is at most 2 MiB, so a frame
+/// compressing one never needs more, and a hostile frame cannot make us
+/// allocate the 128 MiB default maximum.
+const ZSTD_WINDOW_LOG_MAX: u32 = 22;
+
+/// One decompressor, reused unit after unit.
+pub struct Decompressor {
+    codec: Codec,
+    inflate: Decompress,
+    zstd: Option<ZstdDecoder<'static>>,
+}
+
+impl Decompressor {
+    /// A decompressor for `codec`.
+    pub fn new(codec: Codec) -> Result<Decompressor, InflateError> {
+        let init = |e: std::io::Error| InflateError::Init {
+            codec: "zstd",
+            detail: e.to_string(),
+        };
+        let zstd = match codec {
+            Codec::Zstd => {
+                let mut d = ZstdDecoder::new().map_err(init)?;
+                d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+                    .map_err(init)?;
+                Some(d)
+            }
+            Codec::Deflate | Codec::Zlib => None,
+        };
+        Ok(Decompressor {
+            codec,
+            inflate: Decompress::new(codec == Codec::Zlib),
+            zstd,
+        })
+    }
+
+    /// Fills `out` exactly from `input`; returns the input bytes consumed.
+    pub fn unit(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
+        match self.codec {
+            Codec::Deflate | Codec::Zlib => self.deflate(input, out),
+            Codec::Zstd => self.zstd(input, out),
+        }
+    }
+
+    fn deflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
+        let codec = if self.codec == Codec::Zlib {
+            "zlib"
+        } else {
+            "deflate"
+        };
+        let d = &mut self.inflate;
+        d.reset(self.codec == Codec::Zlib);
+        let (mut ip, mut op) = (0usize, 0usize);
+        loop {
+            let (i, o) = (
+                input.get(ip..).unwrap_or_default(),
+                out.get_mut(op..).unwrap_or_default(),
+            );
+            let (in0, out0) = (d.total_in(), d.total_out());
+            let st =
+                d.decompress(i, o, FlushDecompress::Finish)
+                    .map_err(|e| InflateError::Corrupt {
+                        codec,
+                        detail: e.to_string(),
+                    })?;
+            ip += (d.total_in() - in0) as usize;
+            op += (d.total_out() - out0) as usize;
+            if op == out.len() {
+                return Ok(ip);
+            }
+            let progressed = d.total_in() != in0 || d.total_out() != out0;
+            if st == Status::StreamEnd || !progressed {
+                return Err(InflateError::Short {
+                    codec,
+                    got: op,
+                    want: out.len(),
+                });
+            }
+        }
+    }
+
+    fn zstd(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
+        let codec = "zstd";
+        let corrupt = |e: std::io::Error| InflateError::Corrupt {
+            codec,
+            detail: e.to_string(),
+        };
+        let d = self.zstd.as_mut().ok_or(InflateError::Init {
+            codec,
+            detail: "decoder missing".into(),
+        })?;
+        d.reinit().map_err(corrupt)?;
+        let mut inb = InBuffer::around(input);
+        let mut outb = OutBuffer::around(out);
+        let mut hint;
+        loop {
+            let (ip, op) = (inb.pos(), outb.pos());
+            hint = d.run(&mut inb, &mut outb).map_err(corrupt)?;
+            if outb.pos() == outb.capacity() {
+                break;
+            }
+            if inb.pos() == ip && outb.pos() == op {
+                return Err(InflateError::Short {
+                    codec,
+                    got: outb.pos(),
+                    want: outb.capacity(),
+                });
+            }
+        }
+        if hint != 0 {
+            return Err(InflateError::Long {
+                codec,
+                want: outb.capacity(),
+            });
+        }
+        Ok(inb.pos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    fn deflate(data: &[u8], zlib: bool) -> Vec<u8> {
+        let mut c = Compress::new(Compression::default(), zlib);
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        c.compress_vec(data, &mut out, FlushCompress::Finish)
+            .expect("compress");
+        out
+    }
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i * 7) % 13) as u8 ^ (i / 1000) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn deflate_exact_unit_with_trailing_bytes() {
+        for (codec, zlib) in [(Codec::Deflate, false), (Codec::Zlib, true)] {
+            let data = sample(65536);
+            let mut c = deflate(&data, zlib);
+            let n = c.len();
+            c.extend_from_slice(&[0xAA; 300]);
+            let mut d = Decompressor::new(codec).expect("d");
+            let mut out = vec![0u8; 65536];
+            assert_eq!(d.unit(&c, &mut out), Ok(n));
+            assert_eq!(out, data);
+            // Too short a stream, wrong size, garbage.
+            assert!(matches!(
+                d.unit(&deflate(&data[..1000], zlib), &mut out),
+                Err(InflateError::Short { got: 1000, .. })
+            ));
+            assert!(d.unit(&c[..n / 2], &mut out).is_err());
+            assert!(matches!(
+                d.unit(&[0xff; 100], &mut out),
+                Err(InflateError::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn zlib_and_raw_deflate_are_told_apart() {
+        let data = sample(4096);
+        let mut out = vec![0u8; 4096];
+        let mut d = Decompressor::new(Codec::Deflate).expect("d");
+        assert!(d.unit(&deflate(&data, true), &mut out).is_err());
+        let mut z = Decompressor::new(Codec::Zlib).expect("d");
+        assert!(z.unit(&deflate(&data, false), &mut out).is_err());
+    }
+
+    #[test]
+    fn zstd_exact_unit() {
+        let data = sample(65536);
+        let mut c = zstd::bulk::compress(&data, 3).expect("zstd");
+        let n = c.len();
+        c.extend_from_slice(&[0u8; 200]);
+        let mut d = Decompressor::new(Codec::Zstd).expect("d");
+        let mut out = vec![0u8; 65536];
+        assert_eq!(d.unit(&c, &mut out), Ok(n));
+        assert_eq!(out, data);
+        let big = zstd::bulk::compress(&sample(70000), 3).expect("zstd");
+        assert!(matches!(
+            d.unit(&big, &mut out),
+            Err(InflateError::Long { .. })
+        ));
+        let small = zstd::bulk::compress(&data[..60000], 3).expect("zstd");
+        assert!(d.unit(&small, &mut out).is_err());
+        assert!(d.unit(&c[..n - 5], &mut out).is_err());
+    }
+}

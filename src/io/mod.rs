@@ -1,0 +1,33 @@
+//! Small I/O pieces shared by the stages, one concern per file: the taps on
+//! the source stream ([`count`] for progress, [`hash`] for checksums,
+//! [`interrupt`] for signals), looking at a stream's first bytes without
+//! consuming them ([`peek`]), random access to a source ([`range`]), and the
+//! `Read`-through-`BufRead` helper the taps share.
+
+pub mod count;
+pub mod hash;
+pub mod interrupt;
+pub mod peek;
+pub mod range;
+
+use std::io::{self, BufRead};
+
+pub use count::CountTap;
+pub use hash::HashTap;
+pub use interrupt::{InterruptTap, Interrupted};
+pub use peek::PeekReader;
+pub use range::RangeRead;
+
+/// `Read::read` for a `BufRead` stage (the HTTP reader, the progress and
+/// checksum taps): copy out of `fill_buf`, then `consume`, so a stage that
+/// acts on consumed bytes sees each byte exactly once whichever way it is read.
+pub fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let avail = r.fill_buf()?;
+    let n = out.len().min(avail.len());
+    out[..n].copy_from_slice(&avail[..n]);
+    r.consume(n);
+    Ok(n)
+}

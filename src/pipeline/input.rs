@@ -1,0 +1,299 @@
+//! [`open_input`]: source, taps, wrappers, containers and format detection,
+//! wired once for every front end.
+//!
+//! The order is what makes an import trustworthy:
+//! 1. the taps (interrupt, progress count, checksum) sit directly on the raw
+//!    source stream, so the checksum covers the bytes as received;
+//! 2. wrappers are found by their signature in the format table and peeled
+//!    off one by one; each one found tells the [`Pace`] that decompression
+//!    sets it;
+//! 3. the format is decided before the target is touched: a refused format
+//!    stops here, by name; a raw stream on a seekable source has its last
+//!    512 bytes checked first (a fixed VHD footer, a DMG trailer);
+//! 4. range reads are kept only when no wrapper sits between the source and
+//!    the decoder (offsets would not match).
+
+use std::io::{self, BufRead};
+use std::sync::Arc;
+
+use crate::checksum::Verifier;
+use crate::format::table::{self, Signature, Trailer, HEAD_LEN, TAIL_LEN};
+use crate::format::{Decoder, Format, FormatError, PlanOptions};
+use crate::io::{CountTap, HashTap, InterruptTap, Interrupted, PeekReader, RangeRead};
+use crate::job::{Content, FormatChoice, ImportError, InputOptions};
+use crate::pace::Pace;
+use crate::progress::Counter;
+use crate::source::OpenContext;
+use crate::unwrap::{self, Wrapper};
+
+/// Most wrappers peeled off one stream (`disk.raw.gz.xz` is two).
+const MAX_WRAPPERS: usize = 4;
+
+/// An opened, identified input, before a byte is written.
+pub struct Input {
+    /// The image stream from its first byte (after every wrapper and
+    /// container); the head is still in it.
+    pub reader: Box<dyn BufRead + Send>,
+    /// Wrappers found, outermost first.
+    pub wrappers: Vec<Wrapper>,
+    /// The format to decode (for archives: `Raw`, meaning "the tar").
+    pub format: Format,
+    /// The first bytes of `reader` (up to [`HEAD_LEN`]).
+    pub head: Vec<u8>,
+    /// Random access to the same bytes as `reader`; only when nothing sits
+    /// between the source and the image.
+    pub range: Option<Box<dyn RangeRead>>,
+    /// Length of the image stream, when known.
+    pub size: Option<u64>,
+    /// Length of the source as transferred, when known.
+    pub source_size: Option<u64>,
+    /// The trailer found in the last bytes of a seekable raw stream, if the
+    /// tail was checked up front; `None` when it was not (or held nothing).
+    pub tail: TailCheck,
+    /// The source, for messages.
+    pub display: String,
+    /// Verifies the checksum once the stream is drained.
+    pub verifier: Option<Verifier>,
+    /// Who sets the pace.
+    pub pace: Pace,
+}
+
+/// What is known about the last bytes of a raw stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailCheck {
+    /// Not checked (not seekable, or wrapped): a raw decoder holds the last
+    /// bytes back and checks them at the end.
+    Unchecked,
+    /// Checked: no trailer.
+    Clean,
+    /// Checked: a fixed VHD footer ends the stream.
+    VhdFooter,
+    /// The format was forced: no check at all.
+    Forced,
+}
+
+impl Input {
+    /// The decoder for this input.
+    pub fn decoder(&self, plan: &PlanOptions) -> Result<Box<dyn Decoder>, FormatError> {
+        match self.format {
+            Format::Qcow2 => Ok(Box::new(crate::format::qcow2::decoder(
+                plan,
+                self.range.is_some(),
+                self.pace.clone(),
+            ))),
+            Format::Raw => {
+                let size = if self.wrappers.is_empty() {
+                    self.size
+                } else {
+                    None
+                };
+                let dec = crate::format::raw::RawDecoder::new(size);
+                Ok(Box::new(match self.tail {
+                    TailCheck::Unchecked => dec.hold_tail(),
+                    TailCheck::Clean | TailCheck::Forced => dec,
+                    TailCheck::VhdFooter => {
+                        return Err(FormatError::Refused(table::fixed_vhd_refusal()))
+                    }
+                }))
+            }
+            other => Err(FormatError::Refused(crate::format::Refusal {
+                what: match other {
+                    Format::Vmdk => "VMDK images",
+                    Format::Vpc => "VHD images",
+                    Format::Vhdx => "VHDX images",
+                    _ => "VDI images",
+                },
+                plural: true,
+                detail: " yet",
+            })),
+        }
+    }
+}
+
+/// Opens the source of `opts` and identifies what it holds.
+///
+/// Must run on a blocking thread (network sources wait on `rt`). `counter`
+/// receives progress; `pace` is shared with the source.
+pub fn open_input(
+    opts: &InputOptions,
+    rt: &tokio::runtime::Handle,
+    counter: Arc<Counter>,
+    pace: &Pace,
+) -> Result<Input, ImportError> {
+    let display = opts.source.display();
+    let src = opts
+        .source
+        .open(&OpenContext {
+            http: &opts.http,
+            rt,
+            pace,
+        })
+        .map_err(|source| ImportError::Source {
+            display: display.clone(),
+            source,
+        })?;
+    if let Some(n) = src.size {
+        counter.set_total(n);
+    }
+    tracing::info!(source = %src.display, size = ?src.size, "source opened");
+    let display = src.display.clone();
+    let read_err = |e: io::Error| read_error(&display, e);
+
+    let verifier = opts.checksum.clone().map(Verifier::new);
+    let counted = CountTap::new(InterruptTap::new(src.reader), counter);
+    let tapped: Box<dyn BufRead + Send> = match &verifier {
+        Some(v) => Box::new(HashTap::new(counted, v.digest())),
+        None => Box::new(counted),
+    };
+
+    let mut reader = PeekReader::new(tapped);
+    let mut wrappers = Vec::new();
+    let signature = loop {
+        let head = reader.peek(HEAD_LEN).map_err(read_err)?;
+        if head.is_empty() {
+            return Err(read_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the image is empty",
+            )));
+        }
+        let sig = match opts.format {
+            // Forced raw: no wrapper either, the bytes are taken as they are.
+            FormatChoice::Exactly(Format::Raw) => Signature::None,
+            _ => table::identify(head),
+        };
+        match sig {
+            Signature::Wrapper(w) if wrappers.len() < MAX_WRAPPERS => {
+                tracing::info!(wrapper = %w, "decompressing wrapper");
+                pace.set_decompressing();
+                wrappers.push(w);
+                let inner: Box<dyn BufRead + Send> = Box::new(reader);
+                reader = PeekReader::new(unwrap::decoder(w, inner).map_err(read_err)?);
+            }
+            other => break other,
+        }
+    };
+    let head = reader.peek(HEAD_LEN).map_err(read_err)?.to_vec();
+    let mut range = if wrappers.is_empty() { src.range } else { None };
+    let size = if wrappers.is_empty() { src.size } else { None };
+
+    let (format, tail) = match opts.content {
+        Content::Archive => (Format::Raw, TailCheck::Forced),
+        Content::Disk => decide(opts.format, signature, &mut range, size)?,
+    };
+    tracing::info!(format = %format, "image format");
+    Ok(Input {
+        reader: Box::new(reader),
+        wrappers,
+        format,
+        head,
+        range,
+        size,
+        source_size: src.size,
+        tail,
+        display,
+        verifier,
+        pace: pace.clone(),
+    })
+}
+
+/// Picks the format from the signature and `--format`, checking the tail of
+/// a seekable raw stream.
+fn decide(
+    choice: FormatChoice,
+    sig: Signature,
+    range: &mut Option<Box<dyn RangeRead>>,
+    size: Option<u64>,
+) -> Result<(Format, TailCheck), ImportError> {
+    let found = match sig {
+        Signature::Image(f) => Some(f),
+        Signature::None => None,
+        Signature::Refused(r) => return Err(FormatError::Refused(r).into()),
+        Signature::Ova => {
+            return Err(FormatError::Refused(crate::format::Refusal {
+                what: "OVA archives",
+                plural: true,
+                detail: " yet",
+            })
+            .into())
+        }
+        Signature::Wrapper(_) => {
+            return Err(FormatError::Refused(crate::format::Refusal {
+                what: "more than four nested compression wrappers",
+                plural: true,
+                detail: "",
+            })
+            .into())
+        }
+    };
+    match (choice, found) {
+        (FormatChoice::Exactly(Format::Raw), _) => Ok((Format::Raw, TailCheck::Forced)),
+        (FormatChoice::Auto, Some(f)) => Ok((f, TailCheck::Clean)),
+        (FormatChoice::Exactly(want), Some(f)) if want == f => Ok((f, TailCheck::Clean)),
+        (FormatChoice::Exactly(want), Some(f)) => Err(FormatError::WrongFormat {
+            asked: want.name(),
+            found: f.name().to_string(),
+        }
+        .into()),
+        (choice, None) => {
+            let tail = check_tail(range, size)?;
+            match (choice, tail) {
+                (_, TailCheck::VhdFooter) => Ok((Format::Vpc, tail)),
+                (FormatChoice::Auto, t) => Ok((Format::Raw, t)),
+                (FormatChoice::Exactly(want), _) => Err(FormatError::WrongFormat {
+                    asked: want.name(),
+                    found: "raw (no signature)".to_string(),
+                }
+                .into()),
+            }
+        }
+    }
+}
+
+/// Reads the last [`TAIL_LEN`] bytes of a seekable stream for a trailer.
+fn check_tail(
+    range: &mut Option<Box<dyn RangeRead>>,
+    size: Option<u64>,
+) -> Result<TailCheck, ImportError> {
+    let (Some(r), Some(size)) = (range.as_mut(), size) else {
+        return Ok(TailCheck::Unchecked);
+    };
+    if size < TAIL_LEN as u64 {
+        return Ok(TailCheck::Clean);
+    }
+    let mut tail = vec![0u8; TAIL_LEN];
+    if let Err(e) = r.read_exact_at(size - TAIL_LEN as u64, &mut tail) {
+        tracing::warn!(
+            "reading the last bytes of the image failed ({e}); checking them at the end instead"
+        );
+        *range = None;
+        return Ok(TailCheck::Unchecked);
+    }
+    match table::identify_tail(&tail) {
+        Some(Trailer::Dmg) => Err(FormatError::Refused(table::dmg_refusal()).into()),
+        Some(Trailer::VhdFooter) => Ok(TailCheck::VhdFooter),
+        None => Ok(TailCheck::Clean),
+    }
+}
+
+/// A read error, unless it is really the interrupt tap speaking.
+pub(crate) fn read_error(display: &str, e: io::Error) -> ImportError {
+    match Interrupted::find(&e) {
+        Some(i) => ImportError::Interrupted(i),
+        None => ImportError::Read {
+            display: display.to_string(),
+            source: e,
+        },
+    }
+}
+
+/// Reads up to `n` bytes from the start of `input` (fewer only at the end
+/// of the stream), consuming them: for probes that read no further.
+pub fn read_head(input: &mut Input, n: usize) -> Result<Vec<u8>, ImportError> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    (&mut input.reader)
+        .take(n as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| read_error(&input.display, e))?;
+    Ok(head)
+}
