@@ -36,6 +36,70 @@ pub use plan::{PlanError, PlanOptions, SpillPolicy};
 pub use sink::{ExtentSink, SinkError};
 pub use table::{identify, Refusal, Signature};
 
+use crate::pace::Pace;
+
+/// What a decoder is told when it is made.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderConfig {
+    /// The planner's budget (reorder window, spill).
+    pub plan: PlanOptions,
+    /// Whether the driver can read ranges of the source (metadata can be
+    /// fetched out of order instead of held).
+    pub can_fetch: bool,
+    /// Told when decompression starts setting the pace.
+    pub pace: Pace,
+    /// The length of the image stream, when known (no wrapper in between).
+    pub stream_len: Option<u64>,
+    /// What is known about the stream's last bytes.
+    pub tail: Tail,
+}
+
+/// What is known about the last bytes of a stream, for formats recognised
+/// by a trailer (a fixed VHD's footer) and for raw streams, which must not
+/// write such a trailer into the disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tail {
+    /// Not checked (not seekable, or wrapped): a raw decoder holds the last
+    /// bytes back and checks them at the end.
+    #[default]
+    Unchecked,
+    /// Checked up front: no trailer.
+    Clean,
+    /// The format was forced: no check at all, every byte is the disk.
+    Forced,
+    /// Checked up front: a fixed VHD footer (these bytes) ends the stream.
+    VhdFooter(Vec<u8>),
+}
+
+/// The decoder for `format`: the one place that maps a format to its decoder.
+pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decoder>, FormatError> {
+    match format {
+        Format::Qcow2 => Ok(Box::new(qcow2::decoder(
+            &cfg.plan,
+            cfg.can_fetch,
+            cfg.pace.clone(),
+        ))),
+        Format::Raw => {
+            let dec = raw::RawDecoder::new(cfg.stream_len);
+            match &cfg.tail {
+                Tail::Unchecked => Ok(Box::new(dec.hold_tail())),
+                Tail::Clean | Tail::Forced => Ok(Box::new(dec)),
+                Tail::VhdFooter(_) => Err(FormatError::Refused(table::fixed_vhd_refusal())),
+            }
+        }
+        Format::Vpc => Err(FormatError::Refused(table::fixed_vhd_refusal())),
+        Format::Vmdk | Format::Vhdx | Format::Vdi => Err(FormatError::Refused(Refusal {
+            what: match format {
+                Format::Vmdk => "VMDK images",
+                Format::Vhdx => "VHDX images",
+                _ => "VDI images",
+            },
+            plural: true,
+            detail: " yet",
+        })),
+    }
+}
+
 /// An image format, named as qemu names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::checksum::Verifier;
 use crate::format::table::{self, Signature, Trailer, HEAD_LEN, TAIL_LEN};
-use crate::format::{Decoder, Format, FormatError, PlanOptions};
+use crate::format::{Decoder, DecoderConfig, Format, FormatError, PlanOptions, Tail};
 use crate::io::{CountTap, HashTap, InterruptTap, Interrupted, PeekReader, RangeRead};
 use crate::job::{Content, FormatChoice, ImportError, InputOptions};
 use crate::pace::Pace;
@@ -47,9 +47,8 @@ pub struct Input {
     pub size: Option<u64>,
     /// Length of the source as transferred, when known.
     pub source_size: Option<u64>,
-    /// The trailer found in the last bytes of a seekable raw stream, if the
-    /// tail was checked up front; `None` when it was not (or held nothing).
-    pub tail: TailCheck,
+    /// What is known about the stream's last bytes.
+    pub tail: Tail,
     /// The source, for messages.
     pub display: String,
     /// Verifies the checksum once the stream is drained.
@@ -58,55 +57,19 @@ pub struct Input {
     pub pace: Pace,
 }
 
-/// What is known about the last bytes of a raw stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TailCheck {
-    /// Not checked (not seekable, or wrapped): a raw decoder holds the last
-    /// bytes back and checks them at the end.
-    Unchecked,
-    /// Checked: no trailer.
-    Clean,
-    /// Checked: a fixed VHD footer ends the stream.
-    VhdFooter,
-    /// The format was forced: no check at all.
-    Forced,
-}
-
 impl Input {
     /// The decoder for this input.
     pub fn decoder(&self, plan: &PlanOptions) -> Result<Box<dyn Decoder>, FormatError> {
-        match self.format {
-            Format::Qcow2 => Ok(Box::new(crate::format::qcow2::decoder(
-                plan,
-                self.range.is_some(),
-                self.pace.clone(),
-            ))),
-            Format::Raw => {
-                let size = if self.wrappers.is_empty() {
-                    self.size
-                } else {
-                    None
-                };
-                let dec = crate::format::raw::RawDecoder::new(size);
-                Ok(Box::new(match self.tail {
-                    TailCheck::Unchecked => dec.hold_tail(),
-                    TailCheck::Clean | TailCheck::Forced => dec,
-                    TailCheck::VhdFooter => {
-                        return Err(FormatError::Refused(table::fixed_vhd_refusal()))
-                    }
-                }))
-            }
-            other => Err(FormatError::Refused(crate::format::Refusal {
-                what: match other {
-                    Format::Vmdk => "VMDK images",
-                    Format::Vpc => "VHD images",
-                    Format::Vhdx => "VHDX images",
-                    _ => "VDI images",
-                },
-                plural: true,
-                detail: " yet",
-            })),
-        }
+        crate::format::new_decoder(
+            self.format,
+            &DecoderConfig {
+                plan: plan.clone(),
+                can_fetch: self.range.is_some(),
+                pace: self.pace.clone(),
+                stream_len: self.size,
+                tail: self.tail.clone(),
+            },
+        )
     }
 }
 
@@ -177,7 +140,7 @@ pub fn open_input(
     let size = if wrappers.is_empty() { src.size } else { None };
 
     let (format, tail) = match opts.content {
-        Content::Archive => (Format::Raw, TailCheck::Forced),
+        Content::Archive => (Format::Raw, Tail::Forced),
         Content::Disk => decide(opts.format, signature, &mut range, size)?,
     };
     tracing::info!(format = %format, "image format");
@@ -203,7 +166,7 @@ fn decide(
     sig: Signature,
     range: &mut Option<Box<dyn RangeRead>>,
     size: Option<u64>,
-) -> Result<(Format, TailCheck), ImportError> {
+) -> Result<(Format, Tail), ImportError> {
     let found = match sig {
         Signature::Image(f) => Some(f),
         Signature::None => None,
@@ -226,9 +189,9 @@ fn decide(
         }
     };
     match (choice, found) {
-        (FormatChoice::Exactly(Format::Raw), _) => Ok((Format::Raw, TailCheck::Forced)),
-        (FormatChoice::Auto, Some(f)) => Ok((f, TailCheck::Clean)),
-        (FormatChoice::Exactly(want), Some(f)) if want == f => Ok((f, TailCheck::Clean)),
+        (FormatChoice::Exactly(Format::Raw), _) => Ok((Format::Raw, Tail::Forced)),
+        (FormatChoice::Auto, Some(f)) => Ok((f, Tail::Clean)),
+        (FormatChoice::Exactly(want), Some(f)) if want == f => Ok((f, Tail::Clean)),
         (FormatChoice::Exactly(want), Some(f)) => Err(FormatError::WrongFormat {
             asked: want.name(),
             found: f.name().to_string(),
@@ -236,9 +199,9 @@ fn decide(
         .into()),
         (choice, None) => {
             let tail = check_tail(range, size)?;
-            match (choice, tail) {
-                (_, TailCheck::VhdFooter) => Ok((Format::Vpc, tail)),
-                (FormatChoice::Auto, t) => Ok((Format::Raw, t)),
+            match (choice, &tail) {
+                (_, Tail::VhdFooter(_)) => Ok((Format::Vpc, tail)),
+                (FormatChoice::Auto, _) => Ok((Format::Raw, tail)),
                 (FormatChoice::Exactly(want), _) => Err(FormatError::WrongFormat {
                     asked: want.name(),
                     found: "raw (no signature)".to_string(),
@@ -253,12 +216,12 @@ fn decide(
 fn check_tail(
     range: &mut Option<Box<dyn RangeRead>>,
     size: Option<u64>,
-) -> Result<TailCheck, ImportError> {
+) -> Result<Tail, ImportError> {
     let (Some(r), Some(size)) = (range.as_mut(), size) else {
-        return Ok(TailCheck::Unchecked);
+        return Ok(Tail::Unchecked);
     };
     if size < TAIL_LEN as u64 {
-        return Ok(TailCheck::Clean);
+        return Ok(Tail::Clean);
     }
     let mut tail = vec![0u8; TAIL_LEN];
     if let Err(e) = r.read_exact_at(size - TAIL_LEN as u64, &mut tail) {
@@ -266,12 +229,12 @@ fn check_tail(
             "reading the last bytes of the image failed ({e}); checking them at the end instead"
         );
         *range = None;
-        return Ok(TailCheck::Unchecked);
+        return Ok(Tail::Unchecked);
     }
     match table::identify_tail(&tail) {
         Some(Trailer::Dmg) => Err(FormatError::Refused(table::dmg_refusal()).into()),
-        Some(Trailer::VhdFooter) => Ok(TailCheck::VhdFooter),
-        None => Ok(TailCheck::Clean),
+        Some(Trailer::VhdFooter) => Ok(Tail::VhdFooter(tail)),
+        None => Ok(Tail::Clean),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::pace::Pace;
 use crate::progress::Counter;
 use crate::target::Target;
 
-pub use input::{open_input, Input, TailCheck};
+pub use input::{open_input, Input};
 
 /// Runs `job` to completion on the calling (blocking) thread, using `rt` for
 /// network I/O. `counter` receives progress. Success means every byte of the
