@@ -17,11 +17,13 @@ use std::time::Duration;
 pub use crate::io::RangeRead;
 use crate::pace::Pace;
 
+pub mod auth;
 mod error;
 mod file;
 mod http;
 mod stdin;
 
+pub use auth::Authorize;
 pub use error::SourceError;
 
 /// One kind of source. Each module under `source/` implements it for its
@@ -99,6 +101,9 @@ impl SourceSpec {
 pub struct HttpOptions {
     /// Basic-auth user and password; sent only to the origin of the first URL.
     pub basic_auth: Option<(String, String)>,
+    /// Credentials computed per request (tokens, signatures); used only for
+    /// the origin of the first URL, after basic auth and extra headers.
+    pub authorizer: Option<Arc<dyn Authorize>>,
     /// Extra request headers (`Name`, `value`); sent only to the first origin.
     pub extra_headers: Vec<(String, String)>,
     /// Directories whose files hold extra PEM CA certificates.
@@ -127,6 +132,7 @@ impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             basic_auth: None,
+            authorizer: None,
             extra_headers: Vec::new(),
             ca_dirs: Vec::new(),
             insecure_tls: false,

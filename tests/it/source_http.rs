@@ -1216,3 +1216,99 @@ fn auto_mode_reports_a_changed_file_as_changed() {
         "only the old version was delivered"
     );
 }
+
+/// Credentials computed per request: added for the original origin only,
+/// refreshed once on a 401 (as a registry token or an expired signature
+/// needs), never sent after a redirect to another origin.
+#[derive(Debug, Default)]
+struct TestAuthorizer {
+    good: std::sync::atomic::AtomicBool,
+    refreshes: std::sync::atomic::AtomicUsize,
+}
+
+impl streamdisk::source::Authorize for TestAuthorizer {
+    fn authorize<'a>(
+        &'a self,
+        req: &'a mut reqwest::Request,
+    ) -> streamdisk::source::auth::BoxFuture<'a, Result<(), streamdisk::source::SourceError>> {
+        Box::pin(async move {
+            let pass = if self.good.load(std::sync::atomic::Ordering::SeqCst) {
+                "p"
+            } else {
+                "wrong"
+            };
+            let value = format!(
+                "Basic {}",
+                crate::common::server::base64(format!("u:{pass}").as_bytes())
+            );
+            req.headers_mut()
+                .insert("authorization", value.parse().expect("a header value"));
+            req.headers_mut()
+                .insert("x-token", "secret".parse().expect("a header value"));
+            Ok(())
+        })
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        challenge: Option<&'a str>,
+    ) -> streamdisk::source::auth::BoxFuture<'a, Result<bool, streamdisk::source::SourceError>>
+    {
+        Box::pin(async move {
+            assert!(
+                challenge.is_some_and(|c| c.starts_with("Basic")),
+                "{challenge:?}"
+            );
+            self.refreshes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.good.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(true)
+        })
+    }
+}
+
+#[test]
+fn an_authorizer_is_refreshed_on_401_and_stays_on_its_origin() {
+    let body = sample(100_000, 60);
+    let srv = TestServer::builder(Body::mem(body.clone()))
+        .basic_auth("u", "p")
+        .start();
+    let auth = std::sync::Arc::new(TestAuthorizer::default());
+    let opts = HttpOptions {
+        authorizer: Some(auth.clone()),
+        ..fast_opts()
+    };
+    assert!(fetch_all(&srv.url("/x"), &opts).expect("authorized after a refresh") == body);
+    assert_eq!(auth.refreshes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let log = srv.log();
+    assert_eq!(log.first().map(|r| r.status), Some(401), "{log:?}");
+    assert!(log.iter().skip(1).all(|r| r.status / 100 == 2), "{log:?}");
+
+    // A redirect to another origin carries none of it.
+    let real = TestServer::serve(Body::mem(body.clone()));
+    let hop = TestServer::builder(Body::mem(Vec::new()))
+        .redirect_to(&real.url("/real"))
+        .start();
+    let auth = std::sync::Arc::new(TestAuthorizer::default());
+    auth.good.store(true, std::sync::atomic::Ordering::SeqCst);
+    let opts = HttpOptions {
+        authorizer: Some(auth),
+        ..fast_opts()
+    };
+    assert!(fetch_all(&hop.url("/start"), &opts).expect("redirected") == body);
+    let first = hop.log();
+    assert!(
+        first
+            .iter()
+            .all(|r| r.headers.iter().any(|(n, _)| n == "x-token")),
+        "the original origin gets the credentials: {first:?}"
+    );
+    let other = real.log();
+    assert!(!other.is_empty());
+    assert!(
+        other
+            .iter()
+            .all(|r| r.authorization.is_none() && !r.headers.iter().any(|(n, _)| n == "x-token")),
+        "no credentials after a cross-origin redirect: {other:?}"
+    );
+}

@@ -29,6 +29,7 @@ pub(super) struct Endpoint {
     pub display: String,
     basic_auth: Option<(String, String)>,
     extra_headers: HeaderMap,
+    authorizer: Option<std::sync::Arc<dyn crate::source::Authorize>>,
     /// How long to wait for a response or for the next body chunk.
     pub stall: Duration,
 }
@@ -96,6 +97,7 @@ impl Endpoint {
             url: parsed,
             basic_auth,
             extra_headers,
+            authorizer: opts.authorizer.clone(),
             stall: opts.stall_timeout,
         })
     }
@@ -110,6 +112,7 @@ impl Endpoint {
         if_range: Option<&str>,
     ) -> Result<Response, Failure> {
         let mut url = self.url.clone();
+        let mut refreshed = false;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.client.get(url.clone());
             if let Span::From { start, end } = span {
@@ -122,13 +125,18 @@ impl Endpoint {
                     req = req.header(IF_RANGE, validator);
                 }
             }
-            if url.origin() == self.url.origin() {
+            let same_origin = url.origin() == self.url.origin();
+            if same_origin {
                 if let Some((user, pass)) = &self.basic_auth {
                     req = req.basic_auth(user, Some(pass));
                 }
                 req = req.headers(self.extra_headers.clone());
             }
-            let resp = match tokio::time::timeout(self.stall, req.send()).await {
+            let mut req = req.build().map_err(|e| self.classify_send_error(&e))?;
+            if let (true, Some(auth)) = (same_origin, &self.authorizer) {
+                auth.authorize(&mut req).await.map_err(Failure::Fatal)?;
+            }
+            let resp = match tokio::time::timeout(self.stall, self.client.execute(req)).await {
                 Err(_) => {
                     return Err(Failure::retry(SourceError::Timeout {
                         url: self.display.clone(),
@@ -148,6 +156,23 @@ impl Endpoint {
                 );
             if status.is_success() || range_answer {
                 return Ok(resp);
+            }
+            if status == StatusCode::UNAUTHORIZED && same_origin && !refreshed {
+                if let Some(auth) = &self.authorizer {
+                    let challenge = resp
+                        .headers()
+                        .get(reqwest::header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    refreshed = true;
+                    if auth
+                        .refresh(challenge.as_deref())
+                        .await
+                        .map_err(Failure::Fatal)?
+                    {
+                        continue;
+                    }
+                }
             }
             if is_redirect(status) {
                 url = self.redirect_target(&url, &resp)?;
