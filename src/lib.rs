@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod cdi;
 pub mod checksum;
+pub mod container;
 pub mod format;
 pub mod info;
 pub mod io;

@@ -1,0 +1,7 @@
+//! Containers: archives that hold the image as one member, read as a
+//! stream of that member (range reads stop here, as they stop at a
+//! compression wrapper). [`tar`] walks a tar stream member by member; the
+//! registry source (a layer's disk entry) and OVA import (the first disk
+//! of the OVF) choose the member.
+
+pub mod tar;
