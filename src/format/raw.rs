@@ -12,6 +12,7 @@ use super::table::{self, Trailer, TAIL_LEN};
 use super::{
     DecodeReport, Decoder, ExtentSink, Feed, Format, FormatError, ImageInfo, PlanOptions, SinkError,
 };
+use crate::io::ZeroRun;
 
 /// Zero-detection granularity.
 ///
@@ -291,7 +292,7 @@ struct Scanner {
     granule: u64,
     /// Zero bytes not reported yet: whole zero granules, plus the all-zero
     /// start of the current granule.
-    zero_run: Option<(u64, u64)>,
+    zero_run: ZeroRun,
     /// The current granule has shown data: the rest of it is data.
     granule_has_data: bool,
 }
@@ -300,7 +301,7 @@ impl Scanner {
     fn new(granule: usize) -> Self {
         Scanner {
             granule: granule as u64,
-            zero_run: None,
+            zero_run: ZeroRun::new(),
             granule_has_data: false,
         }
     }
@@ -332,26 +333,21 @@ impl Scanner {
                     emit_data(sink, pos + from as u64, &chunk[from..at], report)?;
                 }
                 let len = piece.len() as u64;
-                self.zero_run = match self.zero_run.take() {
-                    Some((s, l)) if s + l == here => Some((s, l + len)),
-                    Some((s, l)) => {
-                        emit_zero(sink, s, l, report)?;
-                        Some((here, len))
-                    }
-                    None => Some((here, len)),
-                };
+                if let Some(done) = self.zero_run.add(here..here + len) {
+                    emit_zero(sink, done.start, done.end - done.start, report)?;
+                }
             } else {
                 self.granule_has_data = true;
-                if let Some((s, l)) = self.zero_run.take() {
+                if let Some(run) = self.zero_run.take() {
                     // The part of the run inside this granule becomes data.
                     let granule_start = here - into;
-                    let cut = s.max(granule_start).min(s + l);
-                    if cut > s {
-                        emit_zero(sink, s, cut - s, report)?;
+                    let cut = run.start.max(granule_start).min(run.end);
+                    if cut > run.start {
+                        emit_zero(sink, run.start, cut - run.start, report)?;
                     }
                     let mut at_zero = cut;
-                    while at_zero < s + l {
-                        let n = (s + l - at_zero).min(ZEROS.len() as u64);
+                    while at_zero < run.end {
+                        let n = (run.end - at_zero).min(ZEROS.len() as u64);
                         let zeros = ZEROS.get(..n as usize).unwrap_or_default();
                         emit_data(sink, at_zero, zeros, report)?;
                         at_zero += n;
@@ -374,7 +370,7 @@ impl Scanner {
         report: &mut RawReport,
     ) -> Result<(), SinkError> {
         match self.zero_run.take() {
-            Some((s, l)) => emit_zero(sink, s, l, report),
+            Some(r) => emit_zero(sink, r.start, r.end - r.start, report),
             None => Ok(()),
         }
     }

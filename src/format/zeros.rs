@@ -9,6 +9,7 @@
 
 use super::raw::{is_zero, ZERO_GRANULE};
 use super::{ExtentSink, SinkError};
+use crate::io::ZeroRun;
 
 /// Forwards to `inner`, splitting data extents at guest offsets that are
 /// multiples of [`ZERO_GRANULE`] and reporting all-zero pieces as zeros.
@@ -25,15 +26,15 @@ use super::{ExtentSink, SinkError};
 /// image, where 256 punches suffice). Call [`ZeroDetect::finish`] at the end.
 pub struct ZeroDetect<'a> {
     inner: &'a mut dyn ExtentSink,
-    /// Zeros `[start, end)` not forwarded yet.
-    pending: Option<(u64, u64)>,
+    /// Zeros not forwarded yet.
+    pending: ZeroRun,
 }
 
 impl<'a> ZeroDetect<'a> {
     pub fn new(inner: &'a mut dyn ExtentSink) -> Self {
         ZeroDetect {
             inner,
-            pending: None,
+            pending: ZeroRun::new(),
         }
     }
 
@@ -45,7 +46,7 @@ impl<'a> ZeroDetect<'a> {
 
     fn release(&mut self) -> Result<(), SinkError> {
         match self.pending.take() {
-            Some((s, e)) => self.inner.zero(s, e - s),
+            Some(r) => self.inner.zero(r.start, r.end - r.start),
             None => Ok(()),
         }
     }
@@ -62,15 +63,10 @@ impl<'a> ZeroDetect<'a> {
             limit: u64::MAX,
             what: "the largest offset",
         })?;
-        if let Some((s, e)) = self.pending {
-            if e == off {
-                self.pending = Some((s, end));
-                return Ok(());
-            }
-            self.release()?;
+        match self.pending.add(off..end) {
+            Some(done) => self.inner.zero(done.start, done.end - done.start),
+            None => Ok(()),
         }
-        self.pending = Some((off, end));
-        Ok(())
     }
 }
 

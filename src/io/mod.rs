@@ -1,22 +1,30 @@
-//! Small I/O pieces shared by the stages, one concern per file: the taps on
+//! Small I/O pieces shared by the stages, one concern per file: memory
+//! aligned for `O_DIRECT` ([`aligned`]) and opening with `O_DIRECT` where
+//! the filesystem allows it ([`direct`]); the taps on
 //! the source stream ([`count`] for progress, [`hash`] for checksums,
 //! [`interrupt`] for signals), looking at a stream's first bytes without
-//! consuming them ([`peek`]), random access to a source ([`range`]), and the
+//! consuming them ([`peek`]), random access to a source ([`range`]), a run
+//! of zeros being joined before it is reported ([`zero_run`]), and the
 //! `Read`-through-`BufRead` helper the taps share.
 
+pub mod aligned;
 pub mod count;
+pub mod direct;
 pub mod hash;
 pub mod interrupt;
 pub mod peek;
 pub mod range;
+pub mod zero_run;
 
 use std::io::{self, BufRead};
 
+pub use aligned::AlignedBuf;
 pub use count::CountTap;
 pub use hash::HashTap;
 pub use interrupt::{InterruptTap, Interrupted};
 pub use peek::PeekReader;
 pub use range::RangeRead;
+pub use zero_run::ZeroRun;
 
 /// `Read::read` for a `BufRead` stage (the HTTP reader, the progress and
 /// checksum taps): copy out of `fill_buf`, then `consume`, so a stage that

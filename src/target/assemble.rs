@@ -218,8 +218,8 @@ impl Target {
             // `target_is_zero` the device already reads as zeros.
             return Ok(());
         }
-        match self.zero_ranges.add(start, end) {
-            Some((s, e)) => self.issue_zero(s, e),
+        match self.zero_ranges.add(start..end) {
+            Some(r) => self.issue_zero(r.start, r.end),
             None => Ok(()),
         }
     }
@@ -326,8 +326,8 @@ impl Target {
         while self.run.is_some() {
             self.flush_run()?;
         }
-        if let Some((s, e)) = self.zero_ranges.take() {
-            self.issue_zero(s, e)?;
+        if let Some(r) = self.zero_ranges.take() {
+            self.issue_zero(r.start, r.end)?;
         }
         for block in self.cache.drain() {
             self.merge_with_disk(block)?;

@@ -58,15 +58,16 @@ pub fn open(path: &Path, mode: FileMode) -> io::Result<Opened> {
         Err(e) => return Err(e),
     };
     let replace = kind == TargetKind::File && mode == FileMode::Replace;
-    let (file, direct) = match open_flags(path, kind, replace, true) {
-        Ok(f) => (f, true),
-        // EINVAL from open with O_DIRECT means the filesystem does not support it
-        // (tmpfs before 6.6, some FUSE and network filesystems).
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            (open_flags(path, kind, replace, false)?, false)
-        }
-        Err(e) => return Err(e),
-    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if replace {
+        opts.create(true).truncate(true).mode(0o644);
+    }
+    let (file, direct) = crate::io::direct::open(&opts, path)?;
+    // The path may have been swapped between the metadata check and open.
+    if file.metadata()?.file_type().is_block_device() != (kind == TargetKind::BlockDevice) {
+        return Err(io::Error::other("target changed type while opening"));
+    }
     match kind {
         TargetKind::BlockDevice => {
             let device_size = device::size(&file)?;
@@ -90,26 +91,6 @@ pub fn open(path: &Path, mode: FileMode) -> io::Result<Opened> {
             })
         }
     }
-}
-
-fn open_flags(path: &Path, kind: TargetKind, replace: bool, direct: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true);
-    if replace {
-        opts.create(true).truncate(true).mode(0o644);
-    }
-    let mut flags = libc::O_CLOEXEC;
-    if direct {
-        flags |= libc::O_DIRECT;
-    }
-    opts.custom_flags(flags);
-    let file = opts.open(path)?;
-    // The path may have been swapped between the metadata check and open.
-    let is_blk = file.metadata()?.file_type().is_block_device();
-    if is_blk != (kind == TargetKind::BlockDevice) {
-        return Err(io::Error::other("target changed type while opening"));
-    }
-    Ok(file)
 }
 
 /// The filesystem's required `O_DIRECT` offset alignment, from `statx`

@@ -37,10 +37,11 @@ use crate::pace::Pace;
 pub use device::size_of_path as block_device_size;
 pub use wipe::{wipe_edges, write_zeros_direct};
 
+use crate::io::ZeroRun;
 use partial::PartialCache;
 use pool::{AlignedBuf, BufferPool};
 use writer::WritePipeline;
-use zeroing::{DeviceZeroer, ZeroCoalescer};
+use zeroing::DeviceZeroer;
 
 /// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
 /// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
@@ -172,7 +173,7 @@ pub struct Target {
     cache: PartialCache,
     /// One aligned block for read-modify-write.
     scratch: AlignedBuf,
-    zero_ranges: ZeroCoalescer,
+    zero_ranges: ZeroRun,
     /// `None` when zero ranges need no action (files, `target_is_zero`).
     zeroer: Option<DeviceZeroer>,
     pacer: Option<pacing::Pacer>,
@@ -235,7 +236,7 @@ impl Target {
             gap: 0,
             cache: PartialCache::new(align, partial_blocks),
             scratch: AlignedBuf::new(align, align),
-            zero_ranges: ZeroCoalescer::default(),
+            zero_ranges: ZeroRun::new(),
             zeroer,
             pacer: (!opened.direct).then(|| pacing::Pacer::new(PACING_INTERVAL)),
             stats: WriteStats {

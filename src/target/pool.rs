@@ -12,57 +12,11 @@
 //! then keeps reusing the same two or three buffers, and the rest are never
 //! allocated, so they cost no memory: the pool's bound only becomes real
 //! memory when the writes are what limits the import, which is exactly when
-//! more writes in flight buy speed. (Measured on the mixed benchmark image over
-//! loopback HTTP into a loop device: 8 writes in flight took 3.2-3.4 s against
-//! 4.0-4.1 s with 4; see `DEFAULT_QUEUE_DEPTH`.)
+//! more writes in flight buy speed (BENCHMARKS.md, "Tuning").
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// A heap buffer whose start address is a multiple of `align`.
-///
-/// It over-allocates by `align` bytes and works on the aligned window inside,
-/// which keeps it free of `unsafe` at a cost of one block per buffer.
-pub struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// A zero-filled buffer of `len` bytes aligned to `align` (a power of two).
-    pub fn new(len: usize, align: usize) -> Self {
-        debug_assert!(align.is_power_of_two());
-        let storage = vec![0u8; len.saturating_add(align)];
-        let addr = storage.as_ptr() as usize;
-        // Distance from the allocation to the next multiple of `align`; always < align.
-        let start = addr.wrapping_neg() & (align - 1);
-        AlignedBuf {
-            storage,
-            start,
-            len,
-        }
-    }
-
-    /// The aligned window.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    /// The aligned window, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
-
-    /// Capacity of the aligned window.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for a zero-length buffer.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+pub use crate::io::AlignedBuf;
 
 /// A bounded, lazily filled set of equally sized aligned buffers.
 ///

@@ -1,50 +1,15 @@
 //! Zero ranges: coalescing them, and the block-device zeroing strategy.
 //!
 //! A sparse image reports zeros cluster by cluster (16 million calls for a
-//! 1 TiB qcow2 with 64 KiB clusters). [`ZeroCoalescer`] merges contiguous
-//! ranges so that only one syscall is issued per run of zeros, which is what
-//! makes zero handling cost nothing on sparse images.
+//! 1 TiB qcow2 with 64 KiB clusters). The target joins contiguous ranges in a
+//! [`crate::io::ZeroRun`] so that only one syscall is issued per run of
+//! zeros, which is what makes zero handling cost nothing on sparse images.
 
 use std::fs::File;
 use std::io;
 
 use super::device;
 use super::writer::DeviceZero;
-
-/// Merges contiguous aligned zero ranges; hands back a range to issue when a
-/// non-contiguous one arrives.
-#[derive(Debug, Default)]
-pub struct ZeroCoalescer {
-    pending: Option<(u64, u64)>,
-}
-
-impl ZeroCoalescer {
-    /// Adds `[start, end)`. Returns the previous run when it cannot be extended.
-    pub fn add(&mut self, start: u64, end: u64) -> Option<(u64, u64)> {
-        if start >= end {
-            return None;
-        }
-        match self.pending {
-            Some((s, e)) if e == start => {
-                self.pending = Some((s, end));
-                None
-            }
-            Some((s, e)) if end == s => {
-                self.pending = Some((start, e));
-                None
-            }
-            prev => {
-                self.pending = Some((start, end));
-                prev
-            }
-        }
-    }
-
-    /// Takes the pending run, if any.
-    pub fn take(&mut self) -> Option<(u64, u64)> {
-        self.pending.take()
-    }
-}
 
 /// How a block device gets zeroed, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,18 +112,6 @@ impl DeviceZeroer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn coalesces_contiguous_runs() {
-        let mut z = ZeroCoalescer::default();
-        assert_eq!(z.add(0, 4096), None);
-        assert_eq!(z.add(4096, 8192), None);
-        assert_eq!(z.add(8192, 8192), None, "empty ranges are ignored");
-        assert_eq!(z.add(16384, 20480), Some((0, 8192)));
-        assert_eq!(z.add(12288, 16384), None, "extends backwards");
-        assert_eq!(z.take(), Some((12288, 20480)));
-        assert_eq!(z.take(), None);
-    }
 
     #[test]
     fn falls_back_to_writing_and_remembers() {

@@ -542,6 +542,8 @@ pub struct Streamdisk {
     timeout: Duration,
     cgroup: Option<CString>,
     envs: Vec<(OsString, OsString)>,
+    /// Variables removed from the child's environment.
+    unset: Vec<OsString>,
 }
 
 impl Streamdisk {
@@ -552,6 +554,7 @@ impl Streamdisk {
             timeout: TIMEOUT,
             cgroup: None,
             envs: Vec::new(),
+            unset: Vec::new(),
         }
     }
 
@@ -585,6 +588,12 @@ impl Streamdisk {
         self
     }
 
+    /// Removes `k` from the child's environment.
+    pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Self {
+        self.unset.push(k.as_ref().to_owned());
+        self
+    }
+
     pub fn input(mut self, input: Input) -> Self {
         self.input = input;
         self
@@ -609,6 +618,9 @@ impl Streamdisk {
     /// Runs to completion; a hang (killed after the timeout) is an `Err` naming it.
     pub fn try_run(self) -> Result<Run, String> {
         let mut cmd = Command::new(bin());
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("RUST_BACKTRACE", "0")

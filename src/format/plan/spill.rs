@@ -8,57 +8,17 @@
 //! says so. The file is unlinked right after creation, so it disappears when
 //! dropped, even if the process dies.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::io::{direct, AlignedBuf};
 
 /// Alignment of O_DIRECT I/O (covers 512 and 4096 byte logical blocks).
 const ALIGN: usize = 4096;
 /// Staging buffer size: full blocks of it are written at once.
 const STAGE: usize = 1 << 20;
-
-/// A heap buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> io::Result<AlignedBuf> {
-        let layout = Layout::from_size_align(len.max(ALIGN), ALIGN)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).ok_or_else(|| io::Error::other("out of memory"))?;
-        Ok(AlignedBuf {
-            ptr,
-            len: len.max(ALIGN),
-        })
-    }
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr points to len initialized (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self guarantees exclusivity.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        if let Ok(layout) = Layout::from_size_align(self.len, ALIGN) {
-            // SAFETY: allocated in `new` with this very layout.
-            unsafe { dealloc(self.ptr.as_ptr(), layout) }
-        }
-    }
-}
-
-// SAFETY: AlignedBuf owns its allocation exclusively.
-unsafe impl Send for AlignedBuf {}
 
 /// One contiguous host range stored contiguously in the log.
 #[derive(Debug, Clone, Copy)]
@@ -86,29 +46,19 @@ impl SpillFile {
             std::process::id(),
             rand::random::<u64>()
         ));
-        let open = |direct: bool| {
-            let mut o = OpenOptions::new();
-            o.read(true).write(true).create_new(true);
-            if direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
-            o.open(&name)
-        };
-        let (file, direct) = match open(true) {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(dir = %dir.display(), "scratch filesystem refuses O_DIRECT; spilling through the page cache");
-                (open(false)?, false)
-            }
-            Err(e) => return Err(e),
-        };
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create_new(true);
+        let (file, direct) = direct::open(&opts, &name)?;
+        if !direct {
+            tracing::warn!(dir = %dir.display(), "scratch filesystem refuses O_DIRECT; spilling through the page cache");
+        }
         std::fs::remove_file(&name)?;
         tracing::info!(dir = %dir.display(), "spilling out-of-order image data to a scratch file");
         Ok(SpillFile {
             file,
             direct,
             flushed: 0,
-            stage: AlignedBuf::new(STAGE)?,
+            stage: AlignedBuf::new(STAGE, ALIGN),
             stage_len: 0,
             index: Vec::new(),
         })
@@ -156,8 +106,9 @@ impl SpillFile {
             .ok_or_else(|| io::Error::other("stage"))?;
         match self.file.write_all_at(data, self.flushed) {
             Ok(()) => {}
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                disable_direct(&self.file, &e)?;
+            Err(e) if self.direct && direct::refused(&e) => {
+                tracing::warn!(error = %e, "scratch file refuses O_DIRECT I/O; falling back to buffered");
+                direct::disable(&self.file)?;
                 self.direct = false;
                 self.file.write_all_at(data, self.flushed)?;
             }
@@ -165,25 +116,6 @@ impl SpillFile {
         }
         self.flushed += STAGE as u64;
         self.stage_len = 0;
-        Ok(())
-    }
-}
-
-/// Clears O_DIRECT on an open file (some filesystems accept the flag at open
-/// time but refuse the I/O).
-fn disable_direct(file: &File, why: &io::Error) -> io::Result<()> {
-    {
-        tracing::warn!(error = %why, "scratch file refuses O_DIRECT I/O; falling back to buffered");
-        let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own; no memory is passed.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(())
     }
 }
@@ -241,7 +173,7 @@ impl SpillFile {
             let lim = (self.flushed - pos).min(want as u64) as usize;
             let span = ((pos - a) as usize + lim).div_ceil(ALIGN) * ALIGN;
             let span = span.min(STAGE);
-            let mut tmp = AlignedBuf::new(span)?;
+            let mut tmp = AlignedBuf::new(span, ALIGN);
             let buf = tmp
                 .as_mut_slice()
                 .get_mut(..span)

@@ -4,12 +4,13 @@
 //! `[0, virtual_size)` was reported.
 
 use crate::format::ExtentSink;
+use crate::io::ZeroRun;
 
 use super::Qcow2Error;
 
 pub struct Emitter {
     vsize: u64,
-    pending_zero: Option<(u64, u64)>,
+    pending_zero: ZeroRun,
     covered: u64,
     pub data_bytes: u64,
 }
@@ -18,7 +19,7 @@ impl Emitter {
     pub fn new(vsize: u64) -> Emitter {
         Emitter {
             vsize,
-            pending_zero: None,
+            pending_zero: ZeroRun::new(),
             covered: 0,
             data_bytes: 0,
         }
@@ -66,22 +67,18 @@ impl Emitter {
             return Ok(());
         }
         self.covered += len;
-        match &mut self.pending_zero {
-            Some((g, l)) if g.checked_add(*l) == Some(guest) => {
-                *l += len;
-                Ok(())
-            }
-            _ => {
-                self.flush(sink)?;
-                self.pending_zero = Some((guest, len));
-                Ok(())
-            }
+        match self.pending_zero.add(guest..guest + len) {
+            Some(done) => sink
+                .zero(done.start, done.end - done.start)
+                .map_err(Qcow2Error::Sink),
+            None => Ok(()),
         }
     }
 
     pub fn flush(&mut self, sink: &mut dyn ExtentSink) -> Result<(), Qcow2Error> {
-        if let Some((g, l)) = self.pending_zero.take() {
-            sink.zero(g, l).map_err(Qcow2Error::Sink)?;
+        if let Some(r) = self.pending_zero.take() {
+            sink.zero(r.start, r.end - r.start)
+                .map_err(Qcow2Error::Sink)?;
         }
         Ok(())
     }
