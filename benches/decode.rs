@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench --bench decode`. Needs qemu-img for the image benches.
 
+// criterion_group! makes an undocumented public function.
+#![allow(missing_docs)]
+
 use std::io::Cursor;
 use std::process::Command;
 

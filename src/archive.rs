@@ -54,7 +54,7 @@ pub struct ExtractStats {
 }
 
 /// Extracts the tar stream `input` (already decompressed) into `dest`.
-pub fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, ArchiveError> {
+pub(crate) fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats, ArchiveError> {
     let mut stats = ExtractStats::default();
     let mut dir_modes: Vec<(PathBuf, u32, u64)> = Vec::new();
     let mut archive = tar::Archive::new(input);
@@ -259,7 +259,7 @@ fn set_mtime(f: &File, mtime: u64) {
 
 /// Removes everything inside `dir` but not `dir` itself (it is the volume's
 /// mount point), as CDI does after an archive fails its checksum.
-pub fn remove_contents(dir: &Path) -> io::Result<()> {
+pub(crate) fn remove_contents(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let p = entry.path();

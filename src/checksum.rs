@@ -14,9 +14,13 @@ use crate::io::HashTap;
 /// A supported digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algo {
+    /// MD5.
     Md5,
+    /// SHA-1.
     Sha1,
+    /// SHA-256.
     Sha256,
+    /// SHA-512.
     Sha512,
 }
 
@@ -52,6 +56,7 @@ impl Algo {
 /// An expected checksum, `ALGO:HEX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checksum {
+    /// The algorithm.
     pub algo: Algo,
     /// Lower-case hex.
     pub hex: String,
@@ -98,6 +103,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier for `expected`; its taps feed one shared digest.
     pub fn new(expected: Checksum) -> Self {
         let state = Arc::new(Mutex::new(expected.algo.hasher()));
         Verifier { expected, state }

@@ -16,7 +16,7 @@ use crate::report::ProgressMode;
 /// recognises and does not decode are refused by name, never copied as raw.
 #[derive(Debug, Parser)]
 #[command(name = "streamdisk", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Less output (only errors).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -28,7 +28,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Import SOURCE into TARGET (a block device, or a file that is created or overwritten).
     Convert(ConvertArgs),
     /// Describe SOURCE: wrapper, format, virtual size, cluster size, features. Reads only the header.
@@ -44,7 +44,7 @@ pub enum Command {
 
 /// Options shared by every command that reads a source.
 #[derive(Debug, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// Image to read: an http:// or https:// URL, a local path, or - for stdin.
     pub source: String,
     /// Basic-auth user for HTTP (password from --password-env).
@@ -74,7 +74,7 @@ pub struct SourceArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ConvertArgs {
+pub(crate) struct ConvertArgs {
     #[command(flatten)]
     pub src: SourceArgs,
     /// Block device or regular file to write the raw disk into.
@@ -124,7 +124,7 @@ pub struct ConvertArgs {
 
 /// `--format`, named as qemu names the formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
+pub(crate) enum FormatArg {
     /// Detect by signature.
     Auto,
     /// A raw disk: the bytes as they are.
@@ -143,7 +143,7 @@ pub enum FormatArg {
 
 impl FormatArg {
     /// The library's choice.
-    pub fn choice(self) -> FormatChoice {
+    pub(crate) fn choice(self) -> FormatChoice {
         let f = match self {
             FormatArg::Auto => return FormatChoice::Auto,
             FormatArg::Raw => Format::Raw,
@@ -159,13 +159,13 @@ impl FormatArg {
 
 /// `info --output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Human,
     Json,
 }
 
 #[derive(Debug, Args)]
-pub struct InfoArgs {
+pub(crate) struct InfoArgs {
     #[command(flatten)]
     pub src: SourceArgs,
     /// Output format.
@@ -174,7 +174,7 @@ pub struct InfoArgs {
 }
 
 /// `auto` (the source decides) or a count of at least 1.
-pub fn parse_connections(s: &str) -> Result<Connections, String> {
+pub(crate) fn parse_connections(s: &str) -> Result<Connections, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(Connections::Auto);
     }
@@ -187,7 +187,7 @@ pub fn parse_connections(s: &str) -> Result<Connections, String> {
 }
 
 /// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

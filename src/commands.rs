@@ -14,7 +14,7 @@ use streamdisk::source::{HttpOptions, SourceSpec};
 use streamdisk::target::{Depth, TargetOptions};
 
 /// Runs the parsed command line and returns the process exit code.
-pub fn dispatch(cli: Cli) -> i32 {
+pub(crate) fn dispatch(cli: Cli) -> i32 {
     init_logging(cli.quiet, cli.verbose);
     let result = match cli.command {
         Command::Convert(a) => convert(a, cli.quiet),

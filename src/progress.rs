@@ -16,15 +16,19 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Counts `n` more bytes received.
     pub fn add(&self, n: u64) {
         self.received.fetch_add(n, Ordering::Relaxed);
     }
+    /// Sets the number of bytes expected in all.
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
     }
+    /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
+    /// Bytes expected in all, when known.
     pub fn total(&self) -> Option<u64> {
         match self.total.load(Ordering::Relaxed) {
             0 => None,
@@ -35,6 +39,7 @@ impl Counter {
     pub fn set_done(&self) {
         self.done.store(true, Ordering::Release);
     }
+    /// Whether [`Counter::set_done`] was called.
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }

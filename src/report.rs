@@ -8,7 +8,7 @@ use streamdisk::progress::Counter;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ProgressMode {
+pub(crate) enum ProgressMode {
     /// A bar on a terminal, log lines otherwise.
     #[default]
     Auto,
@@ -21,7 +21,7 @@ pub enum ProgressMode {
 }
 
 /// Shows progress until dropped: an indicatif bar or periodic log lines.
-pub struct Reporter {
+pub(crate) struct Reporter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -31,7 +31,7 @@ const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Reporter {
     /// Starts reporting `counter` in `mode` (`Auto` picks a bar on a TTY).
-    pub fn start(mode: ProgressMode, counter: Arc<Counter>) -> Self {
+    pub(crate) fn start(mode: ProgressMode, counter: Arc<Counter>) -> Self {
         use std::io::IsTerminal;
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,

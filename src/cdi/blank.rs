@@ -16,7 +16,7 @@ use super::space;
 
 /// What the blank disk should look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlankPlan {
+pub(crate) enum BlankPlan {
     /// Create `/data/disk.img` of this size.
     File { size: u64, preallocate: bool },
     /// Zero this many bytes of the block device.
@@ -26,7 +26,7 @@ pub enum BlankPlan {
 }
 
 /// CDI's `createBlankImage` arithmetic.
-pub fn plan(
+pub(crate) fn plan(
     block: bool,
     available: u64,
     requested: u64,
@@ -53,7 +53,7 @@ pub fn plan(
 
 /// Creates (replacing any leftover) a raw image file of `size` bytes, mode 0660
 /// whatever the umask, allocated when `preallocate`, and syncs it.
-pub fn create_file(path: &Path, size: u64, preallocate: bool) -> io::Result<()> {
+pub(crate) fn create_file(path: &Path, size: u64, preallocate: bool) -> io::Result<()> {
     let ctx = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
     };
@@ -78,7 +78,7 @@ pub fn create_file(path: &Path, size: u64, preallocate: bool) -> io::Result<()> 
 
 /// Allocates every block of `[0, len)` of `f` without changing its contents
 /// (what `preallocation=falloc` does).
-pub fn allocate(f: &fs::File, len: u64) -> io::Result<()> {
+pub(crate) fn allocate(f: &fs::File, len: u64) -> io::Result<()> {
     let len = i64::try_from(len).map_err(|_| io::Error::other("size exceeds off_t"))?;
     if len == 0 {
         return Ok(());

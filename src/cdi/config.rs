@@ -13,25 +13,25 @@ use crate::checksum::Checksum;
 
 use super::quantity;
 
-pub const ENV_SOURCE: &str = "IMPORTER_SOURCE";
-pub const ENV_ENDPOINT: &str = "IMPORTER_ENDPOINT";
-pub const ENV_CONTENT_TYPE: &str = "IMPORTER_CONTENTTYPE";
-pub const ENV_IMAGE_SIZE: &str = "IMPORTER_IMAGE_SIZE";
-pub const ENV_OVERHEAD: &str = "FILESYSTEM_OVERHEAD";
-pub const ENV_PREALLOCATION: &str = "PREALLOCATION";
-pub const ENV_CACHE_MODE: &str = "CACHE_MODE";
-pub const ENV_OWNER_UID: &str = "OWNER_UID";
-pub const ENV_INSECURE_TLS: &str = "INSECURE_TLS";
-pub const ENV_ACCESS_KEY: &str = "IMPORTER_ACCESS_KEY_ID";
-pub const ENV_SECRET_KEY: &str = "IMPORTER_SECRET_KEY";
-pub const ENV_CERT_DIR: &str = "IMPORTER_CERT_DIR";
-pub const ENV_CHECKSUM: &str = "IMPORTER_CHECKSUM";
+pub(crate) const ENV_SOURCE: &str = "IMPORTER_SOURCE";
+pub(crate) const ENV_ENDPOINT: &str = "IMPORTER_ENDPOINT";
+pub(crate) const ENV_CONTENT_TYPE: &str = "IMPORTER_CONTENTTYPE";
+pub(crate) const ENV_IMAGE_SIZE: &str = "IMPORTER_IMAGE_SIZE";
+pub(crate) const ENV_OVERHEAD: &str = "FILESYSTEM_OVERHEAD";
+pub(crate) const ENV_PREALLOCATION: &str = "PREALLOCATION";
+pub(crate) const ENV_CACHE_MODE: &str = "CACHE_MODE";
+pub(crate) const ENV_OWNER_UID: &str = "OWNER_UID";
+pub(crate) const ENV_INSECURE_TLS: &str = "INSECURE_TLS";
+pub(crate) const ENV_ACCESS_KEY: &str = "IMPORTER_ACCESS_KEY_ID";
+pub(crate) const ENV_SECRET_KEY: &str = "IMPORTER_SECRET_KEY";
+pub(crate) const ENV_CERT_DIR: &str = "IMPORTER_CERT_DIR";
+pub(crate) const ENV_CHECKSUM: &str = "IMPORTER_CHECKSUM";
 /// Prefix of the numbered extra-header variables (`IMPORTER_EXTRA_HEADER_0`, ...).
-pub const ENV_EXTRA_HEADER_PREFIX: &str = "IMPORTER_EXTRA_HEADER_";
+pub(crate) const ENV_EXTRA_HEADER_PREFIX: &str = "IMPORTER_EXTRA_HEADER_";
 
 /// `IMPORTER_SOURCE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
+pub(crate) enum SourceKind {
     Http,
     /// A blank disk.
     None,
@@ -42,7 +42,7 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
-    pub fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "http" => SourceKind::Http,
             "none" => SourceKind::None,
@@ -54,7 +54,7 @@ impl SourceKind {
 
 /// `IMPORTER_CONTENTTYPE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentType {
+pub(crate) enum ContentType {
     /// A disk image (the default when unset, as in CDI's destination choice).
     KubeVirt,
     /// A tar archive extracted into the data volume.
@@ -63,7 +63,7 @@ pub enum ContentType {
 
 /// One extra request header.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub name: String,
     pub value: String,
     /// Came from a mounted secret: the value must never be logged.
@@ -82,7 +82,7 @@ impl Header {
     /// Parses `Name: value` as CDI does (split at the first colon), trimming the
     /// spaces Go's HTTP client trims when it sends the header. `None` when there
     /// is no colon or no name (CDI silently drops those).
-    pub fn parse(line: &str, secret: bool) -> Option<Header> {
+    pub(crate) fn parse(line: &str, secret: bool) -> Option<Header> {
         let (name, value) = line.split_once(':')?;
         let name = name.trim();
         if name.is_empty() {
@@ -98,7 +98,7 @@ impl Header {
 
 /// A value the pod cannot run with.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// CDI's wording, logged before exit 1.
     #[error("the PREALLOCATION environment variable is with a wrong value \"{0}\"; should be \"true\" or \"false\"")]
     Preallocation(String),
@@ -114,7 +114,7 @@ pub enum ConfigError {
 
 /// Everything the environment says about the job.
 #[derive(Debug, Clone)]
-pub struct PodConfig {
+pub(crate) struct PodConfig {
     pub source: SourceKind,
     /// The URL; may carry userinfo, so it is never logged as is.
     pub endpoint: String,
@@ -124,7 +124,6 @@ pub struct PodConfig {
     pub overhead: f64,
     pub preallocation: bool,
     pub cache_mode: String,
-    pub owner_uid: String,
     pub insecure_tls: bool,
     /// Sent only when both user and password are non-empty, as in CDI.
     pub basic_auth: Option<(String, String)>,
@@ -137,7 +136,7 @@ pub struct PodConfig {
 
 /// The value of `name` in `vars`; an unset variable reads as empty, as Go's
 /// `os.Getenv` (which CDI uses) makes it.
-pub fn env_value<'a>(vars: &'a [(String, String)], name: &str) -> &'a str {
+pub(crate) fn env_value<'a>(vars: &'a [(String, String)], name: &str) -> &'a str {
     vars.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
@@ -145,7 +144,7 @@ pub fn env_value<'a>(vars: &'a [(String, String)], name: &str) -> &'a str {
 }
 
 /// Go's `strconv.ParseBool`.
-pub fn go_parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn go_parse_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
@@ -158,7 +157,7 @@ impl PodConfig {
     ///
     /// Errors come in CDI's order: `PREALLOCATION` first (CDI checks it before
     /// anything else), then the rest.
-    pub fn from_vars(vars: &[(String, String)]) -> Result<PodConfig, ConfigError> {
+    pub(crate) fn from_vars(vars: &[(String, String)]) -> Result<PodConfig, ConfigError> {
         let get = |name: &str| env_value(vars, name);
 
         let prealloc_raw = get(ENV_PREALLOCATION);
@@ -218,7 +217,6 @@ impl PodConfig {
             overhead,
             preallocation,
             cache_mode: get(ENV_CACHE_MODE).to_string(),
-            owner_uid: get(ENV_OWNER_UID).to_string(),
             insecure_tls: go_parse_bool(get(ENV_INSECURE_TLS)).unwrap_or(false),
             basic_auth,
             cert_dir,

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 
 /// The flags after parsing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KlogFlags {
+pub(crate) struct KlogFlags {
     /// `-v=N`: klog verbosity, when given.
     pub verbosity: Option<u8>,
     /// Flags accepted and ignored, as given (for a debug log line).
@@ -21,7 +21,7 @@ pub struct KlogFlags {
 ///
 /// `-v` takes its value either inline (`-v=3`) or as the next argument
 /// (`-v 3`), as Go's `flag` package allows for non-boolean flags.
-pub fn parse(args: &[OsString]) -> KlogFlags {
+pub(crate) fn parse(args: &[OsString]) -> KlogFlags {
     let mut flags = KlogFlags::default();
     let mut iter = args.iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(arg) = iter.next() {

@@ -13,7 +13,7 @@ use super::config::Header;
 
 /// Reads every secret header under `dir`. Lines without a colon are dropped
 /// (as CDI drops them), with a warning naming the file but never its content.
-pub fn read_secret_headers(dir: &Path) -> io::Result<Vec<Header>> {
+pub(crate) fn read_secret_headers(dir: &Path) -> io::Result<Vec<Header>> {
     let mut out = Vec::new();
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),

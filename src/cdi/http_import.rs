@@ -26,7 +26,7 @@ use super::paths::PodPaths;
 use super::{blank, headers, space};
 
 /// Everything an HTTP import needs from the pod run.
-pub struct HttpContext<'a> {
+pub(crate) struct HttpContext<'a> {
     pub cfg: &'a PodConfig,
     pub paths: &'a PodPaths,
     pub block: bool,
@@ -42,7 +42,7 @@ fn connect_failed(detail: impl std::fmt::Display) -> Outcome {
 
 /// The HTTP client settings from the pod: auth, headers (environment then
 /// secret files), CA directories, TLS verification.
-pub fn http_options(cfg: &PodConfig, paths: &PodPaths) -> Result<HttpOptions, Outcome> {
+pub(crate) fn http_options(cfg: &PodConfig, paths: &PodPaths) -> Result<HttpOptions, Outcome> {
     let mut opts = HttpOptions {
         basic_auth: cfg.basic_auth.clone(),
         insecure_tls: cfg.insecure_tls,
@@ -87,7 +87,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), Outcome> {
 }
 
 /// Runs the HTTP import described by `ctx`.
-pub fn run(ctx: &HttpContext<'_>) -> Outcome {
+pub(crate) fn run(ctx: &HttpContext<'_>) -> Outcome {
     if let Err(o) = check_endpoint(&ctx.cfg.endpoint) {
         return o;
     }

@@ -12,7 +12,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the stderr subscriber. Harmless if one is already installed (tests).
-pub fn init(verbosity: Option<u8>) {
+pub(crate) fn init(verbosity: Option<u8>) {
     let level = match verbosity.unwrap_or(0) {
         0 => "info",
         1 | 2 => "debug",
@@ -28,7 +28,7 @@ pub fn init(verbosity: Option<u8>) {
 
 /// Replaces known secret strings with `***`.
 #[derive(Debug, Default, Clone)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     secrets: Vec<String>,
 }
 
@@ -36,7 +36,7 @@ impl Redactor {
     /// Registers a secret. Very short values (under 3 bytes) are not
     /// registered: scrubbing them would mangle ordinary text and they protect
     /// nothing anyway.
-    pub fn add(&mut self, secret: &str) {
+    pub(crate) fn add(&mut self, secret: &str) {
         if secret.len() >= 3 && !self.secrets.iter().any(|s| s == secret) {
             self.secrets.push(secret.to_string());
             // Longest first, so that a secret containing another is removed whole.
@@ -45,7 +45,7 @@ impl Redactor {
     }
 
     /// Registers the userinfo of `url` (user, password, and percent-decoded forms).
-    pub fn add_url_userinfo(&mut self, url: &str) {
+    pub(crate) fn add_url_userinfo(&mut self, url: &str) {
         if let Ok(u) = reqwest::Url::parse(url) {
             if let Some(p) = u.password() {
                 self.add(p);
@@ -63,7 +63,7 @@ impl Redactor {
     }
 
     /// `text` with every registered secret replaced.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
@@ -103,7 +103,7 @@ fn hex_val(c: u8) -> Option<u8> {
 
 /// A URL fit for logs: no userinfo, and the query (which often carries signed
 /// tokens) replaced by `?...`.
-pub fn display_url(url: &str) -> String {
+pub(crate) fn display_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_username("");

@@ -34,9 +34,9 @@ use prometheus_client::registry::Registry;
 use crate::progress::Counter;
 
 /// CDI's port for the importer's metrics.
-pub const DEFAULT_PORT: u16 = 8443;
+pub(crate) const DEFAULT_PORT: u16 = 8443;
 /// Overrides [`DEFAULT_PORT`]; meant for tests, which run many pods side by side.
-pub const PORT_ENV: &str = "STREAMDISK_METRICS_PORT";
+pub(crate) const PORT_ENV: &str = "STREAMDISK_METRICS_PORT";
 
 /// The metric's name as registered; the text encoding appends `_total`.
 const METRIC: &str = "kubevirt_cdi_import_progress";
@@ -82,7 +82,7 @@ impl Collector for ProgressCollector {
 }
 
 /// The registry serving the progress metric for `owner_uid`.
-pub fn registry(counter: Arc<Counter>, owner_uid: &str) -> Registry {
+pub(crate) fn registry(counter: Arc<Counter>, owner_uid: &str) -> Registry {
     let mut reg = Registry::default();
     reg.register_collector(Box::new(ProgressCollector {
         counter,
@@ -93,7 +93,7 @@ pub fn registry(counter: Arc<Counter>, owner_uid: &str) -> Registry {
 }
 
 /// The text exposition of `reg`.
-pub fn render(reg: &Registry) -> String {
+pub(crate) fn render(reg: &Registry) -> String {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, reg) {
         tracing::warn!(error = %e, "encoding metrics");
@@ -103,7 +103,7 @@ pub fn render(reg: &Registry) -> String {
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     #[error("generating the metrics certificate: {0}")]
     Cert(String),
     #[error("binding port {port}")]
@@ -131,7 +131,7 @@ fn tls_acceptor() -> Result<tokio_rustls::TlsAcceptor, MetricsError> {
 
 /// Binds `port` on all interfaces (IPv6 dual-stack, else IPv4) and serves
 /// `reg` over HTTPS on `rt` until the process exits. Returns the bound address.
-pub fn start(
+pub(crate) fn start(
     rt: &tokio::runtime::Handle,
     port: u16,
     reg: Arc<Registry>,

@@ -23,19 +23,19 @@
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
 //! | [`logging`] | stderr logs and secret scrubbing |
 
-pub mod blank;
-pub mod config;
-pub mod flags;
-pub mod headers;
-pub mod http_import;
-pub mod logging;
-pub mod metrics;
-pub mod outcome;
-pub mod paths;
-pub mod quantity;
-pub mod sidecar;
-pub mod space;
-pub mod termination;
+pub(crate) mod blank;
+pub(crate) mod config;
+pub(crate) mod flags;
+pub(crate) mod headers;
+pub(crate) mod http_import;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod outcome;
+pub(crate) mod paths;
+pub(crate) mod quantity;
+pub(crate) mod sidecar;
+pub(crate) mod space;
+pub(crate) mod termination;
 
 use std::ffi::OsString;
 use std::io;

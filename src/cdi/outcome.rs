@@ -12,7 +12,7 @@ use super::termination::{TerminationMessage, COMPLETE};
 
 /// The end of a pod run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Imported (or blank disk made). `scratch_space_required` is `None` for
     /// blank disks, whose message CDI writes without that field.
     Complete {
@@ -31,7 +31,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Outcome::Failed(_) => 1,
             _ => 0,
@@ -39,7 +39,7 @@ impl Outcome {
     }
 
     /// The termination message text (before newline normalization).
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             Outcome::Complete {
                 scratch_space_required,
@@ -72,7 +72,7 @@ impl Outcome {
 /// The controller recognises "volume too small" by lower-case substrings
 /// (`no space left on device`, `disk quota exceeded`) that Go's error strings
 /// use; Rust's `io::Error` prints the C library's capitalised `strerror` text.
-pub fn controller_wording(msg: &str) -> String {
+pub(crate) fn controller_wording(msg: &str) -> String {
     msg.replace("No space left on device", "no space left on device")
         .replace("Disk quota exceeded", "disk quota exceeded")
 }

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 
 /// Test-only: re-roots every pod path under this directory when set and non-empty.
-pub const POD_ROOT_ENV: &str = "STREAMDISK_POD_ROOT";
+pub(crate) const POD_ROOT_ENV: &str = "STREAMDISK_POD_ROOT";
 
 /// Where the pod's volumes and files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodPaths {
+pub(crate) struct PodPaths {
     /// The filesystem volume's mount point (`/data`); archives are extracted here.
     pub data_dir: PathBuf,
     /// The disk image in filesystem mode (`/data/disk.img`).
@@ -33,7 +33,7 @@ pub struct PodPaths {
 
 impl PodPaths {
     /// Paths under `root` (`/` in production).
-    pub fn under(root: &Path) -> Self {
+    pub(crate) fn under(root: &Path) -> Self {
         let at = |p: &str| root.join(p);
         PodPaths {
             data_dir: at("data"),
@@ -48,7 +48,7 @@ impl PodPaths {
 
     /// The production paths, or the test root from `root_override`
     /// (the value of [`POD_ROOT_ENV`]) when it is set and non-empty.
-    pub fn from_override(root_override: Option<&str>) -> Self {
+    pub(crate) fn from_override(root_override: Option<&str>) -> Self {
         match root_override {
             Some(r) if !r.is_empty() => Self::under(Path::new(r)),
             _ => Self::under(Path::new("/")),

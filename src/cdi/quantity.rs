@@ -8,7 +8,7 @@
 
 /// Why a quantity string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum QuantityError {
+pub(crate) enum QuantityError {
     #[error("quantity {0:?} is empty")]
     Empty(String),
     #[error("quantity {0:?} is not a number with an optional suffix (Ki Mi Gi Ti Pi Ei, k M G T P E, or an exponent)")]
@@ -37,7 +37,7 @@ enum Multiplier {
 /// `Ki Mi Gi Ti Pi Ei`, or `e`/`E` followed by a signed integer). Negative values
 /// and values above `i64::MAX` (Go's `int64`) are errors, since a disk size can be
 /// neither.
-pub fn parse_bytes(s: &str) -> Result<u64, QuantityError> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, QuantityError> {
     let fmt_err = || QuantityError::Format(s.to_string());
     if s.is_empty() {
         return Err(QuantityError::Empty(s.to_string()));

@@ -19,21 +19,21 @@ use std::path::Path;
 use std::time::Duration;
 
 /// `IMPORTER_READY_FILE`.
-pub const ENV_READY_FILE: &str = "IMPORTER_READY_FILE";
+pub(crate) const ENV_READY_FILE: &str = "IMPORTER_READY_FILE";
 /// `IMPORTER_DONE_FILE`.
-pub const ENV_DONE_FILE: &str = "IMPORTER_DONE_FILE";
+pub(crate) const ENV_DONE_FILE: &str = "IMPORTER_DONE_FILE";
 /// `IMPORTER_PULL_METHOD`.
-pub const ENV_PULL_METHOD: &str = "IMPORTER_PULL_METHOD";
+pub(crate) const ENV_PULL_METHOD: &str = "IMPORTER_PULL_METHOD";
 
 /// How long CDI waits for the ready file.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The endpoint's default file name, replaced by the ready file's content.
 const DISK_IMAGE_NAME: &str = "disk.img";
 
 /// Waits until `path` exists, polling every `poll`, for at most `timeout`.
 /// The error text is CDI's.
-pub fn wait_ready(path: &Path, timeout: Duration, poll: Duration) -> Result<(), String> {
+pub(crate) fn wait_ready(path: &Path, timeout: Duration, poll: Duration) -> Result<(), String> {
     let start = std::time::Instant::now();
     loop {
         if path.exists() {
@@ -48,7 +48,7 @@ pub fn wait_ready(path: &Path, timeout: Duration, poll: Duration) -> Result<(), 
 
 /// The endpoint to fetch: `endpoint` with its trailing `disk.img` replaced by
 /// the ready file's content, when that is not empty.
-pub fn endpoint(endpoint: &str, ready_file: &Path) -> Result<String, String> {
+pub(crate) fn endpoint(endpoint: &str, ready_file: &Path) -> Result<String, String> {
     let name = std::fs::read_to_string(ready_file)
         .map_err(|e| format!("Failed reading file {}: {e}", ready_file.display()))?;
     if name.is_empty() {
@@ -59,7 +59,7 @@ pub fn endpoint(endpoint: &str, ready_file: &Path) -> Result<String, String> {
 }
 
 /// Creates the done file (`O_CREAT|O_EXCL`, as CDI); failures are only logged.
-pub fn touch_done(path: &Path) {
+pub(crate) fn touch_done(path: &Path) {
     let res = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -70,7 +70,7 @@ pub fn touch_done(path: &Path) {
 }
 
 /// The `/info` URL of the sidecar serving `endpoint` (`scheme://host[:port]/info`).
-pub fn info_url(endpoint: &str) -> Option<String> {
+pub(crate) fn info_url(endpoint: &str) -> Option<String> {
     let u = reqwest::Url::parse(endpoint).ok()?;
     let host = u.host_str()?;
     Some(match u.port() {
@@ -81,7 +81,10 @@ pub fn info_url(endpoint: &str) -> Option<String> {
 
 /// The labels the sidecar's `/info` lists for the image serving `endpoint`.
 /// Failures are logged and give no labels, as in CDI.
-pub fn fetch_labels(rt: &tokio::runtime::Runtime, endpoint: &str) -> BTreeMap<String, String> {
+pub(crate) fn fetch_labels(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+) -> BTreeMap<String, String> {
     let Some(url) = info_url(endpoint) else {
         return BTreeMap::new();
     };
@@ -121,7 +124,7 @@ pub fn fetch_labels(rt: &tokio::runtime::Runtime, endpoint: &str) -> BTreeMap<St
 const INFO_LIMIT: u64 = 1 << 20;
 
 /// Parses the sidecar's `/info` body into PVC labels.
-pub fn labels_from_info(body: &mut dyn Read) -> io::Result<BTreeMap<String, String>> {
+pub(crate) fn labels_from_info(body: &mut dyn Read) -> io::Result<BTreeMap<String, String>> {
     #[derive(serde::Deserialize)]
     struct ServerInfo {
         #[serde(default)]
@@ -137,7 +140,7 @@ const KUBEVIRT_ENV_PREFIX: &str = "KUBEVIRT_IO_";
 const KUBEVIRT_LABEL_PREFIX: &str = "kubevirt.io/";
 
 /// CDI's `envsToLabels`: every `NAME=value` whose name contains `KUBEVIRT_IO_`.
-pub fn envs_to_labels(envs: &[String]) -> BTreeMap<String, String> {
+pub(crate) fn envs_to_labels(envs: &[String]) -> BTreeMap<String, String> {
     envs.iter()
         .filter_map(|e| e.split_once('='))
         .filter(|(k, _)| k.contains(KUBEVIRT_ENV_PREFIX))

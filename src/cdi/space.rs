@@ -17,13 +17,13 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 
 /// CDI aligns image sizes to 1 MiB, a multiple of every hardware block size.
-pub const ALIGN: u64 = 1 << 20;
+pub(crate) const ALIGN: u64 = 1 << 20;
 
 /// CDI's `GetUsableSpace`: the space left once the filesystem overhead is
 /// reserved, rounded down to [`ALIGN`].
 ///
 /// `overhead` must be finite and non-negative (the config refuses anything else).
-pub fn usable_space(overhead: f64, available: u64) -> u64 {
+pub(crate) fn usable_space(overhead: f64, available: u64) -> u64 {
     // Go: int64(math.Ceil(float64(availableSpace) / (1 + filesystemOverhead))).
     // `as` saturates on out-of-range floats, which only a nonsensical overhead makes.
     let without_overhead = (available as f64 / (1.0 + overhead)).ceil() as u64;
@@ -31,7 +31,7 @@ pub fn usable_space(overhead: f64, available: u64) -> u64 {
 }
 
 /// The filesystem-mode space budget: free space capped at the requested size.
-pub fn cap_to_request(free: u64, requested: Option<u64>) -> u64 {
+pub(crate) fn cap_to_request(free: u64, requested: Option<u64>) -> u64 {
     match requested {
         Some(r) => free.min(r),
         None => free,
@@ -41,7 +41,7 @@ pub fn cap_to_request(free: u64, requested: Option<u64>) -> u64 {
 /// The size disk.img should grow to after an import, or `None` when it should
 /// stay as it is (no size requested, or the image is already as large or larger:
 /// CDI never shrinks).
-pub fn resize_target(
+pub(crate) fn resize_target(
     current: u64,
     requested: Option<u64>,
     available: u64,
@@ -54,7 +54,7 @@ pub fn resize_target(
 
 /// Free space on the filesystem holding `dir`, as CDI measures it
 /// (`f_bavail * f_bsize`: blocks available to unprivileged users).
-pub fn filesystem_free(dir: &Path) -> io::Result<u64> {
+pub(crate) fn filesystem_free(dir: &Path) -> io::Result<u64> {
     let st = nix::sys::statfs::statfs(dir).map_err(io::Error::from)?;
     let bsize = u64::try_from(st.block_size()).unwrap_or(0);
     Ok(st.blocks_available().saturating_mul(bsize))
@@ -62,7 +62,7 @@ pub fn filesystem_free(dir: &Path) -> io::Result<u64> {
 
 /// The size of a block device (seeking to its end gives `BLKGETSIZE64`'s answer
 /// without an ioctl), or of a regular file standing in for one in tests.
-pub fn device_size(path: &Path) -> io::Result<u64> {
+pub(crate) fn device_size(path: &Path) -> io::Result<u64> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::End(0))
 }

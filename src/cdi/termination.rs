@@ -14,7 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The message CDI writes on success.
-pub const COMPLETE: &str = "Import Complete";
+pub(crate) const COMPLETE: &str = "Import Complete";
 
 /// The kubelet keeps at most this many bytes of a termination message.
 const KUBELET_LIMIT: usize = 4096;
@@ -22,7 +22,7 @@ const KUBELET_LIMIT: usize = 4096;
 /// CDI's `common.TerminationMessage`, restricted to the fields an HTTP or blank
 /// import sets. `None` fields are omitted, as with Go's `omitempty` on pointers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TerminationMessage {
+pub(crate) struct TerminationMessage {
     pub scratch_space_required: Option<bool>,
     pub preallocation_applied: Option<bool>,
     /// PVC labels (registry node-pull imports); omitted when empty, like a
@@ -33,7 +33,7 @@ pub struct TerminationMessage {
 
 impl TerminationMessage {
     /// The JSON text, as Go's `json.Marshal` would produce it.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut fields = Vec::new();
         if let Some(b) = self.scratch_space_required {
             fields.push(format!("\"scratchSpaceRequired\":{b}"));
@@ -86,7 +86,7 @@ fn go_json_string(s: &str) -> String {
 /// become spaces and only the first line is kept (which drops a trailing `\r`).
 /// We also cut at the kubelet's limit, on a character boundary, where CDI would
 /// write nothing at all for an over-long message.
-pub fn normalize(message: &str) -> String {
+pub(crate) fn normalize(message: &str) -> String {
     let mut line = message.replace('\n', " ");
     if line.ends_with('\r') {
         line.pop();
@@ -103,7 +103,7 @@ pub fn normalize(message: &str) -> String {
 
 /// Writes `message` (normalized) to the termination log, replacing its
 /// contents, mode 0600 as CDI creates it. An empty message writes nothing, as in CDI.
-pub fn write(path: &Path, message: &str) -> io::Result<()> {
+pub(crate) fn write(path: &Path, message: &str) -> io::Result<()> {
     let line = normalize(message);
     if line.is_empty() {
         return Ok(());

@@ -4,4 +4,4 @@
 //! registry source (a layer's disk entry) and OVA import (the first disk
 //! of the OVF) choose the member.
 
-pub mod tar;
+pub(crate) mod tar;

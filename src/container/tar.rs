@@ -12,15 +12,15 @@
 use std::io::{self, BufRead, Read};
 
 /// Tar block size.
-pub const BLOCK: u64 = 512;
+pub(crate) const BLOCK: u64 = 512;
 
 /// Largest PAX extended header or GNU long name accepted (a hostile archive
 /// could otherwise make us buffer gigabytes for a "name").
-pub const MAX_EXTENDED: u64 = 1 << 20;
+pub(crate) const MAX_EXTENDED: u64 = 1 << 20;
 
 /// Why a tar stream could not be walked.
 #[derive(Debug, thiserror::Error)]
-pub enum TarError {
+pub(crate) enum TarError {
     /// The stream ended inside a header or a member.
     #[error("truncated tar archive: the stream ended at byte {at}, inside {what}")]
     Truncated {
@@ -60,7 +60,7 @@ pub enum TarError {
 
 /// What a member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberKind {
+pub(crate) enum MemberKind {
     /// A regular file (types `0`, NUL, `7`).
     File,
     /// A directory (`5`).
@@ -73,7 +73,7 @@ pub enum MemberKind {
 
 /// One member's header, with PAX and GNU extensions applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// The member's path as stored (lossily decoded UTF-8).
     pub name: String,
     /// Bytes of data.
@@ -85,7 +85,7 @@ pub struct Member {
 }
 
 /// A tar stream read forward.
-pub struct TarReader<R> {
+pub(crate) struct TarReader<R> {
     inner: R,
     /// Bytes of the archive consumed.
     pos: u64,
@@ -99,7 +99,7 @@ pub struct TarReader<R> {
 
 impl<R: BufRead> TarReader<R> {
     /// Reads a tar archive from `inner`, which starts at a header.
-    pub fn new(inner: R) -> TarReader<R> {
+    pub(crate) fn new(inner: R) -> TarReader<R> {
         TarReader {
             inner,
             pos: 0,
@@ -110,14 +110,14 @@ impl<R: BufRead> TarReader<R> {
     }
 
     /// Bytes of the archive consumed so far.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
     /// Skips what is left of the current member and returns the next one's
     /// header; `None` at the end of the archive (two zero blocks, or the
     /// stream ending exactly at a header boundary).
-    pub fn next_member(&mut self) -> Result<Option<Member>, TarError> {
+    pub(crate) fn next_member(&mut self) -> Result<Option<Member>, TarError> {
         if self.done {
             return Ok(None);
         }
@@ -221,7 +221,7 @@ impl<R: BufRead> TarReader<R> {
 
     /// Reads the current member's data whole (a small descriptor such as
     /// an OVF file), refusing more than `max` bytes.
-    pub fn read_member(&mut self, max: u64) -> Result<Vec<u8>, TarError> {
+    pub(crate) fn read_member(&mut self, max: u64) -> Result<Vec<u8>, TarError> {
         if self.left > max {
             return Err(TarError::TooLarge {
                 what: "member to read whole",
@@ -238,7 +238,7 @@ impl<R: BufRead> TarReader<R> {
     /// consumed, the rest of the underlying stream is read and discarded
     /// (so a digest or checksum over the whole archive is complete, and a
     /// cut archive is noticed), then the stream ends.
-    pub fn into_member(self) -> MemberReader<R> {
+    pub(crate) fn into_member(self) -> MemberReader<R> {
         MemberReader {
             inner: self.inner,
             left: self.left,
@@ -333,7 +333,7 @@ fn check_sum(block: &[u8; BLOCK as usize], at: u64) -> Result<(), TarError> {
 }
 
 /// One member's data as a `BufRead` (see [`TarReader::into_member`]).
-pub struct MemberReader<R> {
+pub(crate) struct MemberReader<R> {
     inner: R,
     left: u64,
     /// Offset in the archive of the next byte.

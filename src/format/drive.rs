@@ -27,7 +27,7 @@ use super::sink::ExtentSink;
 use crate::io::RangeRead;
 
 /// Largest single range request (bounds the fetch buffer).
-pub const FETCH_MAX: u64 = 256 << 10;
+pub(crate) const FETCH_MAX: u64 = 256 << 10;
 
 /// Bytes replayed from the read-ahead window per call to `feed`.
 const REPLAY_PIECE: usize = 256 << 10;
@@ -95,7 +95,7 @@ pub fn drive(
 /// Feeds `dec` only until its header is parsed ([`Decoder::info`]), for
 /// `info`: at most `budget` bytes of the stream are read, and what the
 /// decoder emits on the way is discarded.
-pub fn probe(
+pub(crate) fn probe(
     dec: &mut dyn Decoder,
     input: &mut dyn BufRead,
     mut range: Option<&mut dyn RangeRead>,
@@ -376,7 +376,7 @@ impl Driver<'_> {
 }
 
 /// Sorts ranges and merges those that touch or overlap; drops empty ones.
-pub fn coalesce(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
+pub(crate) fn coalesce(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
     v.retain(|r| r.start < r.end);
     v.sort_unstable_by_key(|r| (r.start, r.end));
     let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());

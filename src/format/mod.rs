@@ -16,17 +16,17 @@
 //! - one module per format: [`qcow2`], [`raw`]; [`zeros`] turns all-zero
 //!   data into zero extents.
 
-pub mod decoder;
-pub mod drive;
-pub mod error;
+pub(crate) mod decoder;
+pub(crate) mod drive;
+pub(crate) mod error;
 pub mod inflate;
-pub mod info;
-pub mod plan;
+pub(crate) mod info;
+pub(crate) mod plan;
 pub mod qcow2;
 pub mod raw;
-pub mod sink;
-pub mod table;
-pub mod zeros;
+pub(crate) mod sink;
+pub(crate) mod table;
+pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};
 pub use drive::drive;

@@ -21,7 +21,7 @@ use super::Format;
 use crate::unwrap::Wrapper;
 
 /// How many leading bytes [`identify`] looks at (the tar magic sits at 257).
-pub const HEAD_LEN: usize = 512;
+pub(crate) const HEAD_LEN: usize = 512;
 
 /// What the first bytes of a stream say it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +263,7 @@ pub fn identify(head: &[u8]) -> Signature {
 
 /// What the last 512 bytes of a stream without a leading signature say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trailer {
+pub(crate) enum Trailer {
     /// A VHD footer (`conectix`): a fixed VHD, raw data followed by it.
     VhdFooter,
     /// A DMG (UDIF) `koly` trailer: an Apple disk image, refused.
@@ -271,13 +271,13 @@ pub enum Trailer {
 }
 
 /// Size of the trailers [`identify_tail`] knows.
-pub const TAIL_LEN: usize = 512;
+pub(crate) const TAIL_LEN: usize = 512;
 
 /// Identifies a trailer in the last [`TAIL_LEN`] bytes of a stream.
 ///
 /// A fixed VHD's footer is 512 bytes, but images made by old Microsoft tools
 /// may end in a 511-byte one; both start with `conectix`.
-pub fn identify_tail(tail: &[u8]) -> Option<Trailer> {
+pub(crate) fn identify_tail(tail: &[u8]) -> Option<Trailer> {
     if tail.len() < TAIL_LEN {
         return None;
     }
@@ -293,7 +293,7 @@ pub fn identify_tail(tail: &[u8]) -> Option<Trailer> {
 }
 
 /// The refusal for a DMG found by its trailer.
-pub fn dmg_refusal() -> Refusal {
+pub(crate) fn dmg_refusal() -> Refusal {
     Refusal {
         what: "DMG (Apple disk) images",
         plural: true,
@@ -302,7 +302,7 @@ pub fn dmg_refusal() -> Refusal {
 }
 
 /// The refusal for a fixed VHD found by its footer, until VHD is decoded.
-pub fn fixed_vhd_refusal() -> Refusal {
+pub(crate) fn fixed_vhd_refusal() -> Refusal {
     Refusal {
         what: "VHD images",
         plural: true,

@@ -24,14 +24,14 @@ use crate::io::ZeroRun;
 /// neighbours (one 512-byte write plus one extra hole punch per network
 /// chunk: 5,900 of each for the 1 GiB zero-filled tail of the benchmark
 /// image, where 256 punches suffice). Call [`ZeroDetect::finish`] at the end.
-pub struct ZeroDetect<'a> {
+pub(crate) struct ZeroDetect<'a> {
     inner: &'a mut dyn ExtentSink,
     /// Zeros not forwarded yet.
     pending: ZeroRun,
 }
 
 impl<'a> ZeroDetect<'a> {
-    pub fn new(inner: &'a mut dyn ExtentSink) -> Self {
+    pub(crate) fn new(inner: &'a mut dyn ExtentSink) -> Self {
         ZeroDetect {
             inner,
             pending: ZeroRun::new(),
@@ -40,7 +40,7 @@ impl<'a> ZeroDetect<'a> {
 
     /// Forwards the zeros still held back. Without this the last zero range
     /// of the image would be lost.
-    pub fn finish(mut self) -> Result<(), SinkError> {
+    pub(crate) fn finish(mut self) -> Result<(), SinkError> {
         self.release()
     }
 

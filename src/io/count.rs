@@ -7,14 +7,14 @@ use crate::progress::Counter;
 
 /// A `BufRead` over a `BufRead` that adds every consumed byte to a
 /// [`Counter`]. Bytes are counted, never copied.
-pub struct CountTap<R> {
+pub(crate) struct CountTap<R> {
     inner: R,
     counter: Arc<Counter>,
 }
 
 impl<R> CountTap<R> {
     /// Counts what is consumed from `inner` into `counter`.
-    pub fn new(inner: R, counter: Arc<Counter>) -> Self {
+    pub(crate) fn new(inner: R, counter: Arc<Counter>) -> Self {
         CountTap { inner, counter }
     }
 }

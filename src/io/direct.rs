@@ -12,7 +12,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 /// Opens `path` with `opts` plus `O_DIRECT` (and `O_CLOEXEC`); if the
 /// filesystem refuses `O_DIRECT` (`EINVAL`), opens it again without.
 /// Returns the file and whether it is direct.
-pub fn open(opts: &OpenOptions, path: &Path) -> io::Result<(File, bool)> {
+pub(crate) fn open(opts: &OpenOptions, path: &Path) -> io::Result<(File, bool)> {
     let mut direct = opts.clone();
     direct.custom_flags(libc::O_CLOEXEC | libc::O_DIRECT);
     match direct.open(path) {
@@ -28,12 +28,12 @@ pub fn open(opts: &OpenOptions, path: &Path) -> io::Result<(File, bool)> {
 
 /// Whether an I/O error means "this file does not do `O_DIRECT` after all"
 /// (some filesystems accept the flag at open time and refuse the I/O).
-pub fn refused(e: &io::Error) -> bool {
+pub(crate) fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
 }
 
 /// Clears `O_DIRECT` on an open file.
-pub fn disable(file: &File) -> io::Result<()> {
+pub(crate) fn disable(file: &File) -> io::Result<()> {
     let flags = fcntl(file, FcntlArg::F_GETFL).map_err(io::Error::from)?;
     let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_DIRECT;
     fcntl(file, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;

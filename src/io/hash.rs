@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use digest::DynDigest;
 
 /// A digest shared between the tap and whoever verifies it at the end.
-pub type SharedDigest = Arc<Mutex<Box<dyn DynDigest + Send>>>;
+pub(crate) type SharedDigest = Arc<Mutex<Box<dyn DynDigest + Send>>>;
 
 /// A `BufRead` over a `BufRead` that hashes the bytes it shows, in place.
 ///

@@ -37,13 +37,13 @@ impl Interrupted {
 }
 
 /// A `BufRead` over a `BufRead` that fails once a signal is pending.
-pub struct InterruptTap<R> {
+pub(crate) struct InterruptTap<R> {
     inner: R,
 }
 
 impl<R> InterruptTap<R> {
     /// Watches for signals in front of `inner`.
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         InterruptTap { inner }
     }
 }

@@ -7,29 +7,29 @@
 //! of zeros being joined before it is reported ([`zero_run`]), and the
 //! `Read`-through-`BufRead` helper the taps share.
 
-pub mod aligned;
-pub mod count;
-pub mod direct;
-pub mod hash;
-pub mod interrupt;
-pub mod peek;
-pub mod range;
-pub mod zero_run;
+pub(crate) mod aligned;
+pub(crate) mod count;
+pub(crate) mod direct;
+pub(crate) mod hash;
+pub(crate) mod interrupt;
+pub(crate) mod peek;
+pub(crate) mod range;
+pub(crate) mod zero_run;
 
 use std::io::{self, BufRead};
 
 pub use aligned::AlignedBuf;
-pub use count::CountTap;
-pub use hash::HashTap;
-pub use interrupt::{InterruptTap, Interrupted};
-pub use peek::PeekReader;
+pub(crate) use count::CountTap;
+pub(crate) use hash::HashTap;
+pub(crate) use interrupt::{InterruptTap, Interrupted};
+pub(crate) use peek::PeekReader;
 pub use range::RangeRead;
-pub use zero_run::ZeroRun;
+pub(crate) use zero_run::ZeroRun;
 
 /// `Read::read` for a `BufRead` stage (the HTTP reader, the progress and
 /// checksum taps): copy out of `fill_buf`, then `consume`, so a stage that
 /// acts on consumed bytes sees each byte exactly once whichever way it is read.
-pub fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_via_buf<R: BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> io::Result<usize> {
     if out.is_empty() {
         return Ok(0);
     }

@@ -6,14 +6,14 @@ use std::io::{self, BufRead, Read};
 ///
 /// Only the peeked bytes are buffered; once they are read out, reads go
 /// straight to the inner reader, so large reads stay zero-copy.
-pub struct PeekReader<R> {
+pub(crate) struct PeekReader<R> {
     inner: R,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl<R: Read> PeekReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         PeekReader {
             inner,
             buf: Vec::new(),
@@ -23,7 +23,7 @@ impl<R: Read> PeekReader<R> {
 
     /// Returns up to `n` upcoming bytes (fewer only at end of stream),
     /// reading more from the inner reader as needed.
-    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+    pub(crate) fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;

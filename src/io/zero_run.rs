@@ -10,11 +10,11 @@ use std::ops::Range;
 
 /// A pending run of zeros, `[start, end)` in guest (or device) offsets.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ZeroRun(Option<Range<u64>>);
+pub(crate) struct ZeroRun(Option<Range<u64>>);
 
 impl ZeroRun {
     /// An empty run.
-    pub fn new() -> ZeroRun {
+    pub(crate) fn new() -> ZeroRun {
         ZeroRun(None)
     }
 
@@ -22,7 +22,7 @@ impl ZeroRun {
     /// it), the run grows and `None` comes back; otherwise the previous run
     /// comes back, finished, and `r` starts a new one. Empty ranges change
     /// nothing.
-    pub fn add(&mut self, r: Range<u64>) -> Option<Range<u64>> {
+    pub(crate) fn add(&mut self, r: Range<u64>) -> Option<Range<u64>> {
         if r.start >= r.end {
             return None;
         }
@@ -40,23 +40,8 @@ impl ZeroRun {
     }
 
     /// The pending run, taken (the run is empty afterwards).
-    pub fn take(&mut self) -> Option<Range<u64>> {
+    pub(crate) fn take(&mut self) -> Option<Range<u64>> {
         self.0.take()
-    }
-
-    /// The pending run, if any.
-    pub fn get(&self) -> Option<&Range<u64>> {
-        self.0.as_ref()
-    }
-
-    /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// Replaces the pending run by `r` (or empties it), without reporting.
-    pub fn set(&mut self, r: Option<Range<u64>>) {
-        self.0 = r.filter(|r| r.start < r.end);
     }
 }
 
@@ -72,8 +57,7 @@ mod tests {
         assert_eq!(z.add(5..10), None, "a range right before joins too");
         assert_eq!(z.add(7..7), None, "empty ranges change nothing");
         assert_eq!(z.add(40..50), Some(5..30));
-        assert_eq!(z.get(), Some(&(40..50)));
         assert_eq!(z.take(), Some(40..50));
-        assert!(z.is_empty());
+        assert_eq!(z.take(), None);
     }
 }

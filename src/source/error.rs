@@ -23,10 +23,20 @@ pub enum SourceError {
     UnknownScheme(String),
     /// The URL could not be parsed or is not http(s).
     #[error("invalid URL {url}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL, without credentials.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// An extra header name or value is not valid HTTP.
     #[error("invalid extra header {name:?}: {reason}")]
-    InvalidHeader { name: String, reason: String },
+    InvalidHeader {
+        /// The header name as given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// TLS settings could not be built (bad CA directory and so on).
     #[error("TLS setup failed: {0}")]
     TlsSetup(String),
@@ -35,68 +45,136 @@ pub enum SourceError {
     Client(String),
     /// The server answered with a status that is not a success.
     #[error("HTTP {status} for {url}")]
-    Status { status: String, url: String },
+    Status {
+        /// The status line.
+        status: String,
+        /// The URL, without credentials.
+        url: String,
+    },
     /// The TLS handshake failed (certificate not trusted, name mismatch...).
     #[error("TLS failure connecting to {url}: {detail}")]
-    Tls { url: String, detail: String },
+    Tls {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Nobody listens at the server's address.
     #[error("connection refused by {url}")]
-    ConnectionRefused { url: String },
+    ConnectionRefused {
+        /// The URL, without credentials.
+        url: String,
+    },
     /// Any other failure to connect or to send the request.
     #[error("cannot connect to {url}: {detail}")]
-    Connect { url: String, detail: String },
+    Connect {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The response did not start in time.
     #[error("no response from {url} within {}s", .after.as_secs_f64())]
-    Timeout { url: String, after: Duration },
+    Timeout {
+        /// The URL, without credentials.
+        url: String,
+        /// How long it waited.
+        after: Duration,
+    },
     /// No byte arrived for the stall timeout.
     #[error("download of {url} stalled: no data for {}s at byte {offset}", .after.as_secs_f64())]
     Stalled {
+        /// The URL, without credentials.
         url: String,
+        /// Bytes of the file received before it.
         offset: u64,
+        /// How long it waited.
         after: Duration,
     },
     /// The body failed mid-transfer (reset, protocol error).
     #[error("download of {url} broke at byte {offset}: {detail}")]
     Body {
+        /// The URL, without credentials.
         url: String,
+        /// Bytes of the file received before it.
         offset: u64,
+        /// What went wrong.
         detail: String,
     },
     /// The body ended before the announced length.
     #[error("download of {url} ended at byte {offset}, expected {expected} bytes")]
     Truncated {
+        /// The URL, without credentials.
         url: String,
+        /// Bytes of the file received before it.
         offset: u64,
+        /// The announced length.
         expected: u64,
     },
     /// The server sent more bytes than it announced.
     #[error("{url} sent more bytes than announced ({expected})")]
-    TooLong { url: String, expected: u64 },
+    TooLong {
+        /// The URL, without credentials.
+        url: String,
+        /// The announced length.
+        expected: u64,
+    },
     /// A resume found a different version of the file.
     #[error("source changed during download: {url} ({detail}); not mixing two versions")]
-    SourceChanged { url: String, detail: String },
+    SourceChanged {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// A resume was answered with the whole file.
     #[error("server does not support Range; cannot resume {url} at byte {offset}")]
-    RangeIgnored { url: String, offset: u64 },
+    RangeIgnored {
+        /// The URL, without credentials.
+        url: String,
+        /// Bytes of the file received before it.
+        offset: u64,
+    },
     /// A 206 answer whose Content-Range does not match the request.
     #[error("bad Content-Range from {url}: {detail}")]
-    BadContentRange { url: String, detail: String },
+    BadContentRange {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Too many redirects, or a redirect without a usable Location.
     #[error("redirect error for {url}: {detail}")]
-    Redirect { url: String, detail: String },
+    Redirect {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Retries ran out.
     #[error("giving up after {attempts} attempts over {}s: {last}", .elapsed.as_secs())]
     RetriesExhausted {
+        /// Attempts made, the first included.
         attempts: u32,
+        /// Time spent, backoff included.
         elapsed: Duration,
+        /// The last failure.
         last: Box<SourceError>,
     },
     /// The consumer went away; the transfer was stopped.
     #[error("download of {url} cancelled")]
-    Cancelled { url: String },
+    Cancelled {
+        /// The URL, without credentials.
+        url: String,
+    },
     /// An internal task ended without reporting (should not happen).
     #[error("download of {url} ended unexpectedly: {detail}")]
-    Internal { url: String, detail: String },
+    Internal {
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 impl SourceError {

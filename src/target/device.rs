@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -19,14 +18,8 @@ nix::ioctl_read_bad!(blk_sszget, nix::request_code_none!(0x12, 104), libc::c_int
 // BLKZEROOUT = _IO(0x12, 127), taking a pointer to {start, len} in bytes.
 nix::ioctl_write_ptr_bad!(blk_zeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
-/// True if `path` names a block device (following symlinks, as CDI's
-/// `/dev/cdi-block-volume` may be one).
-pub fn is_block_device(path: &Path) -> io::Result<bool> {
-    Ok(std::fs::metadata(path)?.file_type().is_block_device())
-}
-
 /// Size in bytes of the block device open as `file`.
-pub fn size(file: &File) -> io::Result<u64> {
+pub(crate) fn size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: the fd is open for the duration of the call and `size` is a
     // valid, writable u64, which is what BLKGETSIZE64 stores through.
@@ -36,7 +29,7 @@ pub fn size(file: &File) -> io::Result<u64> {
 
 /// Logical block size of the block device open as `file`: the unit `O_DIRECT`
 /// transfers must be aligned to.
-pub fn logical_block_size(file: &File) -> io::Result<usize> {
+pub(crate) fn logical_block_size(file: &File) -> io::Result<usize> {
     let mut ssz: libc::c_int = 0;
     // SAFETY: the fd is open and `ssz` is a valid, writable int.
     unsafe { blk_sszget(file.as_raw_fd(), &mut ssz) }.map_err(io::Error::from)?;
@@ -61,7 +54,7 @@ pub fn size_of_path(path: &Path) -> io::Result<u64> {
 /// into a zero-out that must not fall back to writing zeros, so it either
 /// deallocates (thin devices, loop devices over sparse files) or fails with
 /// `EOPNOTSUPP`.
-pub fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (off, len) = off_t_pair(offset, len)?;
     fallocate(
         file,
@@ -74,7 +67,7 @@ pub fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Zeroes `[offset, offset+len)` with `BLKZEROOUT`. Unlike punching, this may
 /// allocate: on a loop device it writes real zero blocks into the backing file.
-pub fn zeroout(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn zeroout(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let range = [offset, len];
     // SAFETY: the fd is open and `range` is a valid [u64; 2] the kernel reads.
     unsafe { blk_zeroout(file.as_raw_fd(), &range) }.map_err(io::Error::from)?;
@@ -91,7 +84,7 @@ fn off_t_pair(offset: u64, len: u64) -> io::Result<(libc::off_t, libc::off_t)> {
 
 /// True for the errors that mean "this zeroing method is not available here"
 /// (as opposed to an I/O failure that must be reported).
-pub fn is_unsupported(err: &io::Error) -> bool {
+pub(crate) fn is_unsupported(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EOPNOTSUPP)

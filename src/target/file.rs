@@ -14,14 +14,14 @@ use super::TargetKind;
 /// Files are always written in units of at least this many bytes: it is the
 /// page size, and the smallest alignment every local filesystem accepts for
 /// `O_DIRECT`.
-pub const MIN_FILE_ALIGN: usize = 4096;
+pub(crate) const MIN_FILE_ALIGN: usize = 4096;
 
 /// Alignments larger than this are not believed (a filesystem reporting a huge
 /// DIO alignment would make every partial block a huge read-modify-write).
 const MAX_ALIGN: usize = 1 << 20;
 
 /// An opened target and what was learned about it.
-pub struct Opened {
+pub(crate) struct Opened {
     pub file: File,
     pub kind: TargetKind,
     /// Offset, length and memory alignment for every write.
@@ -34,7 +34,7 @@ pub struct Opened {
 
 /// How a regular file is opened (block devices are always opened as they are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileMode {
+pub(crate) enum FileMode {
     /// Create it, or truncate it to zero, so no stale data survives in ranges
     /// the image leaves as zeros (they become holes).
     Replace,
@@ -43,7 +43,7 @@ pub enum FileMode {
 }
 
 /// Opens `path` for writing.
-pub fn open(path: &Path, mode: FileMode) -> io::Result<Opened> {
+pub(crate) fn open(path: &Path, mode: FileMode) -> io::Result<Opened> {
     let kind = match std::fs::metadata(path) {
         Ok(meta) if meta.file_type().is_block_device() => TargetKind::BlockDevice,
         Ok(meta) if meta.is_file() => TargetKind::File,

@@ -17,14 +17,20 @@
 //! - [`wipe`]: whole-range zero writes and edge wiping for the CDI pod mode.
 
 mod assemble;
-pub mod device;
-pub mod file;
-pub mod pacing;
-pub mod partial;
+// The block-device ioctls have no safe wrapper.
+#[allow(unsafe_code)]
+pub(crate) mod device;
+// `statx` by raw system call (see `file_alignment`).
+#[allow(unsafe_code)]
+pub(crate) mod file;
+// `sync_file_range`, which nix does not wrap.
+#[allow(unsafe_code)]
+pub(crate) mod pacing;
+pub(crate) mod partial;
 pub mod pool;
-pub mod wipe;
-pub mod writer;
-pub mod zeroing;
+pub(crate) mod wipe;
+pub(crate) mod writer;
+pub(crate) mod zeroing;
 
 use std::fs::File;
 use std::io;
@@ -97,7 +103,9 @@ impl Default for TargetOptions {
 /// What kind of target was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
+    /// A block device.
     BlockDevice,
+    /// A regular file.
     File,
 }
 

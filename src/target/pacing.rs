@@ -14,14 +14,14 @@ use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 
 /// Forces writeback and drops clean pages at a fixed byte interval.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     every: u64,
     since: u64,
 }
 
 impl Pacer {
     /// A pacer that syncs after every `every` bytes written.
-    pub fn new(every: u64) -> Self {
+    pub(crate) fn new(every: u64) -> Self {
         Pacer {
             every: every.max(1),
             since: 0,
@@ -29,7 +29,7 @@ impl Pacer {
     }
 
     /// Records `n` bytes written; syncs and drops pages when the interval is up.
-    pub fn wrote(&mut self, file: &File, n: u64) -> io::Result<()> {
+    pub(crate) fn wrote(&mut self, file: &File, n: u64) -> io::Result<()> {
         self.since = self.since.saturating_add(n);
         if self.since >= self.every {
             self.since = 0;
@@ -41,7 +41,7 @@ impl Pacer {
 
 /// Writes back every dirty page of `file`, waits for it, and drops the clean
 /// pages from the cache.
-pub fn writeback_and_drop(file: &File) -> io::Result<()> {
+pub(crate) fn writeback_and_drop(file: &File) -> io::Result<()> {
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;

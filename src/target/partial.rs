@@ -13,25 +13,25 @@ use super::pool::AlignedBuf;
 
 /// Bytes to place into a block: a slice, or that many zeros.
 #[derive(Debug, Clone, Copy)]
-pub enum Src<'a> {
+pub(crate) enum Src<'a> {
     Data(&'a [u8]),
     Zeros(usize),
 }
 
 impl<'a> Src<'a> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Src::Data(d) => d.len(),
             Src::Zeros(n) => *n,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Splits into the first `n` bytes and the rest (`n` is clamped).
-    pub fn split(self, n: usize) -> (Src<'a>, Src<'a>) {
+    pub(crate) fn split(self, n: usize) -> (Src<'a>, Src<'a>) {
         match self {
             Src::Data(d) => {
                 let (a, b) = d.split_at(n.min(d.len()));
@@ -45,7 +45,7 @@ impl<'a> Src<'a> {
     }
 
     /// Copies (or zero-fills) into `dst`, which must be exactly `len()` long.
-    pub fn copy_to(&self, dst: &mut [u8]) {
+    pub(crate) fn copy_to(&self, dst: &mut [u8]) {
         match self {
             Src::Data(d) => dst.copy_from_slice(d),
             Src::Zeros(_) => dst.fill(0),
@@ -55,7 +55,7 @@ impl<'a> Src<'a> {
 
 /// A block leaving the cache: either complete, or to be merged with the disk.
 /// Its bytes stay in the cache's slab until [`PartialCache::recycle`].
-pub struct Block {
+pub(crate) struct Block {
     /// Byte offset of the block (a multiple of the alignment).
     pub start: u64,
     slot: usize,
@@ -71,7 +71,7 @@ struct Entry {
 
 /// A piece that cannot be placed.
 #[derive(Debug, thiserror::Error)]
-pub enum PartialError {
+pub(crate) enum PartialError {
     /// Two extents claimed the same byte: a decoder bug or a hostile image.
     #[error("extent at offset {0} overlaps bytes already received")]
     Overlap(u64),
@@ -84,7 +84,7 @@ pub enum PartialError {
 }
 
 /// The bounded cache of partial blocks.
-pub struct PartialCache {
+pub(crate) struct PartialCache {
     align: usize,
     /// `max_blocks` aligned slots of `align` bytes each.
     slab: AlignedBuf,
@@ -96,7 +96,7 @@ pub struct PartialCache {
 
 impl PartialCache {
     /// A cache of at most `max_blocks` blocks of `align` bytes.
-    pub fn new(align: usize, max_blocks: usize) -> Self {
+    pub(crate) fn new(align: usize, max_blocks: usize) -> Self {
         let max_blocks = max_blocks.max(1);
         PartialCache {
             align,
@@ -108,30 +108,32 @@ impl PartialCache {
     }
 
     /// Number of blocks held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when no block is held.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The block's bytes (aligned, `align` long).
-    pub fn bytes(&self, block: &Block) -> &[u8] {
+    pub(crate) fn bytes(&self, block: &Block) -> &[u8] {
         let at = block.slot * self.align;
         &self.slab.as_slice()[at..at + self.align]
     }
 
     /// True when every byte of the block was supplied.
-    pub fn is_complete(&self, block: &Block) -> bool {
+    pub(crate) fn is_complete(&self, block: &Block) -> bool {
         matches!(block.ranges.as_slice(), [(0, b)] if *b == self.align)
     }
 
     /// If adding a new block at `start` would exceed the budget, removes and
     /// returns the least recently touched block, which the caller must merge
     /// with the disk.
-    pub fn make_room_for(&mut self, start: u64) -> Option<Block> {
+    pub(crate) fn make_room_for(&mut self, start: u64) -> Option<Block> {
         if self.entries.contains_key(&start) || !self.free.is_empty() {
             return None;
         }
@@ -146,7 +148,7 @@ impl PartialCache {
     /// Places `src` at byte `offset` (it must not cross a block boundary).
     /// Returns the block when this completed it. The caller makes room first
     /// ([`Self::make_room_for`]); without room this fails.
-    pub fn put(&mut self, offset: u64, src: Src<'_>) -> Result<Option<Block>, PartialError> {
+    pub(crate) fn put(&mut self, offset: u64, src: Src<'_>) -> Result<Option<Block>, PartialError> {
         let align = self.align as u64;
         let start = offset - offset % align;
         let a = (offset - start) as usize;
@@ -187,14 +189,14 @@ impl PartialCache {
     }
 
     /// Removes every block, in offset order (for the final flush).
-    pub fn drain(&mut self) -> Vec<Block> {
+    pub(crate) fn drain(&mut self) -> Vec<Block> {
         let mut keys: Vec<u64> = self.entries.keys().copied().collect();
         keys.sort_unstable();
         keys.into_iter().filter_map(|k| self.take(k)).collect()
     }
 
     /// Gives a written block's slot back for reuse.
-    pub fn recycle(&mut self, mut block: Block) {
+    pub(crate) fn recycle(&mut self, mut block: Block) {
         block.ranges.clear();
         self.free.push((block.slot, block.ranges));
     }

@@ -18,7 +18,7 @@ use super::writer::WritePipeline;
 use super::{TargetError, TargetKind};
 
 /// Bytes zeroed at each edge by [`wipe_edges`].
-pub const EDGE: u64 = 1 << 20;
+pub(crate) const EDGE: u64 = 1 << 20;
 
 /// Zero buffer size and writer threads for long zero runs.
 const ZERO_BUF: usize = 1 << 20;

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use super::pool::AlignedBuf;
 
 /// What a job writes.
-pub enum Payload {
+pub(crate) enum Payload {
     /// The first `len` bytes of a pool buffer.
     Buf { buf: AlignedBuf, len: usize },
     /// `len` zero bytes, from the pipeline's shared zero buffer.
@@ -36,13 +36,13 @@ pub enum Payload {
 
 /// A device zeroing call a writer thread can make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceZero {
+pub(crate) enum DeviceZero {
     Punch,
     ZeroOut,
 }
 
 /// One write.
-pub struct Job {
+pub(crate) struct Job {
     pub offset: u64,
     pub payload: Payload,
 }
@@ -129,7 +129,7 @@ impl Shared {
 }
 
 /// A running set of writer threads.
-pub struct WritePipeline {
+pub(crate) struct WritePipeline {
     tx: Option<SyncSender<Job>>,
     returner: Returner,
     threads: Vec<JoinHandle<()>>,
@@ -141,7 +141,7 @@ impl WritePipeline {
     /// Starts `threads` writers on `file`. Buffers of finished jobs go back
     /// through `returner`. `zero_len` sizes the shared zero buffer (aligned to
     /// `align`) used for zero-writing jobs.
-    pub fn new(
+    pub(crate) fn new(
         file: Arc<File>,
         threads: usize,
         returner: Returner,
@@ -179,7 +179,7 @@ impl WritePipeline {
     }
 
     /// The first write error so far, if any.
-    pub fn check(&self) -> io::Result<()> {
+    pub(crate) fn check(&self) -> io::Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
             if let Some(e) = self.shared.error() {
                 return Err(e);
@@ -196,7 +196,7 @@ impl WritePipeline {
     /// threads run them in parallel. (Decoders produce each guest range once,
     /// so this wait is a guarantee, not a cost: it never triggers on a
     /// well-formed stream.)
-    pub fn submit(&self, job: Job) -> io::Result<()> {
+    pub(crate) fn submit(&self, job: Job) -> io::Result<()> {
         if let Err(e) = self.check() {
             self.give_back(job);
             return Err(e);
@@ -239,7 +239,7 @@ impl WritePipeline {
 
     /// Queues zero-writing jobs covering `[start, end)`, split so several
     /// writers share a long range.
-    pub fn submit_zeros(&self, start: u64, end: u64) -> io::Result<()> {
+    pub(crate) fn submit_zeros(&self, start: u64, end: u64) -> io::Result<()> {
         let mut off = start;
         while off < end {
             let len = (end - off).min(self.zero_chunk);
@@ -253,7 +253,7 @@ impl WritePipeline {
     }
 
     /// Waits until no queued or running write overlaps `[start, end)`.
-    pub fn wait_overlap(&self, start: u64, end: u64) {
+    pub(crate) fn wait_overlap(&self, start: u64, end: u64) {
         let mut list = lock(&self.shared.inflight);
         while list.iter().any(|&(s, e)| s < end && start < e) {
             list = self
@@ -265,12 +265,13 @@ impl WritePipeline {
     }
 
     /// Waits until every queued write has completed.
-    pub fn wait_idle(&self) {
+    #[cfg(test)]
+    pub(crate) fn wait_idle(&self) {
         self.wait_overlap(0, u64::MAX);
     }
 
     /// Stops the writers after the queue drains and returns the first error.
-    pub fn shutdown(mut self) -> io::Result<()> {
+    pub(crate) fn shutdown(mut self) -> io::Result<()> {
         self.stop();
         match self.shared.error() {
             Some(e) => Err(e),

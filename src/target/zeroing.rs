@@ -13,7 +13,7 @@ use super::writer::DeviceZero;
 
 /// How a block device gets zeroed, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// `fallocate(PUNCH_HOLE|KEEP_SIZE)`: zeroes and deallocates. Must come first:
     /// on a loop device it punches holes in the backing file.
     Punch,
@@ -34,7 +34,7 @@ pub enum Method {
 /// (measured: the 1 GiB zero-filled tail of the mixed benchmark image read at
 /// 480 MB/s with inline punches, 900 MB/s without any).
 #[derive(Debug)]
-pub struct DeviceZeroer {
+pub(crate) struct DeviceZeroer {
     method: Method,
     /// `method` has succeeded once on this device.
     proven: bool,
@@ -51,7 +51,8 @@ impl Default for DeviceZeroer {
 
 impl DeviceZeroer {
     /// The method that will be tried next.
-    pub fn method(&self) -> Method {
+    #[cfg(test)]
+    pub(crate) fn method(&self) -> Method {
         self.method
     }
 
@@ -59,7 +60,7 @@ impl DeviceZeroer {
     /// range to the caller's write pipeline: with `Some(method)` for a device
     /// zeroing call already proven on this device, with `None` for the last
     /// resort, writing zero buffers.
-    pub fn zero(
+    pub(crate) fn zero(
         &mut self,
         file: &File,
         start: u64,

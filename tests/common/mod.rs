@@ -42,7 +42,7 @@ pub fn tempdir() -> tempfile::TempDir {
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Whether an external tool can be run (`TOOL --version` or `--help` succeeds).
@@ -910,21 +910,16 @@ fn cstring(p: &Path) -> CString {
 
 /// The data extents of a file as the filesystem reports them (SEEK_DATA/SEEK_HOLE).
 pub fn data_extents(path: &Path) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
     let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let len = f.metadata().expect("stat").len();
-    let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: i64 = 0;
     while (pos as u64) < len {
-        // SAFETY: valid fd; lseek has no memory effects.
-        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if start < 0 {
+        use nix::unistd::{lseek, Whence};
+        let Ok(start) = lseek(&f, pos, Whence::SeekData) else {
             break; // ENXIO: no data after pos
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        let end = if end < 0 { len as i64 } else { end };
+        };
+        let end = lseek(&f, start, Whence::SeekHole).unwrap_or(len as i64);
         out.push((start as u64, end as u64));
         pos = end;
     }

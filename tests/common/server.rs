@@ -809,21 +809,11 @@ fn reason(status: u16) -> &'static str {
 
 /// Makes the next close send RST instead of FIN (SO_LINGER with a zero timeout).
 fn set_linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: valid fd, correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &l);
 }
 
 /// Standard base64 (RFC 4648) for Basic auth headers.

@@ -997,8 +997,7 @@ fn sigterm_never_reports_success() {
     let running = pod.spawn();
     std::thread::sleep(Duration::from_millis(1500));
     let pid = i32::try_from(running.child.id()).expect("pid");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     let end = pod.wait(running);
     assert_ne!(end.code, Some(0), "stderr:\n{}", end.stderr);
     assert!(

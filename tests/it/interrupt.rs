@@ -72,9 +72,9 @@ fn wait_until_sent(srv: &TestServer, n: u64) {
 }
 
 fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    assert_eq!(rc, 0, "kill failed");
+    let sig = nix::sys::signal::Signal::try_from(sig).expect("a signal");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("kill failed");
 }
 
 #[test]

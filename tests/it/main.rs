@@ -4,11 +4,17 @@
 //! test HTTP server, the streamdisk subprocess).
 
 #![allow(dead_code)]
+// Helpers are `pub` for the other test modules; nothing here is an API.
+#![allow(unreachable_pub)]
 
+// Runs children inside a memory cgroup: `pre_exec` is unsafe by nature.
+#[allow(unsafe_code)]
 #[path = "../common/mod.rs"]
 mod common;
 
 mod bad_input;
+// Sets the pod's umask in `pre_exec`, unsafe by nature.
+#[allow(unsafe_code)]
 mod cdi;
 mod convert;
 mod fuzz_regressions;

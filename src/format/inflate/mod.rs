@@ -3,8 +3,8 @@
 //! acceptance rules, [`pool`] runs them on worker threads and hands the
 //! results back in submission order.
 
-pub mod codec;
-pub mod pool;
+pub(crate) mod codec;
+pub(crate) mod pool;
 
 pub use codec::{Codec, Decompressor, InflateError};
 pub use pool::{Done, Job, Pool};

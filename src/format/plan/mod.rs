@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 mod spill;
-pub mod window;
+pub(crate) mod window;
 
-pub use window::Window;
+pub(crate) use window::Window;
 
 /// What to do with data that arrives before the metadata that maps it.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl Default for PlanOptions {
 }
 
 /// Default [`PlanOptions::window`].
-pub const DEFAULT_WINDOW: usize = 4 << 20;
+pub(crate) const DEFAULT_WINDOW: usize = 4 << 20;
 
 /// Why the planner could not hold bytes.
 #[derive(Debug, thiserror::Error)]

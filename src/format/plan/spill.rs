@@ -28,7 +28,7 @@ struct Seg {
     log: u64,
 }
 
-pub struct SpillFile {
+pub(super) struct SpillFile {
     file: File,
     direct: bool,
     /// Bytes written to the file (a multiple of ALIGN).
@@ -40,7 +40,7 @@ pub struct SpillFile {
 
 impl SpillFile {
     /// Creates an unlinked scratch file in `dir`.
-    pub fn create(dir: &Path) -> io::Result<SpillFile> {
+    pub(super) fn create(dir: &Path) -> io::Result<SpillFile> {
         let name = dir.join(format!(
             ".streamdisk-spill-{}-{:016x}",
             std::process::id(),
@@ -65,12 +65,12 @@ impl SpillFile {
     }
 
     /// Total bytes spilled.
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.flushed + self.stage_len as u64
     }
 
     /// Appends bytes found at host offset `host`.
-    pub fn append(&mut self, host: u64, mut bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn append(&mut self, host: u64, mut bytes: &[u8]) -> io::Result<()> {
         let log = self.len();
         let n = bytes.len() as u64;
         match self.index.last_mut() {
@@ -122,7 +122,7 @@ impl SpillFile {
 
 impl SpillFile {
     /// Reads host bytes `[host, host + out.len())`; false if not all were spilled.
-    pub fn read(&mut self, host: u64, out: &mut [u8]) -> io::Result<bool> {
+    pub(super) fn read(&mut self, host: u64, out: &mut [u8]) -> io::Result<bool> {
         let end = host.saturating_add(out.len() as u64);
         let mut cur = host;
         // Segments are in increasing host order (appends happen in stream order).

@@ -20,7 +20,7 @@ use super::{PlanError, SpillPolicy};
 const SEGMENT_MAX: usize = 64 << 10;
 
 /// Held bytes, in memory and (after an overflow) in a scratch file.
-pub struct Window {
+pub(crate) struct Window {
     limit: usize,
     mem: BTreeMap<u64, Vec<u8>>,
     mem_bytes: usize,
@@ -31,7 +31,7 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn new(limit: usize, policy: SpillPolicy) -> Window {
+    pub(crate) fn new(limit: usize, policy: SpillPolicy) -> Window {
         Window {
             limit,
             mem: BTreeMap::new(),
@@ -44,28 +44,28 @@ impl Window {
 
     /// Bytes held in memory.
     #[cfg(test)]
-    pub fn mem_bytes(&self) -> usize {
+    pub(crate) fn mem_bytes(&self) -> usize {
         self.mem_bytes
     }
 
     /// Bytes written to the scratch file so far.
-    pub fn spilled_bytes(&self) -> u64 {
+    pub(crate) fn spilled_bytes(&self) -> u64 {
         self.spilled_total
     }
 
     /// Whether holding `n` more bytes would exceed the in-memory limit.
-    pub fn would_overflow(&self, n: usize) -> bool {
+    pub(crate) fn would_overflow(&self, n: usize) -> bool {
         self.would_exceed(n, self.limit)
     }
 
     /// Whether holding `n` more bytes would take the in-memory part past `level`.
-    pub fn would_exceed(&self, n: usize, level: usize) -> bool {
+    pub(crate) fn would_exceed(&self, n: usize, level: usize) -> bool {
         self.mem_bytes.saturating_add(n) > level
     }
 
     /// Holds `bytes` found at host offset `host`. On overflow, moves the
     /// in-memory bytes to the scratch file, or fails if spilling is forbidden.
-    pub fn hold(&mut self, host: u64, bytes: &[u8]) -> Result<(), PlanError> {
+    pub(crate) fn hold(&mut self, host: u64, bytes: &[u8]) -> Result<(), PlanError> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -119,7 +119,12 @@ impl Window {
     /// Copies the held bytes `[host, host + out.len())` into `out`. Returns
     /// false when any of them is not held (never arrived as unknown bytes,
     /// or was already used). With `release`, the bytes leave memory.
-    pub fn take(&mut self, host: u64, out: &mut [u8], release: bool) -> Result<bool, PlanError> {
+    pub(crate) fn take(
+        &mut self,
+        host: u64,
+        out: &mut [u8],
+        release: bool,
+    ) -> Result<bool, PlanError> {
         let Some(end) = host.checked_add(out.len() as u64) else {
             return Ok(false);
         };
@@ -187,7 +192,7 @@ impl Window {
     }
 
     /// Forgets the in-memory bytes of `[a, b)`.
-    pub fn release(&mut self, a: u64, b: u64) {
+    pub(crate) fn release(&mut self, a: u64, b: u64) {
         let first = self
             .mem
             .range(..=a)
@@ -219,7 +224,7 @@ impl Window {
     }
 
     /// Drops everything: the mapping is complete, what is held is garbage.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.mem.clear();
         self.mem_bytes = 0;
         // The scratch file's bytes are no longer needed either; it was unlinked

@@ -31,7 +31,7 @@ pub fn decoder(opts: &PlanOptions, can_fetch: bool, pace: Pace) -> StreamDecoder
 /// `input` is consumed slice by slice where its buffer holds the bytes (the
 /// network chunk, over HTTP): standard clusters go from there straight to
 /// the sink, which copies them into its aligned write buffers.
-pub fn decode(
+pub(super) fn decode(
     input: &mut dyn BufRead,
     range: Option<&mut dyn RangeRead>,
     opts: &PlanOptions,

@@ -8,7 +8,7 @@ use crate::io::ZeroRun;
 
 use super::Qcow2Error;
 
-pub struct Emitter {
+pub(super) struct Emitter {
     vsize: u64,
     pending_zero: ZeroRun,
     covered: u64,
@@ -16,7 +16,7 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    pub fn new(vsize: u64) -> Emitter {
+    pub(super) fn new(vsize: u64) -> Emitter {
         Emitter {
             vsize,
             pending_zero: ZeroRun::new(),
@@ -25,7 +25,7 @@ impl Emitter {
         }
     }
 
-    pub fn covered(&self) -> u64 {
+    pub(super) fn covered(&self) -> u64 {
         self.covered
     }
 
@@ -38,7 +38,7 @@ impl Emitter {
         }
     }
 
-    pub fn data(
+    pub(super) fn data(
         &mut self,
         sink: &mut dyn ExtentSink,
         guest: u64,
@@ -56,7 +56,7 @@ impl Emitter {
         sink.data(guest, b).map_err(Qcow2Error::Sink)
     }
 
-    pub fn zero(
+    pub(super) fn zero(
         &mut self,
         sink: &mut dyn ExtentSink,
         guest: u64,
@@ -75,7 +75,7 @@ impl Emitter {
         }
     }
 
-    pub fn flush(&mut self, sink: &mut dyn ExtentSink) -> Result<(), Qcow2Error> {
+    pub(super) fn flush(&mut self, sink: &mut dyn ExtentSink) -> Result<(), Qcow2Error> {
         if let Some(r) = self.pending_zero.take() {
             sink.zero(r.start, r.end - r.start)
                 .map_err(Qcow2Error::Sink)?;

@@ -13,10 +13,10 @@ use qcow2_rs::meta::{L1Entry, L2Entry, TableEntry};
 use super::header::{Header, MAX_HOST_OFFSET};
 
 /// Subclusters per cluster with extended L2 entries.
-pub const SUBCLUSTERS: u32 = 32;
+pub(super) const SUBCLUSTERS: u32 = 32;
 
 /// Geometry plus qcow2-rs's `Qcow2Info`, shared by all entry decoding.
-pub struct Geometry {
+pub(super) struct Geometry {
     pub cluster_bits: u32,
     pub cluster_size: u64,
     pub extended_l2: bool,
@@ -26,7 +26,7 @@ pub struct Geometry {
 
 /// What one guest cluster (or, for extended entries, its subclusters) reads as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapping {
+pub(super) enum Mapping {
     /// Reads as zeros: unallocated, or zero flag.
     Zero,
     /// Standard cluster stored at this host offset.
@@ -40,7 +40,7 @@ pub enum Mapping {
 }
 
 impl Geometry {
-    pub fn new(h: &Header) -> Result<Geometry, String> {
+    pub(super) fn new(h: &Header) -> Result<Geometry, String> {
         let info = h.qcow2rs_info().map_err(|e| e.to_string())?;
         Ok(Geometry {
             cluster_bits: h.cluster_bits,
@@ -52,7 +52,7 @@ impl Geometry {
     }
 
     /// Bytes per L2 entry.
-    pub fn l2_entry_size(&self) -> u64 {
+    pub(super) fn l2_entry_size(&self) -> u64 {
         if self.extended_l2 {
             16
         } else {
@@ -60,12 +60,12 @@ impl Geometry {
         }
     }
 
-    pub fn subcluster_size(&self) -> u64 {
+    pub(super) fn subcluster_size(&self) -> u64 {
         self.cluster_size / u64::from(SUBCLUSTERS)
     }
 
     /// Decodes an L1 entry: `Ok(None)` for an unallocated L2 table.
-    pub fn l1_entry(&self, raw: u64) -> Result<Option<u64>, String> {
+    pub(super) fn l1_entry(&self, raw: u64) -> Result<Option<u64>, String> {
         if raw & 1 != 0 {
             return Err(format!("L1 entry 0x{raw:016x} has reserved bit 0 set"));
         }
@@ -78,7 +78,7 @@ impl Geometry {
     }
 
     /// Decodes an L2 entry (`bitmap` is the second half of an extended entry).
-    pub fn l2_entry(&self, raw: u64, bitmap: u64) -> Result<Mapping, String> {
+    pub(super) fn l2_entry(&self, raw: u64, bitmap: u64) -> Result<Mapping, String> {
         let e = L2Entry::try_from_plain(raw, &self.info).map_err(|e| e.to_string())?;
         if let Some((host, len)) = e.compressed_range(self.cluster_bits) {
             // qcow2-rs masks the offset to 56 bits; the spec wants those bits zero.

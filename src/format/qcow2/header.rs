@@ -15,31 +15,31 @@ use qcow2_rs::meta::Qcow2Header;
 use super::Qcow2Error;
 
 /// qcow2 magic bytes, `QFI\xfb`.
-pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+pub(super) const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Bytes needed to read the fixed header fields up to `cluster_bits`.
-pub const FIXED_PREFIX: usize = 24;
+pub(super) const FIXED_PREFIX: usize = 24;
 /// Smallest cluster (`cluster_bits` 9) and largest (`cluster_bits` 21, QEMU's limit).
-pub const MIN_CLUSTER_BITS: u32 = 9;
-pub const MAX_CLUSTER_BITS: u32 = 21;
+pub(super) const MIN_CLUSTER_BITS: u32 = 9;
+pub(super) const MAX_CLUSTER_BITS: u32 = 21;
 /// QEMU's limit on the L1 table (32 MiB), which also bounds our L1 parsing work.
-pub const MAX_L1_BYTES: u64 = 32 << 20;
+pub(super) const MAX_L1_BYTES: u64 = 32 << 20;
 /// QEMU's limit on the refcount table (8 MiB).
-pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+pub(super) const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// QEMU's limit on internal snapshots.
-pub const MAX_SNAPSHOTS: u32 = 65536;
+pub(super) const MAX_SNAPSHOTS: u32 = 65536;
 /// Offsets in L1/L2 entries have 56 bits; nothing can live beyond.
-pub const MAX_HOST_OFFSET: u64 = 1 << 56;
+pub(super) const MAX_HOST_OFFSET: u64 = 1 << 56;
 /// Largest virtual size we accept (64 PiB, the populated-cluster limit of the format).
-pub const MAX_VIRTUAL_SIZE: u64 = 1 << 56;
+pub(super) const MAX_VIRTUAL_SIZE: u64 = 1 << 56;
 
-pub const INCOMPAT_DIRTY: u64 = 1 << 0;
-pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
-pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
-pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
-pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+pub(super) const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub(super) const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub(super) const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub(super) const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+pub(super) const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 = 0x1f;
-pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+pub(super) const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
@@ -54,6 +54,7 @@ const EXT_DATA_FILE: u32 = 0x4441_5441;
 pub enum CompressionType {
     /// Raw deflate (QEMU calls it zlib; there is no zlib header).
     Zlib,
+    /// zstd frames.
     Zstd,
 }
 
@@ -135,7 +136,7 @@ fn be_u64(b: &[u8], off: usize) -> Result<u64, HeaderError> {
 
 /// Cluster size announced by the first bytes, once 24 of them are available.
 /// This is how many bytes the header parser (and `probe`) needs at most.
-pub fn cluster_size_hint(head: &[u8]) -> Option<u64> {
+pub(super) fn cluster_size_hint(head: &[u8]) -> Option<u64> {
     let bits = be_u32(head, 20).ok()?;
     if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
         Some(1u64 << bits)
@@ -508,7 +509,7 @@ fn to_usize(v: u64) -> Result<usize, HeaderError> {
     usize::try_from(v).map_err(|_| inv("offset does not fit in memory"))
 }
 
-pub fn align_up(v: u64, a: u64) -> u64 {
+pub(super) fn align_up(v: u64, a: u64) -> u64 {
     // Callers pass values bounded by MAX_HOST_OFFSET, so this cannot overflow.
     v.div_ceil(a).saturating_mul(a)
 }

@@ -27,23 +27,39 @@ pub fn probe_len(head: &[u8]) -> usize {
 /// The header facts that matter for import.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImageInfo {
+    /// qcow2 version (2 or 3).
     pub version: u32,
+    /// Guest-visible size in bytes.
     pub virtual_size: u64,
+    /// Cluster size in bytes.
     pub cluster_size: u64,
+    /// How compressed clusters are compressed.
     pub compression_type: CompressionType,
+    /// The backing file an import would need (refused).
     pub backing_file: Option<String>,
+    /// The backing file's format, when named.
     pub backing_format: Option<String>,
     /// "none", "aes", "luks" or "unknown(N)".
     pub encryption: String,
+    /// Extended L2 entries (subclusters).
     pub extended_l2: bool,
+    /// An external data file the image needs (refused).
     pub external_data_file: Option<String>,
+    /// The dirty bit (lazy refcounts not flushed).
     pub dirty: bool,
+    /// The corrupt bit.
     pub corrupt: bool,
+    /// The lazy-refcounts compatible feature.
     pub lazy_refcounts: bool,
+    /// Internal snapshots (ignored by an import).
     pub nb_snapshots: u32,
+    /// Host offset of the L1 table.
     pub l1_table_offset: u64,
+    /// Entries in the L1 table.
     pub l1_entries: u32,
+    /// log2 of the refcount width in bits.
     pub refcount_order: u32,
+    /// Bytes of the header (before its extensions).
     pub header_length: u32,
     /// Incompatible feature bits this reader does not know (with names when
     /// the image's feature name table has them).
@@ -112,7 +128,7 @@ fn parse_lenient(head: &[u8]) -> Result<(Header, Vec<String>), Qcow2Error> {
 }
 
 /// The header as `qemu-img info --output json` reports it.
-pub fn image_info(h: &Header) -> crate::format::ImageInfo {
+pub(super) fn image_info(h: &Header) -> crate::format::ImageInfo {
     use crate::format::{Format, FormatSpecific, ImageInfo};
     let compression = match h.compression_type {
         CompressionType::Zlib => "zlib",

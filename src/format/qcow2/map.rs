@@ -28,7 +28,7 @@ const MAX_REFBLOCKS: usize = 4096;
 
 /// Parsing progress through a table that arrives in pieces.
 #[derive(Debug, Clone, Default)]
-pub struct TableCursor {
+pub(super) struct TableCursor {
     /// Bytes of the table consumed so far.
     pub parsed: u64,
     next_idx: u64,
@@ -39,7 +39,7 @@ pub struct TableCursor {
 impl TableCursor {
     /// Splits `bytes` (the next bytes of the table) into whole entries of
     /// `esize` (8 or 16) bytes, pushed to `out` as (index, first u64, second u64).
-    pub fn feed(&mut self, mut bytes: &[u8], esize: usize, out: &mut Vec<(u64, u64, u64)>) {
+    pub(super) fn feed(&mut self, mut bytes: &[u8], esize: usize, out: &mut Vec<(u64, u64, u64)>) {
         self.parsed = self.parsed.saturating_add(bytes.len() as u64);
         let mut idx = self.next_idx;
         if self.carry_len > 0 {
@@ -89,7 +89,7 @@ fn decode(idx: u64, e: &[u8]) -> (u64, u64, u64) {
 
 /// What a plain (non-compressed) pending host range holds.
 #[derive(Debug, Clone)]
-pub enum Plain {
+pub(super) enum Plain {
     /// Guest data: host byte `start + k` belongs at guest `guest + k`.
     Data { guest: u64 },
     /// The active L1 table.
@@ -104,14 +104,14 @@ pub enum Plain {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlainRegion {
+pub(super) struct PlainRegion {
     pub end: u64,
     pub kind: Plain,
 }
 
 /// A compressed cluster being collected.
 #[derive(Debug, Clone)]
-pub struct CompressedRegion {
+pub(super) struct CompressedRegion {
     /// End of its byte range (start + the descriptor's length bound).
     pub end: u64,
     /// Bytes received so far, from the start of the range.
@@ -119,7 +119,7 @@ pub struct CompressedRegion {
 }
 
 #[derive(Default)]
-pub struct MapState {
+pub(super) struct MapState {
     pub plain: BTreeMap<u64, PlainRegion>,
     /// Keyed by (host start, guest offset): ranges may overlap.
     pub compressed: BTreeMap<(u64, u64), CompressedRegion>,
@@ -137,7 +137,7 @@ pub struct MapState {
 }
 
 impl MapState {
-    pub fn new(cluster_size: u64, budget: usize) -> MapState {
+    pub(super) fn new(cluster_size: u64, budget: usize) -> MapState {
         MapState {
             cluster_size,
             // Up to 2^(cluster_bits - 8) sectors: at most two clusters.
@@ -148,7 +148,7 @@ impl MapState {
     }
 
     /// Estimated bytes in use.
-    pub fn usage(&self) -> usize {
+    pub(super) fn usage(&self) -> usize {
         self.plain.len() * PLAIN_COST
             + self.compressed.len() * COMPRESSED_COST
             + self.l2_tables.len() * L2_COST
@@ -156,7 +156,7 @@ impl MapState {
     }
 
     /// Adds a compressed cluster being collected (with the bytes it has).
-    pub fn insert_compressed(
+    pub(super) fn insert_compressed(
         &mut self,
         key: (u64, u64),
         r: CompressedRegion,
@@ -169,7 +169,7 @@ impl MapState {
     }
 
     /// Removes a compressed cluster, returning it.
-    pub fn remove_compressed(&mut self, key: &(u64, u64)) -> Option<CompressedRegion> {
+    pub(super) fn remove_compressed(&mut self, key: &(u64, u64)) -> Option<CompressedRegion> {
         let r = self.compressed.remove(key)?;
         self.compressed_bytes = self.compressed_bytes.saturating_sub(r.buf.len());
         Some(r)
@@ -177,7 +177,11 @@ impl MapState {
 
     /// Appends bytes to a compressed cluster; the budget bounds the total
     /// (hostile images can point many clusters at the same bytes).
-    pub fn extend_compressed(&mut self, key: &(u64, u64), bytes: &[u8]) -> Result<(), String> {
+    pub(super) fn extend_compressed(
+        &mut self,
+        key: &(u64, u64),
+        bytes: &[u8],
+    ) -> Result<(), String> {
         self.compressed_bytes += bytes.len();
         self.check_budget()?;
         if let Some(r) = self.compressed.get_mut(key) {
@@ -186,7 +190,7 @@ impl MapState {
         Ok(())
     }
 
-    pub fn check_budget(&self) -> Result<(), String> {
+    pub(super) fn check_budget(&self) -> Result<(), String> {
         let u = self.usage();
         if u > self.budget {
             return Err(format!(
@@ -201,7 +205,7 @@ impl MapState {
     }
 
     /// Refuses `[a, b)` if it overlaps the header, L1, refcount table or an L2 table.
-    pub fn check_metadata(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_metadata(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
         for &(s, e, name) in &self.fixed {
             if a < e && s < b {
                 return Err(format!("{what} at 0x{a:x} overlaps the {name}"));
@@ -219,7 +223,7 @@ impl MapState {
     }
 
     /// Refuses `[a, b)` if it overlaps a pending plain region.
-    pub fn check_plain(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_plain(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
         if let Some((&s, r)) = self.plain.range(..b).next_back() {
             if r.end > a {
                 return Err(format!(
@@ -232,7 +236,7 @@ impl MapState {
     }
 
     /// Refuses `[a, b)` if it overlaps a pending compressed cluster.
-    pub fn check_compressed(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_compressed(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
         let lo = a.saturating_sub(self.max_compressed);
         for (&(s, _), r) in self.compressed.range((lo, 0)..(b, 0)) {
             if r.end > a && s < b {
@@ -245,7 +249,7 @@ impl MapState {
     }
 
     /// Inserts a data run, merging with the run that ends where it starts.
-    pub fn insert_data(&mut self, host: u64, end: u64, guest: u64) -> Result<(), String> {
+    pub(super) fn insert_data(&mut self, host: u64, end: u64, guest: u64) -> Result<(), String> {
         self.check_plain(host, end, "data cluster")?;
         self.check_compressed(host, end, "data cluster")?;
         if let Some((&s, r)) = self.plain.range_mut(..host).next_back() {
@@ -266,7 +270,7 @@ impl MapState {
         self.check_budget()
     }
 
-    pub fn insert_table(&mut self, host: u64, end: u64, kind: Plain) -> Result<(), String> {
+    pub(super) fn insert_table(&mut self, host: u64, end: u64, kind: Plain) -> Result<(), String> {
         self.check_plain(host, end, describe(&kind))?;
         self.check_compressed(host, end, describe(&kind))?;
         self.plain.insert(host, PlainRegion { end, kind });
@@ -275,7 +279,7 @@ impl MapState {
 
     /// Marks a refcount block as known garbage, if it overlaps nothing
     /// (refcounts do not matter for reading, so a bad entry is ignored).
-    pub fn insert_refblock(&mut self, host: u64, end: u64) {
+    pub(super) fn insert_refblock(&mut self, host: u64, end: u64) {
         let ok = self.check_metadata(host, end, "").is_ok()
             && self.check_plain(host, end, "").is_ok()
             && self.check_compressed(host, end, "").is_ok()
@@ -293,7 +297,7 @@ impl MapState {
     }
 
     /// The plain region covering `pos`, if any, with its start.
-    pub fn plain_at(&self, pos: u64) -> Option<u64> {
+    pub(super) fn plain_at(&self, pos: u64) -> Option<u64> {
         match self.plain.range(..=pos).next_back() {
             Some((&s, r)) if r.end > pos => Some(s),
             _ => None,
@@ -301,12 +305,12 @@ impl MapState {
     }
 
     /// Start of the first plain region after `pos`.
-    pub fn next_plain(&self, pos: u64) -> Option<u64> {
+    pub(super) fn next_plain(&self, pos: u64) -> Option<u64> {
         self.plain.range(pos..).next().map(|(&s, _)| s)
     }
 }
 
-pub fn describe(k: &Plain) -> &'static str {
+pub(super) fn describe(k: &Plain) -> &'static str {
     match k {
         Plain::Data { .. } => "data cluster",
         Plain::L1(_) => "L1 table",

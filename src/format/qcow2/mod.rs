@@ -10,7 +10,7 @@ mod entry;
 mod header;
 mod info;
 mod map;
-pub mod stream;
+pub(crate) mod stream;
 
 use std::io::{self, BufRead};
 
