@@ -1,16 +1,18 @@
 //! streamdisk: a streaming disk-image importer.
 //!
-//! The data path runs one way (see `ARCHITECTURE` in the README):
+//! The data path runs one way (`docs/ARCHITECTURE.md` has the whole picture):
 //!
 //! ```text
-//! source ──► unwrap ──► decode ──► plan ──► write
-//! (bytes)   (gz/xz/zst) (qcow2/raw) (extents) (O_DIRECT target)
+//! source ──► taps ──► unwrap / container ──► decode ──► target
+//! (bytes)    (count,   (gzip, xz, zstd; tar)  (qcow2,    (O_DIRECT, extents
+//!            hash)                            raw, ...)   at guest offsets)
 //! ```
 //!
 //! Each stage lives in its own module and talks to the next through a small
-//! interface: sources are `std::io::Read` (plus optional range reads), wrappers
-//! are `Read` adapters, decoders are sans-IO state machines that push guest
-//! extents into an [`format::ExtentSink`], and the target is that sink.
+//! interface: sources are `BufRead` streams (plus optional range reads),
+//! wrappers are `BufRead` adapters, decoders are sans-IO state machines that
+//! push guest extents into a [`format::ExtentSink`], and the target is that
+//! sink. [`pipeline::open_input`] is the one place that wires the input.
 
 pub(crate) mod archive;
 pub mod cdi;

@@ -1,7 +1,7 @@
 //! The importer pod's environment, parsed into one typed [`PodConfig`].
 //!
 //! CDI's controller passes the whole job in environment variables (see
-//! `CDI-CONTRACT.md`). Parsing follows CDI's own rules so that a value CDI
+//! `docs/cdi-contract.md`). Parsing follows CDI's own rules so that a value CDI
 //! accepts is accepted here and one it rejects is rejected the same way:
 //! `PREALLOCATION` and `INSECURE_TLS` use Go's `strconv.ParseBool`,
 //! `FILESYSTEM_OVERHEAD` an unparseable value counts as 0, `IMPORTER_IMAGE_SIZE`

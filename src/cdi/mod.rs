@@ -4,7 +4,7 @@
 //! in environment variables, then reads back the termination message and the
 //! progress metric. This module is a thin shell around the shared import
 //! pipeline that speaks that contract exactly (see `docs/pod-mode.md` and
-//! `CDI-CONTRACT.md`):
+//! `docs/cdi-contract.md`):
 //!
 //! ```text
 //! flags ─► logging ─► metrics endpoint ─► config (env) ─► blank │ http ─► outcome ─► termination log + exit code

@@ -16,9 +16,8 @@ use crate::io::ZeroRun;
 
 /// Zero-detection granularity.
 ///
-/// 64 KiB. The CPU cost does not decide it: decoding a 32 MiB mixed image
-/// into a null sink ran at about 5 GiB/s at 4 KiB, 64 KiB and 1 MiB granules
-/// alike (`cargo bench --bench writer -- raw_decode`), far above any disk.
+/// 64 KiB. The CPU cost does not decide it (every granule from 4 KiB to
+/// 1 MiB scans far faster than any disk; BENCHMARKS.md, "Tuning").
 /// What decides it is the writer: it writes zero gaps of up to 64 KiB between
 /// data as zeros inside one large write anyway (see
 /// `target::assemble::INLINE_GAP`), so finer granules only add sink calls,
@@ -49,18 +48,8 @@ pub struct RawReport {
 /// True if every byte of `buf` is zero.
 ///
 /// Folds 16-byte words with OR in 256-byte blocks (the compiler turns this
-/// into wide vector loads) and stops at the first non-zero block. Measured on
-/// 64 KiB (`cargo bench --bench writer -- zero_detect`, shared 2-core machine):
-///
-/// ```text
-///                      all zero   non-zero first byte
-/// this (u128, 256 B)    3.8 us       13 ns
-/// u64 fold, 1 KiB       4.7 us       47 ns
-/// u64 fold, no exit     3.7 us      4.1 us
-/// byte by byte        115   us        6 ns
-/// ```
-///
-/// About 16 GiB/s on zeros, and an early exit on data after one block.
+/// into wide vector loads) and stops at the first non-zero block: fast on
+/// zeros, and an early exit on data (BENCHMARKS.md, "Tuning").
 pub fn is_zero(buf: &[u8]) -> bool {
     let mut blocks = buf.chunks_exact(256);
     for block in &mut blocks {

@@ -85,9 +85,9 @@ const DROP_EVERY: u64 = 4 << 20;
 /// A forward reader that drops the page cache it leaves behind.
 ///
 /// Page cache counts against a pod's memory limit, and a forward pass never
-/// reads a byte twice: without this, importing a local 3 GiB image filled a
-/// 600 MiB cgroup to its limit with the source's pages (measured: peak
-/// 599 MiB, against 19 MiB over HTTP). `POSIX_FADV_DONTNEED` only drops clean
+/// reads a byte twice: without this, a local import fills a pod's memory
+/// limit with the source's pages (BENCHMARKS.md, "Tuning").
+/// `POSIX_FADV_DONTNEED` only drops clean
 /// pages, so it cannot lose data; pages another reader of the same file had
 /// cached are dropped too, which costs that reader a re-read at worst.
 struct CacheDropping {
@@ -113,8 +113,7 @@ impl Read for CacheDropping {
         if self.pos - self.dropped_to >= DROP_EVERY {
             // The range reaches back over the previous one: the kernel only
             // drops a large folio that lies wholly inside the range, and the
-            // folio straddling the last boundary was skipped then (measured:
-            // without the overlap a quarter of a 3 GiB source stayed cached).
+            // folio straddling the last boundary was skipped then.
             let from = self.dropped_to.saturating_sub(DROP_EVERY);
             let (Ok(off), Ok(len)) = (
                 libc::off_t::try_from(from),

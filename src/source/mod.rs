@@ -196,11 +196,8 @@ pub fn open(
 ///
 /// One worker thread: the pipeline runs on its own blocking thread and the
 /// writers on theirs, so the runtime only has the HTTP connection and the
-/// transfer task(s) to drive. With two workers those tasks hopped between
-/// threads on every chunk; measured on the mixed benchmark image served by
-/// nginx on loopback (warm cache), one worker cut the import's system time
-/// from 2.6 s to 2.0 s at the same wall time, and a plain reqwest body drain
-/// ran 1.4 s on one thread against 1.8 s on two. Parallel segments
+/// transfer task(s) to drive; with two workers those tasks hopped between
+/// threads on every chunk (BENCHMARKS.md, "Tuning"). Parallel segments
 /// (`--connections`) are I/O-bound and share the one worker well.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -31,8 +31,7 @@ pub(crate) enum Method {
 /// queued to the writer threads like data writes: a punch on a loop device
 /// costs a few milliseconds in the backing filesystem, and issued inline it
 /// stalled the decoder (and with it the download) on every zero run
-/// (measured: the 1 GiB zero-filled tail of the mixed benchmark image read at
-/// 480 MB/s with inline punches, 900 MB/s without any).
+/// (BENCHMARKS.md, "Tuning").
 #[derive(Debug)]
 pub(crate) struct DeviceZeroer {
     method: Method,

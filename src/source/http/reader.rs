@@ -23,13 +23,10 @@ use crate::source::SourceError;
 /// hundred KiB when the consumer lags), so the bound is on bytes, not on
 /// chunks: a semaphore with one permit per byte.
 ///
-/// 512 KiB: the socket's receive buffer and the 8 MiB of writes in flight
-/// absorb the jitter. 2 MiB here bought no speed over 1 MiB (mixed benchmark
-/// image over loopback HTTP: 4.3-4.9 s against 4.4-4.7 s), and since the
-/// decoders work on the chunks in place (a chunk stays queued until it is
-/// consumed), 1 MiB against 512 KiB cost 0.5 MiB of peak memory at the same
-/// speed (23.2-23.4 MiB and 4.0-4.4 s against 22.8-23.0 MiB and 3.4-4.9 s,
-/// with qemu-img's local conversion at 2.9-3.4 s in the same rounds).
+/// 512 KiB: the socket's receive buffer and the writes in flight absorb the
+/// jitter, and since the decoders work on the chunks in place (a chunk stays
+/// queued until it is consumed), more only costs memory (BENCHMARKS.md,
+/// "Tuning").
 pub(super) const BUFFER_BYTES: usize = 512 << 10;
 
 /// Channel slots; the byte budget is the real limit.

@@ -15,9 +15,7 @@
 //! ends, the next segment is promoted: what it holds is handed over (giving
 //! its bytes back to the shared budget), and from then on it streams. So
 //! the download holds at most (N - 1) x segment size + [`FRONT_QUEUE`], plus
-//! the reader's pipe ([`super::reader::BUFFER_BYTES`]). An earlier version
-//! held every segment whole until its turn: N x segment size, and about
-//! twice that at each hand-over.
+//! the reader's pipe ([`super::reader::BUFFER_BYTES`]).
 //!
 //! In auto mode ([`Plan::adaptive`]) the rest of the file is asked for in
 //! one request and streamed when segments stop paying:
