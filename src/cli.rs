@@ -45,9 +45,11 @@ pub(crate) enum Command {
 /// Options shared by every command that reads a source.
 #[derive(Debug, Args)]
 pub(crate) struct SourceArgs {
-    /// Image to read: an http:// or https:// URL, a local path, or - for stdin.
+    /// Image to read: an http:// or https:// URL, a docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
+    /// containerDisk image, a local path, or - for stdin.
     pub source: String,
-    /// Basic-auth user for HTTP (password from --password-env).
+    /// Basic-auth user for HTTP, or the registry user (password from --password-env).
+    /// Without it, registry credentials come from the podman/skopeo/docker auth files.
     #[arg(long, requires = "password_env")]
     pub user: Option<String>,
     /// Name of the environment variable holding the basic-auth password.
@@ -59,9 +61,17 @@ pub(crate) struct SourceArgs {
     /// Directory of extra PEM CA certificates (repeatable); added to the built-in web roots.
     #[arg(long = "ca-dir", value_name = "DIR")]
     pub ca_dirs: Vec<PathBuf>,
-    /// Do not verify TLS certificates.
+    /// Do not verify TLS certificates (for a registry: also fall back to plain http).
     #[arg(long)]
     pub insecure: bool,
+    /// Registry images: the architecture to take from a multi-platform image
+    /// (amd64, arm64, arm/v7...) [default: this host's]. When given, a
+    /// single-platform image must be of this architecture.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Registry images: the operating system to take from a multi-platform image.
+    #[arg(long, value_name = "OS", default_value = "linux")]
+    pub os: String,
     /// Reconnect (resuming at the next byte) when no data arrived for this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub stall_timeout: u64,

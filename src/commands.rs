@@ -85,6 +85,8 @@ fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {
     o.stall_timeout = Duration::from_secs(a.stall_timeout.max(1));
     o.max_attempts = a.retries.max(1);
     o.max_retry_time = Duration::from_secs(a.retry_time);
+    o.registry.arch = a.arch.clone();
+    o.registry.os = Some(a.os.clone());
     Ok(o)
 }
 
@@ -166,10 +168,33 @@ fn convert(a: ConvertArgs, quiet: bool) -> Result<(), Failure> {
             message: format!("{i}; the import is incomplete"),
             code: streamdisk::signals::exit_code(i.0),
         }),
+        Err(e @ ImportError::ChecksumMismatch { .. }) => Err(Failure {
+            message: format!("{}; {}", e.message(), wipe_after_mismatch(&job.target)),
+            code: 1,
+        }),
         Err(e) => Err(Failure {
             message: e.message(),
             code: 1,
         }),
+    }
+}
+
+/// After a checksum mismatch (`--checksum`, or a registry blob's digest)
+/// nothing of the untrusted image is left that looks like a disk: the
+/// target's first and last MiB are zeroed, as pod mode does on a block
+/// volume (a file keeps its length). Says what was done, for the message.
+fn wipe_after_mismatch(target: &std::path::Path) -> String {
+    match streamdisk::target::wipe_edges(target) {
+        Ok(()) => format!("the first and last MiB of {} were zeroed", target.display()),
+        Err(e) if matches!(&e, streamdisk::target::TargetError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            format!("{} was not created", target.display())
+        }
+        Err(e) => format!(
+            "zeroing the edges of {} failed: {}",
+            target.display(),
+            streamdisk::error_chain(&e)
+        ),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct SourceInfo {
     /// would refuse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qcow2: Option<qcow2::ImageInfo>,
+    /// For a registry image: its digest, platform, layers and disk entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Box<crate::source::registry::ImageDetails>>,
 }
 
 /// Opens the input of `opts` and describes the image it holds.
@@ -62,6 +65,7 @@ pub fn probe_source(
         source_size: input.source_size,
         seekable,
         qcow2: None,
+        registry: input.registry.take(),
     };
     match input.format {
         Format::Qcow2 => {
@@ -121,6 +125,9 @@ impl SourceInfo {
                 .map_or("unknown".to_string(), |n| format!("{n} bytes"))
         ));
         s.push_str(&format!("seekable: {}\n", self.seekable));
+        if let Some(r) = &self.registry {
+            push_registry(&mut s, r);
+        }
         if let Some(c) = self.image.cluster_size {
             s.push_str(&format!("cluster size: {c}\n"));
         }
@@ -132,6 +139,31 @@ impl SourceInfo {
             }
         }
         s
+    }
+}
+
+/// The registry lines: image, digests, platform, layers, disk entry.
+fn push_registry(s: &mut String, r: &crate::source::registry::ImageDetails) {
+    s.push_str(&format!("image: {}\n", r.image));
+    s.push_str(&format!("digest: {}\n", r.digest));
+    if r.manifest_digest != r.digest {
+        s.push_str(&format!("manifest digest: {}\n", r.manifest_digest));
+    }
+    s.push_str(&format!("platform: {}\n", r.platform));
+    for (i, l) in r.layers.iter().enumerate() {
+        s.push_str(&format!(
+            "layer {}: {} {} bytes {}\n",
+            i + 1,
+            l.digest,
+            l.size,
+            l.media_type
+        ));
+    }
+    if let Some(d) = &r.disk {
+        s.push_str(&format!(
+            "disk entry: {} ({} bytes, layer {})\n",
+            d.name, d.size, d.layer
+        ));
     }
 }
 

@@ -93,6 +93,8 @@ pub struct ImportReport {
     pub spilled_bytes: u64,
     /// Range requests made for metadata.
     pub range_requests: u64,
+    /// What a registry said about the image (`None` for other sources).
+    pub registry: Option<Box<crate::source::registry::ImageDetails>>,
 }
 
 /// Why an import failed. Front ends map these to exit codes and messages;

@@ -75,5 +75,16 @@ pub fn decoder(
     })
 }
 
+/// Whether `e` came from below the decoder with a typed cause of its own
+/// (a transfer failure, a registry blob's digest mismatch, an interrupt):
+/// such an error passes through a decoder unchanged, so the pipeline still
+/// recognises it (a checksum mismatch wipes the target, an interrupt exits
+/// with the signal's code). The decoders' own errors are named by codec.
+fn from_below(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| {
+        inner.is::<crate::source::SourceError>() || inner.is::<crate::io::Interrupted>()
+    })
+}
+
 #[cfg(test)]
 mod tests;

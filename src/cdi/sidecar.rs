@@ -103,6 +103,7 @@ pub(crate) fn fetch_labels(
                 http: &opts,
                 rt: &handle,
                 pace: &crate::pace::Pace::new(),
+                counter: &std::sync::Arc::new(crate::progress::Counter::default()),
             })
             .map_err(|e| io::Error::other(crate::error_chain(&e)))?;
         labels_from_info(&mut opened.reader)

@@ -55,6 +55,8 @@ pub struct Input {
     pub verifier: Option<Verifier>,
     /// Who sets the pace.
     pub pace: Pace,
+    /// What a registry said about the image (`None` for other sources).
+    pub registry: Option<Box<crate::source::registry::ImageDetails>>,
 }
 
 impl Input {
@@ -90,12 +92,10 @@ pub fn open_input(
             http: &opts.http,
             rt,
             pace,
+            counter: &counter,
         })
-        .map_err(|source| ImportError::Source {
-            display: display.clone(),
-            source,
-        })?;
-    if let Some(n) = src.size {
+        .map_err(|source| source_error(&display, source))?;
+    if let (Some(n), false) = (src.size, src.counts_itself) {
         counter.set_total(n);
     }
     tracing::info!(source = %src.display, size = ?src.size, "source opened");
@@ -103,7 +103,12 @@ pub fn open_input(
     let read_err = |e: io::Error| read_error(&display, e);
 
     let verifier = opts.checksum.clone().map(Verifier::new);
-    let counted = CountTap::new(InterruptTap::new(src.reader), counter);
+    let registry = src.registry;
+    let counted: Box<dyn BufRead + Send> = if src.counts_itself {
+        Box::new(InterruptTap::new(src.reader))
+    } else {
+        Box::new(CountTap::new(InterruptTap::new(src.reader), counter))
+    };
     let tapped: Box<dyn BufRead + Send> = match &verifier {
         Some(v) => Box::new(HashTap::new(counted, v.digest())),
         None => Box::new(counted),
@@ -156,7 +161,44 @@ pub fn open_input(
         display,
         verifier,
         pace: pace.clone(),
+        registry,
     })
+}
+
+/// A source's failure to open; a registry blob that does not match its
+/// digest is a checksum mismatch (the target is treated as after one).
+fn source_error(display: &str, source: crate::source::SourceError) -> ImportError {
+    match source {
+        crate::source::SourceError::Registry(
+            crate::source::registry::RegistryError::DigestMismatch {
+                expected,
+                calculated,
+                ..
+            },
+        ) => ImportError::ChecksumMismatch {
+            expected,
+            calculated,
+        },
+        source => ImportError::Source {
+            display: display.to_string(),
+            source,
+        },
+    }
+}
+
+/// The checksum mismatch a registry blob's digest check put inside `e`.
+pub(crate) fn digest_mismatch(e: &io::Error) -> Option<ImportError> {
+    match crate::source::registry::blob::find_mismatch(e)? {
+        crate::source::registry::RegistryError::DigestMismatch {
+            expected,
+            calculated,
+            ..
+        } => Some(ImportError::ChecksumMismatch {
+            expected,
+            calculated,
+        }),
+        _ => None,
+    }
 }
 
 /// Picks the format from the signature and `--format`, checking the tail of
@@ -240,6 +282,9 @@ fn check_tail(
 
 /// A read error, unless it is really the interrupt tap speaking.
 pub(crate) fn read_error(display: &str, e: io::Error) -> ImportError {
+    if let Some(m) = digest_mismatch(&e) {
+        return m;
+    }
     match Interrupted::find(&e) {
         Some(i) => ImportError::Interrupted(i),
         None => ImportError::Read {

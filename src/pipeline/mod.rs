@@ -38,11 +38,13 @@ pub fn run(
     counter: Arc<Counter>,
 ) -> Result<ImportReport, ImportError> {
     let pace = Pace::new();
-    let input = open_input(&job.input, rt, Arc::clone(&counter), &pace)?;
+    let mut input = open_input(&job.input, rt, Arc::clone(&counter), &pace)?;
+    let registry = input.registry.take();
     let mut target = Target::open(&job.target, &job.target_opts)?;
     target.follow(pace);
     let mut report = decode_into(input, &job.plan, &mut target)?;
     let stats = target.finish()?;
+    report.registry = registry;
     report.bytes_received = counter.received();
     report.bytes_written = stats.bytes_written;
     report.bytes_zeroed = stats.bytes_zeroed;
@@ -131,13 +133,17 @@ fn finish_stream(input: &mut Input) -> Result<(), ImportError> {
 
 /// A decoder's error, unless it is really the interrupt tap speaking.
 fn format_error(e: FormatError) -> ImportError {
-    match &e {
-        FormatError::Read(io) => match Interrupted::find(io) {
-            Some(i) => ImportError::Interrupted(i),
-            None => ImportError::Format(e),
-        },
-        _ => ImportError::Format(e),
+    if let FormatError::Read(io) = &e {
+        // A registry blob's digest check fails at the blob's end, which a
+        // decoder reading to the end of the stream meets first.
+        if let Some(m) = input::digest_mismatch(io) {
+            return m;
+        }
+        if let Some(i) = Interrupted::find(io) {
+            return ImportError::Interrupted(i);
+        }
     }
+    ImportError::Format(e)
 }
 
 /// Reads everything `r` still has (for front ends that must answer only

@@ -19,7 +19,7 @@ pub enum SourceError {
         source: io::Error,
     },
     /// A locator with a scheme no source handles.
-    #[error("unsupported source scheme {0:?}:// (use http://, https://, a path or -)")]
+    #[error("unsupported source scheme {0:?}:// (use http://, https://, docker://, a path or -)")]
     UnknownScheme(String),
     /// The URL could not be parsed or is not http(s).
     #[error("invalid URL {url}: {reason}")]
@@ -167,6 +167,9 @@ pub enum SourceError {
         /// The URL, without credentials.
         url: String,
     },
+    /// A registry image could not be read.
+    #[error(transparent)]
+    Registry(#[from] super::registry::RegistryError),
     /// An internal task ended without reporting (should not happen).
     #[error("download of {url} ended unexpectedly: {detail}")]
     Internal {

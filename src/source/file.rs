@@ -65,6 +65,8 @@ fn open(path: &Path) -> Result<OpenedSource, SourceError> {
         size,
         range,
         display,
+        counts_itself: false,
+        registry: None,
     })
 }
 

@@ -1,4 +1,4 @@
-//! Byte sources: HTTP(S), a local file, stdin.
+//! Byte sources: HTTP(S), an OCI registry image, a local file, stdin.
 //!
 //! Every source is consumed as a forward `std::io::BufRead` stream (the pipeline runs
 //! on a blocking thread). Seekable sources (files, HTTP servers that honour
@@ -7,7 +7,8 @@
 //!
 //! Layout: `file` and `stdin` are thin; `http` holds the client (TLS,
 //! redirects, credentials), the resumable transfer loop, the retry policy,
-//! range reads and the parallel segmented download.
+//! range reads and the parallel segmented download; `registry` reads a
+//! containerDisk image over the distribution API, on top of `http`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -16,11 +17,13 @@ use std::time::Duration;
 
 pub use crate::io::RangeRead;
 use crate::pace::Pace;
+use crate::progress::Counter;
 
 pub mod auth;
 mod error;
 mod file;
 mod http;
+pub mod registry;
 mod stdin;
 
 pub use auth::Authorize;
@@ -48,6 +51,9 @@ pub struct OpenContext<'a> {
     /// Who sets the pace: a source that reads ahead says so, and stops
     /// reading ahead once decompression sets the pace.
     pub pace: &'a Pace,
+    /// Progress, for a source that counts its own bytes (see
+    /// [`OpenedSource::counts_itself`]); others leave it to the pipeline.
+    pub counter: &'a Arc<Counter>,
 }
 
 /// Where the image comes from: a URL, a path or `-`, parsed once.
@@ -67,6 +73,9 @@ impl SourceSpec {
         {
             Some(scheme) if scheme == "http" || scheme == "https" => {
                 Ok(SourceSpec::new(http::HttpSource::new(s)))
+            }
+            Some(scheme) if scheme == "docker" => {
+                Ok(SourceSpec::new(registry::RegistrySource::parse(s)?))
             }
             Some(scheme)
                 if scheme
@@ -121,6 +130,8 @@ pub struct HttpOptions {
     ///
     /// Measured from the first failure of a streak (see `max_attempts`).
     pub max_retry_time: Duration,
+    /// For `docker://` sources: the platform and where credentials come from.
+    pub registry: registry::RegistryOptions,
     /// Parallel range connections.
     pub connections: Connections,
     /// Bytes per segment when the download is segmented; each segment
@@ -139,6 +150,7 @@ impl Default for HttpOptions {
             stall_timeout: Duration::from_secs(60),
             max_attempts: 8,
             max_retry_time: Duration::from_secs(300),
+            registry: registry::RegistryOptions::default(),
             connections: Connections::Auto,
             segment_size: DEFAULT_SEGMENT,
         }
@@ -176,6 +188,14 @@ pub struct OpenedSource {
     pub range: Option<Box<dyn RangeRead>>,
     /// For logs: the URL without credentials, the path, or "stdin".
     pub display: String,
+    /// The source adds the bytes it receives to [`OpenContext::counter`]
+    /// and sets its total itself: a registry receives compressed layers
+    /// and yields the disk entry inside them, so counting what it yields
+    /// would not be progress. Otherwise the pipeline counts `reader`.
+    pub counts_itself: bool,
+    /// What a registry said about the image (digest, platform, layers, the
+    /// disk entry, the environment for CDI's labels).
+    pub registry: Option<Box<registry::ImageDetails>>,
 }
 
 /// Opens `spec` with a pace of its own, for callers that do not share one
@@ -189,6 +209,7 @@ pub fn open(
         http,
         rt,
         pace: &Pace::new(),
+        counter: &Arc::new(Counter::default()),
     })
 }
 

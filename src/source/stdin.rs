@@ -30,6 +30,8 @@ fn open() -> OpenedSource {
         size,
         range: None,
         display: "stdin".to_string(),
+        counts_itself: false,
+        registry: None,
     }
 }
 

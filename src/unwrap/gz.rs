@@ -24,7 +24,9 @@ impl<R: BufRead> GzReader<R> {
 impl<R: BufRead> Read for GzReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         self.inner.read(out).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
+            if super::from_below(&e) {
+                e
+            } else if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "gzip: the compressed stream is truncated",

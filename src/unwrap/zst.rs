@@ -25,7 +25,9 @@ impl<R: BufRead> Read for ZstdReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         self.inner.read(out).map_err(|e| {
             let text = e.to_string();
-            if text.contains("too much memory") || text.contains("window") {
+            if super::from_below(&e) {
+                e
+            } else if text.contains("too much memory") || text.contains("window") {
                 io::Error::other(format!(
                     "zstd: the frame needs a window larger than the {} MiB limit (window log {})",
                     (1u64 << self.window_log_max) >> 20,

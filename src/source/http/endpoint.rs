@@ -6,7 +6,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, IF_RANGE, LOCATION, RANGE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, IF_RANGE, LOCATION, RANGE};
 use reqwest::{Client, Response, StatusCode, Url};
 
 use super::retry::{is_transient_status, retry_after, Failure};
@@ -30,6 +30,9 @@ pub(super) struct Endpoint {
     basic_auth: Option<(String, String)>,
     extra_headers: HeaderMap,
     authorizer: Option<std::sync::Arc<dyn crate::source::Authorize>>,
+    /// `Accept`, sent to every origin (a registry's manifest types); not a
+    /// credential.
+    accept: Option<HeaderValue>,
     /// How long to wait for a response or for the next body chunk.
     pub stall: Duration,
 }
@@ -98,8 +101,19 @@ impl Endpoint {
             basic_auth,
             extra_headers,
             authorizer: opts.authorizer.clone(),
+            accept: None,
             stall: opts.stall_timeout,
         })
+    }
+
+    /// Sends `accept` as the `Accept` header of every request.
+    pub(super) fn set_accept(&mut self, accept: &str) -> Result<(), SourceError> {
+        let value = HeaderValue::from_str(accept).map_err(|e| SourceError::InvalidHeader {
+            name: "Accept".to_string(),
+            reason: e.to_string(),
+        })?;
+        self.accept = Some(value);
+        Ok(())
     }
 
     /// Sends one GET for `span`, following redirects, and classifies the
@@ -115,6 +129,9 @@ impl Endpoint {
         let mut refreshed = false;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.client.get(url.clone());
+            if let Some(accept) = &self.accept {
+                req = req.header(ACCEPT, accept.clone());
+            }
             if let Span::From { start, end } = span {
                 let value = match end.and_then(|e| e.checked_sub(1)) {
                     Some(last) => format!("bytes={start}-{last}"),

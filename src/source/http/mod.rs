@@ -8,8 +8,10 @@
 //! - [`validator`]: ETag / Last-Modified / length checks on resumes;
 //! - [`reader`]: the blocking `Read` over a bounded channel;
 //! - [`segments`]: the parallel segmented download;
-//! - [`range`]: `RangeRead` for the planner.
+//! - [`range`]: `RangeRead` for the planner;
+//! - [`document`]: small documents fetched whole (registry manifests, tokens).
 
+pub(crate) mod document;
 mod endpoint;
 mod fetch;
 mod range;
@@ -182,6 +184,8 @@ pub(crate) fn open(
         size,
         range,
         display: label,
+        counts_itself: false,
+        registry: None,
     })
 }
 
