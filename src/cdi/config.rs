@@ -25,6 +25,7 @@ pub(crate) const ENV_INSECURE_TLS: &str = "INSECURE_TLS";
 pub(crate) const ENV_ACCESS_KEY: &str = "IMPORTER_ACCESS_KEY_ID";
 pub(crate) const ENV_SECRET_KEY: &str = "IMPORTER_SECRET_KEY";
 pub(crate) const ENV_CERT_DIR: &str = "IMPORTER_CERT_DIR";
+pub(crate) const ENV_REGISTRY_ARCH: &str = "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE";
 pub(crate) const ENV_CHECKSUM: &str = "IMPORTER_CHECKSUM";
 /// Prefix of the numbered extra-header variables (`IMPORTER_EXTRA_HEADER_0`, ...).
 pub(crate) const ENV_EXTRA_HEADER_PREFIX: &str = "IMPORTER_EXTRA_HEADER_";
@@ -33,6 +34,8 @@ pub(crate) const ENV_EXTRA_HEADER_PREFIX: &str = "IMPORTER_EXTRA_HEADER_";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SourceKind {
     Http,
+    /// A registry image, pulled by the pod (`docker://` endpoint).
+    Registry,
     /// A blank disk.
     None,
     /// A source CDI knows that streamdisk does not implement yet.
@@ -46,7 +49,8 @@ impl SourceKind {
         match s {
             "http" => SourceKind::Http,
             "none" => SourceKind::None,
-            "s3" | "gcs" | "registry" | "imageio" | "vddk" => SourceKind::Unsupported(s.into()),
+            "registry" => SourceKind::Registry,
+            "s3" | "gcs" | "imageio" | "vddk" => SourceKind::Unsupported(s.into()),
             other => SourceKind::Unknown(other.into()),
         }
     }

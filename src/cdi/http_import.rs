@@ -33,6 +33,10 @@ pub(crate) struct HttpContext<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     pub counter: Arc<Counter>,
     pub redactor: &'a Redactor,
+    /// A registry image (`IMPORTER_SOURCE=registry`, see
+    /// [`super::registry_import`]): labels from the image's environment,
+    /// no checksum, and scratch space is never asked for.
+    pub registry: bool,
 }
 
 /// CDI's prefix for failures to set up the HTTP client.
@@ -131,7 +135,7 @@ fn unable(e: impl std::fmt::Display) -> String {
 }
 
 /// A disk image (`kubevirt` content) into the block device or `/data/disk.img`.
-fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
+pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     let cfg = ctx.cfg;
     let paths = ctx.paths;
     let target: PathBuf = if ctx.block {
@@ -166,7 +170,9 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     let job = ImportJob {
         input: InputOptions {
             http,
-            checksum: cfg.checksum.clone(),
+            // CDI verifies IMPORTER_CHECKSUM for http only; registry blobs
+            // are verified against their digests.
+            checksum: cfg.checksum.clone().filter(|_| !ctx.registry),
             ..InputOptions::new(source)
         },
         target: target.clone(),
@@ -201,7 +207,11 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                     Outcome::Complete {
                         scratch_space_required: Some(false),
                         preallocation_applied: cfg.preallocation,
-                        labels: Default::default(),
+                        labels: report
+                            .registry
+                            .as_ref()
+                            .map(|r| super::sidecar::envs_to_labels(&r.env))
+                            .unwrap_or_default(),
                     }
                 }
                 Err(e) => {
@@ -221,6 +231,15 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 "checksum mismatch: expected {expected}, calculated {calculated}"
             )))
         }
+        Err(e) if e.scratch_required() && ctx.registry => {
+            if !ctx.block {
+                let _ = clean(&target);
+            }
+            Outcome::Failed(unable(format!(
+                "{}; the image's layout needs scratch space, which registry imports do not use",
+                ctx.redactor.scrub(&e.message())
+            )))
+        }
         Err(e) if e.scratch_required() => {
             tracing::info!(reason = %ctx.redactor.scrub(&e.message()), "scratch space required");
             if !ctx.block {
@@ -232,7 +251,14 @@ fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             if !ctx.block {
                 let _ = clean(&target);
             }
-            Outcome::Failed(unable(ctx.redactor.scrub(&super::failure_message(&e))))
+            let message = ctx.redactor.scrub(&super::failure_message(&e));
+            Outcome::Failed(unable(match (&e, ctx.registry) {
+                // CDI's wording for a registry source's failures.
+                (ImportError::Source { .. }, true) => {
+                    format!("Failed to read registry image: {message}")
+                }
+                _ => message,
+            }))
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | [`space`] | available space, usable space and resize arithmetic |
 //! | [`blank`] | `IMPORTER_SOURCE=none` |
 //! | [`http_import`], [`archive`] | `IMPORTER_SOURCE=http`, disk image or archive |
+//! | [`registry_import`] | `IMPORTER_SOURCE=registry` (pod pull), streamed |
 //! | [`sidecar`] | registry node-pull imports: ready/done files, labels |
 //! | [`metrics`] | the HTTPS progress endpoint |
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
@@ -33,6 +34,7 @@ pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub(crate) mod paths;
 pub(crate) mod quantity;
+pub(crate) mod registry_import;
 pub(crate) mod sidecar;
 pub(crate) mod space;
 pub(crate) mod termination;
@@ -162,10 +164,10 @@ fn run_with(
         SourceKind::Unknown(s) => return Outcome::Failed(format!("Unknown data source: {s}")),
         SourceKind::Unsupported(s) => {
             return Outcome::Failed(format!(
-                "Unable to connect to {s} data source: the {s} source is not supported yet by streamdisk (supported: http, none)"
+                "Unable to connect to {s} data source: the {s} source is not supported yet by streamdisk (supported: http, registry, none)"
             ))
         }
-        SourceKind::Http | SourceKind::None => {}
+        SourceKind::Http | SourceKind::None | SourceKind::Registry => {}
     }
 
     let cfg = match PodConfig::from_vars(vars) {
@@ -212,6 +214,18 @@ fn run_with(
             }
             outcome
         }
+        SourceKind::Registry => {
+            let ctx = http_import::HttpContext {
+                cfg: &cfg,
+                paths,
+                block,
+                rt,
+                counter,
+                redactor: &redactor,
+                registry: true,
+            };
+            registry_import::run(&ctx, vars)
+        }
         _ => http_pod(rt, vars, cfg, paths, block, counter, &redactor),
     }
 }
@@ -231,7 +245,9 @@ fn http_pod(
     if !ready.is_empty() {
         let ready = std::path::Path::new(ready);
         let poll = std::time::Duration::from_secs(1);
-        if let Err(m) = sidecar::wait_ready(ready, sidecar::READY_TIMEOUT, poll) {
+        if let Err(m) =
+            sidecar::wait_ready(ready, sidecar::READY_TIMEOUT, poll, sidecar::READY_LOG_EVERY)
+        {
             return Outcome::Failed(m);
         }
         match sidecar::endpoint(&cfg.endpoint, ready) {
@@ -246,6 +262,7 @@ fn http_pod(
         rt,
         counter,
         redactor,
+        registry: false,
     };
     let mut outcome = http_import::run(&ctx);
     // The labels first: once the done file exists the sidecar exits.

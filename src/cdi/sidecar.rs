@@ -4,7 +4,7 @@
 //! image itself as a sidecar serving its disk over `http://localhost:8100`, and
 //! hands the importer an ordinary `http` job plus three variables:
 //!
-//! * `IMPORTER_READY_FILE`: wait (up to 60 s) for the sidecar to create it; its
+//! * `IMPORTER_READY_FILE`: wait (up to 10 minutes, where CDI waits 60 s) for the sidecar to create it; its
 //!   content, when not empty, names the disk file, replacing the endpoint's
 //!   trailing `disk.img`.
 //! * `IMPORTER_DONE_FILE`: created after a successful import, which lets the
@@ -25,22 +25,44 @@ pub(crate) const ENV_DONE_FILE: &str = "IMPORTER_DONE_FILE";
 /// `IMPORTER_PULL_METHOD`.
 pub(crate) const ENV_PULL_METHOD: &str = "IMPORTER_PULL_METHOD";
 
-/// How long CDI waits for the ready file.
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for the ready file: as long as a large image pull
+/// takes on the node. CDI waits 60 s, which fails big pulls (its issue
+/// #4253).
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How often the wait says that it is still waiting.
+pub(crate) const READY_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// The endpoint's default file name, replaced by the ready file's content.
 const DISK_IMAGE_NAME: &str = "disk.img";
 
 /// Waits until `path` exists, polling every `poll`, for at most `timeout`.
 /// The error text is CDI's.
-pub(crate) fn wait_ready(path: &Path, timeout: Duration, poll: Duration) -> Result<(), String> {
+/// A line is logged every `log_every` while waiting.
+pub(crate) fn wait_ready(
+    path: &Path,
+    timeout: Duration,
+    poll: Duration,
+    log_every: Duration,
+) -> Result<(), String> {
     let start = std::time::Instant::now();
+    let mut next_log = log_every;
     loop {
         if path.exists() {
             return Ok(());
         }
-        if start.elapsed() >= timeout {
+        let waited = start.elapsed();
+        if waited >= timeout {
             return Err(format!("Timeout waiting for file {}", path.display()));
+        }
+        if waited >= next_log {
+            tracing::info!(
+                "waiting for {} (the image is being pulled on the node): {}s of at most {}s",
+                path.display(),
+                waited.as_secs(),
+                timeout.as_secs()
+            );
+            next_log = next_log.saturating_add(log_every);
         }
         std::thread::sleep(poll);
     }
@@ -216,15 +238,26 @@ mod tests {
     fn waits_and_times_out() {
         let d = tempfile::tempdir().expect("tempdir");
         let ready = d.path().join("ready");
-        let e = wait_ready(&ready, Duration::from_millis(50), Duration::from_millis(10))
-            .expect_err("timeout");
+        let e = wait_ready(
+            &ready,
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        )
+        .expect_err("timeout");
         assert_eq!(e, format!("Timeout waiting for file {}", ready.display()));
         let r2 = ready.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             std::fs::write(&r2, "").expect("write");
         });
-        wait_ready(&ready, Duration::from_secs(5), Duration::from_millis(10)).expect("ready");
+        wait_ready(
+            &ready,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        )
+        .expect("ready");
         t.join().expect("join");
         let done = d.path().join("done");
         touch_done(&done);

@@ -12,6 +12,7 @@
 
 pub mod matrix;
 pub mod qcow2;
+pub mod registry;
 pub mod server;
 
 use std::ffi::{CString, OsStr, OsString};

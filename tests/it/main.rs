@@ -21,6 +21,7 @@ mod fuzz_regressions;
 mod interrupt;
 mod layouts;
 mod qcow2_decoder;
+mod registry;
 mod server_selftest;
 mod source_http;
 mod source_proxy;

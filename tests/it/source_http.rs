@@ -65,6 +65,7 @@ fn open_paced(url: &str, opts: &HttpOptions, rt: &tokio::runtime::Runtime) -> (O
             http: opts,
             rt: rt.handle(),
             pace: &pace,
+            counter: &std::sync::Arc::new(streamdisk::progress::Counter::default()),
         })
         .expect("open");
     (src, pace)
