@@ -251,13 +251,13 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             if !ctx.block {
                 let _ = clean(&target);
             }
-            let message = ctx.redactor.scrub(&super::failure_message(&e));
             Outcome::Failed(unable(match (&e, ctx.registry) {
                 // CDI's wording for a registry source's failures.
-                (ImportError::Source { .. }, true) => {
-                    format!("Failed to read registry image: {message}")
-                }
-                _ => message,
+                (ImportError::Source { source, .. }, true) => format!(
+                    "Failed to read registry image: {}",
+                    ctx.redactor.scrub(&crate::error_chain(source))
+                ),
+                _ => ctx.redactor.scrub(&super::failure_message(&e)),
             }))
         }
     }

@@ -20,7 +20,7 @@ use crate::common::{
 };
 
 const MIB: u64 = 1 << 20;
-const SUCCESS: &str =
+pub(crate) const SUCCESS: &str =
     r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"message":"Import Complete"}"#;
 const SUCCESS_PREALLOC: &str =
     r#"{"scratchSpaceRequired":false,"preallocationApplied":true,"message":"Import Complete"}"#;
@@ -28,7 +28,7 @@ const SCRATCH_REQUIRED: &str =
     r#"{"scratchSpaceRequired":true,"preallocationApplied":false,"message":"Import Complete"}"#;
 
 /// The controller's regex for the progress metric (pkg/controller/util.go).
-fn progress_regex(uid: &str) -> regex::Regex {
+pub(crate) fn progress_regex(uid: &str) -> regex::Regex {
     regex::Regex::new(&format!(
         r#"(kubevirt_cdi_import_progress_total|kubevirt_cdi_clone_progress_total)\{{ownerUID\="{}"\}} (\d{{1,3}}\.?\d*)"#,
         regex::escape(uid)
@@ -45,34 +45,34 @@ fn free_port() -> u16 {
 }
 
 /// One importer pod: a temp root holding `data/`, `dev/` and the rest.
-struct Pod {
+pub(crate) struct Pod {
     root: tempfile::TempDir,
     envs: Vec<(String, String)>,
     umask: Option<u32>,
-    metrics_port: u16,
+    pub(crate) metrics_port: u16,
 }
 
 /// A pod being run.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     stderr: std::thread::JoinHandle<String>,
 }
 
 /// How a pod run ended.
 #[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stderr: String,
-    termination: Option<String>,
+pub(crate) struct Ended {
+    pub(crate) code: Option<i32>,
+    pub(crate) stderr: String,
+    pub(crate) termination: Option<String>,
 }
 
 impl Ended {
-    fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         self.termination
             .as_deref()
             .unwrap_or("<no termination message>")
     }
-    fn assert_code(&self, code: i32) -> &Self {
+    pub(crate) fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code,
             Some(code),
@@ -82,14 +82,14 @@ impl Ended {
         );
         self
     }
-    fn assert_message(&self, expected: &str) -> &Self {
+    pub(crate) fn assert_message(&self, expected: &str) -> &Self {
         assert_eq!(self.message(), expected, "stderr:\n{}", self.stderr);
         self
     }
 }
 
 impl Pod {
-    fn new() -> Pod {
+    pub(crate) fn new() -> Pod {
         let root = tempdir();
         fs::create_dir(root.path().join("data")).expect("mkdir data");
         fs::create_dir(root.path().join("dev")).expect("mkdir dev");
@@ -107,34 +107,34 @@ impl Pod {
         pod
     }
 
-    fn env(&mut self, k: &str, v: &str) -> &mut Self {
+    pub(crate) fn env(&mut self, k: &str, v: &str) -> &mut Self {
         self.envs.retain(|(n, _)| n != k);
         self.envs.push((k.to_string(), v.to_string()));
         self
     }
 
-    fn http(&mut self, url: &str) -> &mut Self {
+    pub(crate) fn http(&mut self, url: &str) -> &mut Self {
         self.env("IMPORTER_SOURCE", "http")
             .env("IMPORTER_ENDPOINT", url)
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.root.path().join(rel)
     }
 
-    fn disk(&self) -> PathBuf {
+    pub(crate) fn disk(&self) -> PathBuf {
         self.path("data/disk.img")
     }
 
     /// Makes `<root>/dev/cdi-block-volume` point at `dev` (block mode).
-    fn block(&mut self, dev: &Path) -> &mut Self {
+    pub(crate) fn block(&mut self, dev: &Path) -> &mut Self {
         std::os::unix::fs::symlink(dev, self.path("dev/cdi-block-volume")).expect("symlink");
         self
     }
 
     /// Starts the pod; its stderr is drained from the start (a full pipe
     /// would block the child's logging).
-    fn spawn(&self) -> Running {
+    pub(crate) fn spawn(&self) -> Running {
         let mut cmd = Command::new(crate::common::bin());
         // As CDI's image runs it: klog flags, one unknown, then -v.
         cmd.args(["cdi", "-alsologtostderr", "-some_future_flag=x", "-v=3"])
@@ -164,7 +164,7 @@ impl Pod {
         Running { child, stderr }
     }
 
-    fn wait(&self, running: Running) -> Ended {
+    pub(crate) fn wait(&self, running: Running) -> Ended {
         let Running {
             mut child,
             stderr: reader,
@@ -190,7 +190,7 @@ impl Pod {
         }
     }
 
-    fn run(&self) -> Ended {
+    pub(crate) fn run(&self) -> Ended {
         self.wait(self.spawn())
     }
 }
@@ -593,7 +593,7 @@ fn blank_block_with_and_without_preallocation() {
 
 #[test]
 fn unsupported_and_unknown_sources() {
-    for src in ["s3", "gcs", "registry", "imageio", "vddk"] {
+    for src in ["s3", "gcs", "imageio", "vddk"] {
         let mut pod = Pod::new();
         pod.env("IMPORTER_SOURCE", src)
             .env("IMPORTER_ENDPOINT", "http://127.0.0.1:9/x");
@@ -792,7 +792,7 @@ fn scratch_required_without_scratch_and_used_with_it() {
 // ---------------------------------------------------------------------------------------
 
 /// `curl -sk https://127.0.0.1:PORT/<path>`, as the controller scrapes (no verification).
-fn scrape(port: u16, path: &str) -> Option<String> {
+pub(crate) fn scrape(port: u16, path: &str) -> Option<String> {
     let out = Command::new("curl")
         .args(["-sk", "--max-time", "2"])
         .arg(format!("https://127.0.0.1:{port}{path}"))

@@ -16,6 +16,7 @@ mod bad_input;
 // Sets the pod's umask in `pre_exec`, unsafe by nature.
 #[allow(unsafe_code)]
 mod cdi;
+mod cdi_registry;
 mod convert;
 mod fuzz_regressions;
 mod interrupt;
