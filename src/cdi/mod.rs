@@ -245,9 +245,12 @@ fn http_pod(
     if !ready.is_empty() {
         let ready = std::path::Path::new(ready);
         let poll = std::time::Duration::from_secs(1);
-        if let Err(m) =
-            sidecar::wait_ready(ready, sidecar::READY_TIMEOUT, poll, sidecar::READY_LOG_EVERY)
-        {
+        if let Err(m) = sidecar::wait_ready(
+            ready,
+            sidecar::READY_TIMEOUT,
+            poll,
+            sidecar::READY_LOG_EVERY,
+        ) {
             return Outcome::Failed(m);
         }
         match sidecar::endpoint(&cfg.endpoint, ready) {

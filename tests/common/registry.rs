@@ -68,8 +68,15 @@ pub fn free_port() -> u16 {
 /// How the registry authenticates.
 enum Auth {
     Anonymous,
-    Htpasswd { user: String, pass: String },
-    Token { user: String, pass: String, anonymous_pull: bool },
+    Htpasswd {
+        user: String,
+        pass: String,
+    },
+    Token {
+        user: String,
+        pass: String,
+        anonymous_pull: bool,
+    },
 }
 
 /// Builds a [`Registry`].
@@ -197,7 +204,10 @@ impl Builder {
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&log).expect("log"))
-                .stderr(std::fs::File::create(dir.path().join(format!("registry-{port}.err"))).expect("log"))
+                .stderr(
+                    std::fs::File::create(dir.path().join(format!("registry-{port}.err")))
+                        .expect("log"),
+                )
                 .spawn()
                 .expect("spawn docker-registry");
             let mut reg = Registry {
@@ -372,7 +382,12 @@ impl Registry {
             ]);
         }
         let digest_file = self.dir.path().join(format!("digest-{}", unique()));
-        let mut args: Vec<String> = vec!["manifest".into(), "push".into(), "-q".into(), "--all".into()];
+        let mut args: Vec<String> = vec![
+            "manifest".into(),
+            "push".into(),
+            "-q".into(),
+            "--all".into(),
+        ];
         args.extend(self.push_flags());
         args.push(format!("--digestfile={}", digest_file.display()));
         args.push(list);
@@ -497,7 +512,9 @@ fn buildah<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     assert!(
         out.status.success(),
         "buildah {:?} failed:\n{}",
-        args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -506,7 +523,11 @@ fn buildah<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 /// A name no other test uses.
 fn unique() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Builds `image` in local storage, one commit per layer; returns its name.
@@ -585,8 +606,8 @@ struct TokenState {
 impl TokenService {
     fn start(user: &str, pass: &str, anonymous_pull: bool) -> TokenService {
         let key = rcgen::KeyPair::generate().expect("token key");
-        let mut params = rcgen::CertificateParams::new(vec!["token-signer".to_string()])
-            .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["token-signer".to_string()]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "streamdisk token signer");
@@ -748,19 +769,23 @@ fn serve_token(stream: TcpStream, st: &TokenState) {
             }
             None => Some(String::new()),
         };
-        st.log
-            .lock()
-            .expect("lock")
-            .push((scopes.join(" "), user.clone().unwrap_or_else(|| "<refused>".into())));
+        st.log.lock().expect("lock").push((
+            scopes.join(" "),
+            user.clone().unwrap_or_else(|| "<refused>".into()),
+        ));
         let (status, body) = match user {
             Some(u) => {
                 let t = st.issue(&u, &scopes);
                 (
                     "200 OK",
-                    serde_json::json!({"token": t, "access_token": t, "expires_in": 300}).to_string(),
+                    serde_json::json!({"token": t, "access_token": t, "expires_in": 300})
+                        .to_string(),
                 )
             }
-            None => ("401 Unauthorized", r#"{"details":"bad credentials"}"#.to_string()),
+            None => (
+                "401 Unauthorized",
+                r#"{"details":"bad credentials"}"#.to_string(),
+            ),
         };
         let resp = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -905,7 +930,12 @@ impl Registry {
     /// and media types exactly (buildah 1.28 compresses on push whatever it
     /// is told). Anonymous plain-http registries only. Returns the
     /// reference and the manifest digest.
-    pub fn push_raw(&self, name: &str, layers: &[(&str, Vec<u8>)], config: &serde_json::Value) -> Pushed {
+    pub fn push_raw(
+        &self,
+        name: &str,
+        layers: &[(&str, Vec<u8>)],
+        config: &serde_json::Value,
+    ) -> Pushed {
         use sha2::Digest;
         let (repo, tag) = name.split_once(':').expect("repo:tag");
         let digest = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
@@ -922,7 +952,10 @@ impl Registry {
             let headers = String::from_utf8_lossy(&out.stdout);
             let location = headers
                 .lines()
-                .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+                .find_map(|l| {
+                    l.strip_prefix("Location: ")
+                        .or_else(|| l.strip_prefix("location: "))
+                })
                 .expect("Location")
                 .trim()
                 .to_string();
@@ -933,7 +966,14 @@ impl Registry {
                 format!("http://{}{location}{sep}digest={d}", self.host())
             };
             let st = Command::new("curl")
-                .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"])
+                .args([
+                    "-sf",
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    "--data-binary",
+                ])
                 .arg(format!("@{}", file.display()))
                 .arg(url)
                 .output()
@@ -957,12 +997,23 @@ impl Registry {
         let file = self.dir.path().join(format!("manifest-{}", unique()));
         std::fs::write(&file, &manifest).expect("write manifest");
         let st = Command::new("curl")
-            .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary"])
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                "--data-binary",
+            ])
             .arg(format!("@{}", file.display()))
             .arg(format!("http://{}/v2/{repo}/manifests/{tag}", self.host()))
             .output()
             .expect("curl");
-        assert!(st.status.success(), "manifest upload failed: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "manifest upload failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         Pushed {
             reference: self.reference(name),
             digest: digest(manifest.as_bytes()),

@@ -17,7 +17,10 @@ fn disk(dir: &Path, name: &str, virt: u64, data: u64, seed: u64) -> (PathBuf, Pa
     make_raw(
         &raw,
         virt,
-        &[(MIB, data, Fill::Random(seed)), (virt - 4096, 4096, Fill::Byte(0x6b))],
+        &[
+            (MIB, data, Fill::Random(seed)),
+            (virt - 4096, 4096, Fill::Byte(0x6b)),
+        ],
     );
     let img = dir.join(format!("{name}.qcow2"));
     qcow2_from_raw(&raw, &img, false, "");
@@ -41,7 +44,11 @@ fn registry_pod(reference: &str, size: &str) -> Pod {
 
 #[test]
 fn pod_pull_over_tls_with_credentials_and_labels_without_scratch() {
-    let Some(reg) = Registry::builder().tls().htpasswd("cdi", "reg-secret-77").start() else {
+    let Some(reg) = Registry::builder()
+        .tls()
+        .htpasswd("cdi", "reg-secret-77")
+        .start()
+    else {
         return;
     };
     let work = tempdir();
@@ -68,7 +75,9 @@ fn pod_pull_over_tls_with_credentials_and_labels_without_scratch() {
     assert_disk(&pod, &oracle, 16 * MIB);
     assert!(!end.stderr.contains("reg-secret-77"), "secret logged");
     assert_eq!(
-        std::fs::read_dir(pod.path("scratch")).expect("scratch").count(),
+        std::fs::read_dir(pod.path("scratch"))
+            .expect("scratch")
+            .count(),
         0,
         "scratch was used"
     );
@@ -80,7 +89,8 @@ fn pod_pull_over_tls_with_credentials_and_labels_without_scratch() {
     let end = pod.run();
     end.assert_code(1);
     assert!(
-        end.message().starts_with("Unable to process data: Failed to read registry image:")
+        end.message()
+            .starts_with("Unable to process data: Failed to read registry image:")
             && end.message().contains("TLS"),
         "{}",
         end.message()
@@ -107,7 +117,11 @@ fn pod_architecture_and_insecure_tls() {
     pod.env("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "arm64");
     let end = pod.run();
     end.assert_code(1);
-    assert!(end.message().contains("Failed to read registry image"), "{}", end.message());
+    assert!(
+        end.message().contains("Failed to read registry image"),
+        "{}",
+        end.message()
+    );
 
     let mut pod = registry_pod(&pushed.reference, "8Mi");
     pod.env("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "arm64")
@@ -116,14 +130,20 @@ fn pod_architecture_and_insecure_tls() {
     assert_disk(&pod, &arm_oracle, 8 * MIB);
 
     // A single-platform image of another architecture: CDI's words.
-    let single = reg.push(&Image::new().layer(&[(&amd, "/disk/")]), "kubevirt/amd:1", Push::default());
+    let single = reg.push(
+        &Image::new().layer(&[(&amd, "/disk/")]),
+        "kubevirt/amd:1",
+        Push::default(),
+    );
     let mut pod = registry_pod(&single.reference, "8Mi");
     pod.env("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "arm64")
         .env("INSECURE_TLS", "true");
     let end = pod.run();
     end.assert_code(1);
     assert!(
-        end.message().contains(r#"manifest image architecture: "amd64" doesn't match requested architecture: "arm64""#),
+        end.message().contains(
+            r#"manifest image architecture: "amd64" doesn't match requested architecture: "arm64""#
+        ),
         "{}",
         end.message()
     );
@@ -137,7 +157,9 @@ fn pod_refusals_in_cdi_words() {
     let work = tempdir();
     let (img, _) = disk(work.path(), "bootc", 8 * MIB, MIB, 24);
     let pushed = reg.push(
-        &Image::new().layer(&[(&img, "/disk/")]).label("ostree.bootable=1"),
+        &Image::new()
+            .layer(&[(&img, "/disk/")])
+            .label("ostree.bootable=1"),
         "kubevirt/bootc:1",
         Push::default(),
     );
@@ -146,8 +168,9 @@ fn pod_refusals_in_cdi_words() {
     let end = pod.run();
     end.assert_code(1);
     assert!(
-        end.message()
-            .starts_with("Unable to process data: Failed to read registry image: bootc image detected"),
+        end.message().starts_with(
+            "Unable to process data: Failed to read registry image: bootc image detected"
+        ),
         "{}",
         end.message()
     );
@@ -167,9 +190,16 @@ fn pod_digest_mismatch_is_a_checksum_mismatch() {
     };
     let work = tempdir();
     let (img, _) = disk(work.path(), "corrupt", 8 * MIB, 3 * MIB, 25);
-    let pushed = reg.push(&Image::new().layer(&[(&img, "/disk/")]), "kubevirt/corrupt:1", Push::default());
+    let pushed = reg.push(
+        &Image::new().layer(&[(&img, "/disk/")]),
+        "kubevirt/corrupt:1",
+        Push::default(),
+    );
     let m = reg.manifest("kubevirt/corrupt", "1");
-    let layer = m["layers"][0]["digest"].as_str().expect("digest").to_string();
+    let layer = m["layers"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
     let blob = reg.blob_path(&layer);
     let mut bytes = std::fs::read(&blob).expect("blob");
     let at = bytes.len() / 2;
@@ -200,7 +230,11 @@ fn pod_progress_moves_during_the_pull() {
     };
     let work = tempdir();
     let (img, oracle) = disk(work.path(), "slow", 8 * MIB, 6 * MIB, 26);
-    reg.push(&Image::new().layer(&[(&img, "/disk/")]), "kubevirt/slow:1", Push::default());
+    reg.push(
+        &Image::new().layer(&[(&img, "/disk/")]),
+        "kubevirt/slow:1",
+        Push::default(),
+    );
     // 6 MiB of random data at 1.5 MiB/s: about four seconds of pull.
     let proxy = TcpProxy::start(reg.port, None, Some(3 * MIB / 2));
     let reference = format!("docker://127.0.0.1:{}/kubevirt/slow:1", proxy.port);
@@ -225,7 +259,17 @@ fn pod_progress_moves_during_the_pull() {
     eprintln!("progress values scraped: {seen:?}");
     end.assert_code(0).assert_message(SUCCESS);
     assert_disk(&pod, &oracle, 8 * MIB);
-    let between: Vec<f64> = seen.iter().copied().filter(|v| *v > 0.0 && *v < 100.0).collect();
-    assert!(between.len() >= 2, "progress did not move during the pull: {seen:?}");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went down: {seen:?}");
+    let between: Vec<f64> = seen
+        .iter()
+        .copied()
+        .filter(|v| *v > 0.0 && *v < 100.0)
+        .collect();
+    assert!(
+        between.len() >= 2,
+        "progress did not move during the pull: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went down: {seen:?}"
+    );
 }

@@ -50,17 +50,29 @@ fn convert(reg: &Registry, reference: &str, out: &Path) -> Streamdisk {
 
 #[test]
 fn tls_and_basic_auth_qcow2_in_a_gzip_layer() {
-    let Some(reg) = Registry::builder().tls().htpasswd("puller", "s3cr3t-pw").start() else {
+    let Some(reg) = Registry::builder()
+        .tls()
+        .htpasswd("puller", "s3cr3t-pw")
+        .start()
+    else {
         return;
     };
     let work = tempdir();
     let (img, oracle) = disk_qcow2(work.path(), "fedora", 32 * MIB, 2 * MIB, 1);
-    let pushed = reg.push(&Image::new().layer(&[(&img, "/disk/")]), "test/fedora:41", Push::default());
+    let pushed = reg.push(
+        &Image::new().layer(&[(&img, "/disk/")]),
+        "test/fedora:41",
+        Push::default(),
+    );
     let out = work.path().join("out.raw");
     let run = convert(&reg, &pushed.reference, &out).run();
     run.assert_ok();
     assert_same_bytes(&out, &oracle);
-    assert!(!run.stderr.contains("s3cr3t-pw"), "password logged:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("s3cr3t-pw"),
+        "password logged:\n{}",
+        run.stderr
+    );
 
     // Without credentials: refused by name.
     let out2 = work.path().join("anon.raw");
@@ -80,7 +92,10 @@ fn tls_and_basic_auth_qcow2_in_a_gzip_layer() {
     };
     std::fs::write(
         &auth,
-        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}},"other.io":{{"auth":"eDp5"}}}}}}"#, reg.host()),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{b64}"}},"other.io":{{"auth":"eDp5"}}}}}}"#,
+            reg.host()
+        ),
     )
     .expect("auth file");
     let out3 = work.path().join("authfile.raw");
@@ -108,7 +123,10 @@ fn tls_and_basic_auth_qcow2_in_a_gzip_layer() {
 
 #[test]
 fn token_flow_with_a_zstd_layer() {
-    let Some(reg) = Registry::builder().token("robot", "t0ken-pw", false).start() else {
+    let Some(reg) = Registry::builder()
+        .token("robot", "t0ken-pw", false)
+        .start()
+    else {
         return;
     };
     let work = tempdir();
@@ -122,18 +140,24 @@ fn token_flow_with_a_zstd_layer() {
         },
     );
     let m = reg.manifest("test/zstd", "1");
-    let media = m["layers"][0]["mediaType"].as_str().unwrap_or_default().to_string();
+    let media = m["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(media.ends_with("+zstd"), "{media}");
     let before = reg.token.as_ref().expect("token service").requests().len();
     let out = work.path().join("out.raw");
-    let run = convert(&reg, &pushed.reference, &out).arg("--insecure").run();
+    let run = convert(&reg, &pushed.reference, &out)
+        .arg("--insecure")
+        .run();
     run.assert_ok();
     assert_same_bytes(&out, &oracle);
     assert!(!run.stderr.contains("t0ken-pw"), "{}", run.stderr);
     let reqs = reg.token.as_ref().expect("token service").requests();
     let ours: Vec<_> = reqs[before..].to_vec();
     assert!(
-        ours.iter().any(|(scope, user)| scope == "repository:test/zstd:pull" && user == "robot"),
+        ours.iter()
+            .any(|(scope, user)| scope == "repository:test/zstd:pull" && user == "robot"),
         "token requests: {ours:?}"
     );
 
@@ -159,7 +183,11 @@ fn anonymous_token_pull_and_digest_references() {
     };
     let work = tempdir();
     let (img, oracle) = disk_qcow2(work.path(), "anon", 8 * MIB, MIB, 3);
-    let pushed = reg.push(&Image::new().layer(&[(&img, "/disk/")]), "test/anon:v1", Push::default());
+    let pushed = reg.push(
+        &Image::new().layer(&[(&img, "/disk/")]),
+        "test/anon:v1",
+        Push::default(),
+    );
     let by_digest = format!("{}@{}", reg.reference("test/anon"), pushed.digest);
     let out = work.path().join("out.raw");
     let run = Streamdisk::convert(&by_digest, &out)
@@ -180,7 +208,14 @@ fn uncompressed_layer_with_a_raw_xz_disk_and_a_lying_media_type() {
     };
     let work = tempdir();
     let raw = work.path().join("disk.raw");
-    make_raw(&raw, 8 * MIB, &[(2 * MIB, MIB, Fill::Random(4)), (7 * MIB, 4096, Fill::Byte(9))]);
+    make_raw(
+        &raw,
+        8 * MIB,
+        &[
+            (2 * MIB, MIB, Fill::Random(4)),
+            (7 * MIB, 4096, Fill::Byte(9)),
+        ],
+    );
     let xz = crate::common::wrap(&raw, crate::common::Wrapper::Xz).expect("xz");
     let xz_bytes = std::fs::read(&xz).expect("read xz");
     let layer = tar_layer(&[("disk/", b""), ("disk/disk.raw.xz", &xz_bytes)]);
@@ -191,7 +226,10 @@ fn uncompressed_layer_with_a_raw_xz_disk_and_a_lying_media_type() {
         &config,
     );
     let out = work.path().join("plain.raw");
-    convert(&reg, &plain.reference, &out).arg("--insecure").run().assert_ok();
+    convert(&reg, &plain.reference, &out)
+        .arg("--insecure")
+        .run()
+        .assert_ok();
     assert_same_bytes(&out, &raw);
 
     // A zstd layer named tar+gzip: read by its bytes.
@@ -202,7 +240,9 @@ fn uncompressed_layer_with_a_raw_xz_disk_and_a_lying_media_type() {
         &config,
     );
     let out = work.path().join("lying.raw");
-    let run = convert(&reg, &lying.reference, &out).arg("--insecure").run();
+    let run = convert(&reg, &lying.reference, &out)
+        .arg("--insecure")
+        .run();
     run.assert_ok();
     assert!(run.stderr.contains("going by the bytes"), "{}", run.stderr);
     assert_same_bytes(&out, &raw);
@@ -233,13 +273,21 @@ fn disk_in_the_second_layer_and_later_layers_not_downloaded() {
         .collect();
     assert_eq!(digests.len(), 3);
     let out = work.path().join("out.raw");
-    let run = convert(&reg, &pushed.reference, &out).arg("--insecure").run();
+    let run = convert(&reg, &pushed.reference, &out)
+        .arg("--insecure")
+        .run();
     run.assert_ok();
     assert_same_bytes(&out, &oracle);
     let log = reg.log();
-    let fetched = |d: &str| log.lines().any(|l| l.contains("GET") && l.contains(&format!("/blobs/{d}")));
+    let fetched = |d: &str| {
+        log.lines()
+            .any(|l| l.contains("GET") && l.contains(&format!("/blobs/{d}")))
+    };
     assert!(fetched(&digests[0]) && fetched(&digests[1]), "{log}");
-    assert!(!fetched(&digests[2]), "the layer after the disk was downloaded:\n{log}");
+    assert!(
+        !fetched(&digests[2]),
+        "the layer after the disk was downloaded:\n{log}"
+    );
 
     // info: digest, layers, the disk entry, and the disk's format.
     let info = Streamdisk::new()
@@ -279,13 +327,20 @@ fn index_picks_the_platform() {
     assert_same_bytes(&out, &arm_oracle);
     if crate::common::registry::host_is_amd64() {
         let out = work.path().join("host.raw");
-        convert(&reg, &pushed.reference, &out).arg("--insecure").run().assert_ok();
+        convert(&reg, &pushed.reference, &out)
+            .arg("--insecure")
+            .run()
+            .assert_ok();
         assert_same_bytes(&out, &amd_oracle);
     }
     convert(&reg, &pushed.reference, &work.path().join("s390x.raw"))
         .args(["--insecure", "--arch", "s390x"])
         .run()
-        .assert_refused(&["no image for platform linux/s390x", "linux/amd64", "linux/arm64"]);
+        .assert_refused(&[
+            "no image for platform linux/s390x",
+            "linux/amd64",
+            "linux/arm64",
+        ]);
 }
 
 #[test]
@@ -296,7 +351,9 @@ fn bootc_images_are_refused() {
     let work = tempdir();
     let (img, _) = disk_qcow2(work.path(), "bootc", 8 * MIB, MIB, 9);
     let pushed = reg.push(
-        &Image::new().layer(&[(&img, "/disk/")]).label("containers.bootc=1"),
+        &Image::new()
+            .layer(&[(&img, "/disk/")])
+            .label("containers.bootc=1"),
         "test/bootc:1",
         Push::default(),
     );
@@ -316,7 +373,11 @@ fn an_image_without_a_disk_names_its_entries() {
     let work = tempdir();
     let notes = work.path().join("readme.txt");
     std::fs::write(&notes, "hello").expect("write");
-    let pushed = reg.push(&Image::new().layer(&[(&notes, "/doc/")]), "test/nodisk:1", Push::default());
+    let pushed = reg.push(
+        &Image::new().layer(&[(&notes, "/doc/")]),
+        "test/nodisk:1",
+        Push::default(),
+    );
     convert(&reg, &pushed.reference, &work.path().join("out.raw"))
         .arg("--insecure")
         .run()
@@ -368,10 +429,17 @@ fn corrupt_blob_is_a_checksum_mismatch_and_the_target_is_wiped() {
                 &config,
             )
         } else {
-            reg.push(&Image::new().layer(&[(&img, "/disk/")]), "test/corrupt:gz", Push::default())
+            reg.push(
+                &Image::new().layer(&[(&img, "/disk/")]),
+                "test/corrupt:gz",
+                Push::default(),
+            )
         };
         let m = reg.manifest("test/corrupt", tag);
-        let layer = m["layers"][0]["digest"].as_str().expect("digest").to_string();
+        let layer = m["layers"][0]["digest"]
+            .as_str()
+            .expect("digest")
+            .to_string();
         let blob = reg.blob_path(&layer);
         let len = std::fs::metadata(&blob).expect("blob").len();
         let mut bytes = std::fs::read(&blob).expect("read blob");
@@ -381,10 +449,15 @@ fn corrupt_blob_is_a_checksum_mismatch_and_the_target_is_wiped() {
         let out = work.path().join(format!("{tag}.raw"));
         // A target that held a disk before: its first MiB must not survive.
         crate::common::fill_file(&out, 8 * MIB, 0x77);
-        let run = convert(&reg, &pushed.reference, &out).arg("--insecure").run();
+        let run = convert(&reg, &pushed.reference, &out)
+            .arg("--insecure")
+            .run();
         let msg = run.assert_refused(&["checksum mismatch", &layer]);
         assert!(msg.contains("zeroed"), "{msg}");
-        assert!(read_at(&out, 0, 4096).iter().all(|&b| b == 0), "{tag}: first MiB not zeroed");
+        assert!(
+            read_at(&out, 0, 4096).iter().all(|&b| b == 0),
+            "{tag}: first MiB not zeroed"
+        );
     }
 }
 
@@ -407,7 +480,10 @@ fn a_connection_cut_mid_layer_is_resumed() {
     let proxy = TcpProxy::start(reg.port, Some(MIB + 12345), None);
     let reference = format!("docker://127.0.0.1:{}/test/cut:1", proxy.port);
     let out = work.path().join("out.raw");
-    let run = convert(&reg, &reference, &out).arg("--insecure").arg("-v").run();
+    let run = convert(&reg, &reference, &out)
+        .arg("--insecure")
+        .arg("-v")
+        .run();
     run.assert_ok();
     assert_eq!(proxy.cuts(), 1, "the proxy did not cut");
     assert!(run.stderr.contains("resuming"), "{}", run.stderr);
@@ -433,7 +509,10 @@ fn qcow2_oracle_matches_for_format_detection_through_layers() {
         },
     );
     let out = work.path().join("out.raw");
-    convert(&reg, &pushed.reference, &out).arg("--insecure").run().assert_ok();
+    convert(&reg, &pushed.reference, &out)
+        .arg("--insecure")
+        .run()
+        .assert_ok();
     assert_same_bytes(&out, &qemu_raw_fmt(&img, Some("qcow2")));
     assert_same_bytes(&out, &oracle);
 }

@@ -100,28 +100,27 @@ impl<R: BufRead> VerifiedBlob<R> {
 
 impl<R: BufRead> BufRead for VerifiedBlob<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        let (len, new) = {
-            let buf = self.inner.fill_buf()?;
-            let new = buf.get(self.hashed..).unwrap_or_default();
-            if !new.is_empty() {
-                self.hasher.update(new);
-            }
-            (buf.len(), new.len() as u64)
-        };
-        if len == 0 {
+        if self.inner.fill_buf()?.is_empty() {
             self.at_end()?;
             return Ok(&[]);
         }
-        self.seen = self.seen.saturating_add(new);
-        self.hashed = len;
-        if self.seen > self.expected_size {
-            return Err(self.fail(RegistryError::SizeMismatch {
-                what: self.what.clone(),
-                got: self.seen,
-                expected: self.expected_size,
-            }));
+        // What is hashed and returned is the one buffer of this call.
+        let buf = self.inner.fill_buf()?;
+        // Fields apart from `inner`, so `buf` can be returned as it is.
+        if let Some(new) = buf.get(self.hashed..).filter(|n| !n.is_empty()) {
+            self.hasher.update(new);
+            self.seen = self.seen.saturating_add(new.len() as u64);
+            self.hashed = buf.len();
+            if self.seen > self.expected_size {
+                return Err(SourceError::from(RegistryError::SizeMismatch {
+                    what: self.what.clone(),
+                    got: self.seen,
+                    expected: self.expected_size,
+                })
+                .into_io());
+            }
         }
-        self.inner.fill_buf()
+        Ok(buf)
     }
 
     fn consume(&mut self, amt: usize) {
