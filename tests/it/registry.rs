@@ -199,6 +199,26 @@ fn anonymous_token_pull_and_digest_references() {
     assert_same_bytes(&out, &oracle);
     let reqs = reg.token.as_ref().expect("token").requests();
     assert!(reqs.iter().any(|(_, user)| user.is_empty()), "{reqs:?}");
+
+    // The poller's call: the tag's manifest digest, through the token flow.
+    let rt = streamdisk::source::runtime().expect("runtime");
+    let opts = streamdisk::source::HttpOptions {
+        insecure_tls: true,
+        ..Default::default()
+    };
+    let d = streamdisk::source::registry::resolve_digest(&pushed.reference, &opts, rt.handle())
+        .expect("resolve");
+    assert_eq!(d, pushed.digest);
+    let missing = streamdisk::source::registry::resolve_digest(
+        &reg.reference("test/anon:nope"),
+        &opts,
+        rt.handle(),
+    )
+    .expect_err("no such tag");
+    assert!(
+        streamdisk::error_chain(&missing).contains("404"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -333,6 +353,17 @@ fn index_picks_the_platform() {
             .assert_ok();
         assert_same_bytes(&out, &amd_oracle);
     }
+    // The index's own digest, as a DataImportCron records it.
+    let rt = streamdisk::source::runtime().expect("runtime");
+    let opts = streamdisk::source::HttpOptions {
+        insecure_tls: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        streamdisk::source::registry::resolve_digest(&pushed.reference, &opts, rt.handle())
+            .expect("resolve"),
+        pushed.digest
+    );
     convert(&reg, &pushed.reference, &work.path().join("s390x.raw"))
         .args(["--insecure", "--arch", "s390x"])
         .run()
