@@ -19,7 +19,7 @@ use super::logging::display_url;
 use super::outcome::Outcome;
 
 /// Runs the registry import described by `ctx` (with `ctx.registry` set).
-pub fn run(ctx: &HttpContext<'_>, vars: &[(String, String)]) -> Outcome {
+pub(crate) fn run(ctx: &HttpContext<'_>, vars: &[(String, String)]) -> Outcome {
     if ctx.cfg.content_type != ContentType::KubeVirt {
         // CDI's check and words (cmd/cdi-importer/importer.go).
         return Outcome::Failed(format!(

@@ -4,7 +4,7 @@
 
 /// One challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Challenge {
+pub(super) struct Challenge {
     /// The scheme, lower-cased (`bearer`, `basic`).
     pub scheme: String,
     /// Its parameters, names lower-cased, in order.
@@ -13,7 +13,7 @@ pub struct Challenge {
 
 impl Challenge {
     /// The value of parameter `name` (lower-case).
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k == name)
@@ -23,7 +23,7 @@ impl Challenge {
 
 /// Parses a header value into its challenges. Malformed pieces end the
 /// parse; what came before them is kept.
-pub fn parse(header: &str) -> Vec<Challenge> {
+pub(super) fn parse(header: &str) -> Vec<Challenge> {
     let mut p = Parser {
         s: header.as_bytes(),
         i: 0,

@@ -1,8 +1,6 @@
 //! [`RegistryError`]: why a registry image could not be read, one line
 //! each, naming the image or blob and the problem.
 
-use crate::container::tar::TarError;
-
 /// Why a registry image could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -13,14 +11,6 @@ pub enum RegistryError {
         reference: String,
         /// What is wrong.
         reason: String,
-    },
-    /// The registry answered something that is not a registry API answer.
-    #[error("{url}: {detail}")]
-    Protocol {
-        /// The request, without credentials.
-        url: String,
-        /// What was wrong with the answer.
-        detail: String,
     },
     /// The registry asks for credentials and none were given (or found in
     /// an auth file for this registry).
@@ -112,22 +102,5 @@ pub enum RegistryError {
         image: String,
         /// The first entry names, comma-separated.
         seen: String,
-    },
-    /// The layer holding the disk could not be read as tar.
-    #[error("{what}")]
-    Layer {
-        /// Which layer.
-        what: String,
-        /// Why.
-        #[source]
-        source: TarError,
-    },
-    /// A layer's compression is not one this client decodes.
-    #[error("{what}: unsupported layer media type {media_type}")]
-    LayerType {
-        /// Which layer.
-        what: String,
-        /// The media type.
-        media_type: String,
     },
 }
