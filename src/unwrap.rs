@@ -1,4 +1,4 @@
-//! Compression wrappers (gzip, xz, zstd), found by magic bytes and decoded as streams.
+//! Compression wrappers (gzip, xz, zstd, bzip2), found by magic bytes and decoded as streams.
 //!
 //! Wrappers are recognised by the format table (`format::table`); this
 //! module only decodes them. Decoders are bounded: xz by a memory
@@ -8,6 +8,7 @@
 
 use std::io::{self, BufRead, BufReader};
 
+mod bz2;
 mod gz;
 mod xz;
 mod zst;
@@ -35,6 +36,8 @@ pub enum Wrapper {
     Xz,
     /// zstd, possibly several frames.
     Zstd,
+    /// bzip2, possibly several streams.
+    Bzip2,
 }
 
 impl Wrapper {
@@ -44,6 +47,7 @@ impl Wrapper {
             Wrapper::Gzip => "gzip",
             Wrapper::Xz => "xz",
             Wrapper::Zstd => "zstd",
+            Wrapper::Bzip2 => "bzip2",
         }
     }
 }
@@ -71,6 +75,10 @@ pub fn decoder(
         Wrapper::Zstd => Box::new(BufReader::with_capacity(
             DECODED_BUFFER,
             zst::ZstdReader::new(reader, ZSTD_WINDOW_LOG_MAX)?,
+        )),
+        Wrapper::Bzip2 => Box::new(BufReader::with_capacity(
+            DECODED_BUFFER,
+            bz2::Bz2Reader::new(reader),
         )),
     })
 }

@@ -97,7 +97,7 @@ const ROWS: &[Row] = &[
         offset: 0,
         magic: b"BZh",
         check: Some(bzip2_level),
-        outcome: || Refusal::images("bzip2-compressed images", ": decompress it first"),
+        outcome: || Signature::Wrapper(Wrapper::Bzip2),
     },
     Row {
         offset: 0,
@@ -375,6 +375,17 @@ mod tests {
             identify(&at(0, b"QFI\xfb\0\0\0\x02")),
             Signature::Image(Format::Qcow2)
         );
+        assert_eq!(
+            identify(&at(0, b"BZh91AY&SY")),
+            Signature::Wrapper(Wrapper::Bzip2)
+        );
+        // An empty bzip2 stream: the end-of-stream magic straight away.
+        assert_eq!(
+            identify(b"BZh9\x17\x72\x45\x38\x50\x90\0\0\0\0"),
+            Signature::Wrapper(Wrapper::Bzip2)
+        );
+        // "BZh" alone is text, not bzip2.
+        assert_eq!(identify(&at(0, b"BZh9 text")), Signature::None);
         assert_eq!(identify(&[0u8; 512]), Signature::None);
         assert_eq!(identify(&[]), Signature::None);
         assert_eq!(identify(&[0x1f]), Signature::None);
@@ -396,7 +407,6 @@ mod tests {
             (b"WithouFreSpacExt", 0, "Parallels"),
             (b"Bochs Virtual HD Image", 0, "Bochs"),
             (b"#!/bin/sh\n#V2.0 Format\n", 0, "cloop"),
-            (b"BZh91AY&SY", 0, "bzip2"),
             (&[0x04, 0x22, 0x4d, 0x18], 0, "lz4"),
             (b"LZIP", 0, "lzip"),
             (b"PK\x03\x04", 0, "zip"),

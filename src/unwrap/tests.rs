@@ -42,6 +42,12 @@ fn zstd_frame(data: &[u8], window_log: u32) -> Vec<u8> {
     enc.finish().expect("zstd")
 }
 
+fn bzip2(data: &[u8], level: u32) -> Vec<u8> {
+    let mut enc = ::bzip2::write::BzEncoder::new(Vec::new(), ::bzip2::Compression::new(level));
+    enc.write_all(data).expect("bzip2");
+    enc.finish().expect("bzip2")
+}
+
 fn decode(bytes: Vec<u8>) -> (Option<Wrapper>, std::io::Result<Vec<u8>>) {
     use crate::format::table::{identify, Signature};
     let wrapper = match identify(&bytes) {
@@ -100,8 +106,34 @@ fn zstd_round_trip_multi_frame() {
     assert_eq!(out.expect("zstd"), expected);
 }
 
+#[test]
+fn bzip2_round_trip_multi_stream() {
+    // Level 1 is 100 kB blocks: several blocks per stream, as pbzip2
+    // writes several streams per file.
+    let a = sample(300_000);
+    let b = sample(4_321);
+    let mut bytes = bzip2(&a, 1);
+    bytes.extend(bzip2(&b, 9));
+    bytes.extend(bzip2(&[], 9));
+    let (wrapper, out) = decode(bytes);
+    assert_eq!(wrapper.expect("a wrapper"), Wrapper::Bzip2);
+    let mut expected = a;
+    expected.extend(b);
+    assert_eq!(out.expect("bzip2"), expected);
+}
+
+#[test]
+fn bzip2_garbage_after_a_stream_fails() {
+    let mut bytes = bzip2(&sample(10_000), 9);
+    bytes.extend_from_slice(b"not bzip2 at all");
+    let (_, out) = decode(bytes);
+    let err = out.expect_err("trailing garbage");
+    assert!(err.to_string().starts_with("bzip2: "), "{err}");
+}
+
 /// Every cut point class: inside the header, inside the data, inside the
-/// trailer. None may decode "successfully".
+/// trailer. None may decode "successfully". (The first cut keeps 10 bytes:
+/// bzip2 is recognised by its 4-byte header and the block magic after it.)
 #[test]
 fn truncated_streams_fail() {
     let data = sample(200_000);
@@ -109,9 +141,10 @@ fn truncated_streams_fail() {
         ("gzip", gzip(&data)),
         ("xz", xz(&data, 1)),
         ("zstd", zstd_frame(&data, 20)),
+        ("bzip2", bzip2(&data, 1)),
     ] {
         for cut in [
-            8,
+            10,
             bytes.len() / 3,
             bytes.len() / 2,
             bytes.len() - 9,
@@ -131,6 +164,7 @@ fn corrupt_streams_fail() {
         ("gzip", gzip(&data)),
         ("xz", xz(&data, 1)),
         ("zstd", zstd_frame(&data, 20)),
+        ("bzip2", bzip2(&data, 1)),
     ] {
         let mid = bytes.len() / 2;
         for b in &mut bytes[mid..mid + 64] {
@@ -183,6 +217,7 @@ fn truncation_messages_name_the_wrapper() {
         ("gzip", gzip(&data)),
         ("xz", xz(&data, 1)),
         ("zstd", zstd_frame(&data, 20)),
+        ("bzip2", bzip2(&data, 1)),
     ] {
         let cut = bytes.len() / 2;
         let (_, out) = decode(bytes[..cut].to_vec());

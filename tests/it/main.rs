@@ -13,6 +13,7 @@
 mod common;
 
 mod bad_input;
+mod bzip2;
 // Sets the pod's umask in `pre_exec`, unsafe by nature.
 #[allow(unsafe_code)]
 mod cdi;
