@@ -10,9 +10,9 @@ use streamdisk::source::Connections;
 
 use crate::report::ProgressMode;
 
-/// Stream a disk image (qcow2 or raw, optionally gzip/xz/zstd-compressed) from
-/// HTTP(S), a file or stdin onto a block device or file in one pass, with
-/// O_DIRECT writes and memory that does not grow with the image. Formats it
+/// Stream a disk image (qcow2 or raw, optionally gzip/xz/zstd/bzip2-compressed,
+/// or a disk of an OVA) from HTTP(S), a file or stdin onto a block device or
+/// file in one pass, with O_DIRECT writes and memory that does not grow with the image. Formats it
 /// recognises and does not decode are refused by name, never copied as raw.
 #[derive(Debug, Parser)]
 #[command(name = "streamdisk", version, propagate_version = true)]
@@ -81,6 +81,10 @@ pub(crate) struct SourceArgs {
     /// Upper bound on the total time spent waiting between retries.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub retry_time: u64,
+    /// For an OVA: import disk N of the OVF's DiskSection, counting from 1
+    /// [default: the first]. Refused for a source that is not an OVA.
+    #[arg(long, value_name = "N", value_parser = parse_disk)]
+    pub disk: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +200,15 @@ pub(crate) fn parse_connections(s: &str) -> Result<Connections, String> {
     }
 }
 
+/// A disk number, counted from 1 as the OVF's DiskSection lists them.
+pub(crate) fn parse_disk(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("disks are counted from 1".to_string()),
+        Err(_) => Err(format!("invalid disk number {s:?}")),
+    }
+}
+
 /// Parses `4096`, `64K`, `1M`, `1MiB`, `2G` (binary multiples).
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -226,6 +239,9 @@ mod tests {
         assert_eq!(parse_connections("auto"), Ok(Connections::Auto));
         assert_eq!(parse_connections("3"), Ok(Connections::Fixed(3)));
         assert!(parse_connections("0").is_err());
+        assert_eq!(parse_disk("2"), Ok(2));
+        assert!(parse_disk("0").is_err_and(|e| e.contains("from 1")));
+        assert!(parse_disk("x").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
     }
 

@@ -98,6 +98,7 @@ fn input_options(a: &SourceArgs) -> Result<InputOptions, Failure> {
     })?;
     Ok(InputOptions {
         http: http_options(a)?,
+        disk: a.disk,
         ..InputOptions::new(source)
     })
 }

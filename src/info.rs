@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::container::OvaDisk;
 use crate::format::{drive, qcow2, Format, ImageInfo, PlanOptions};
 use crate::job::{ImportError, InputOptions};
 use crate::pace::Pace;
@@ -28,6 +29,9 @@ pub struct SourceInfo {
     pub image: ImageInfo,
     /// Compression wrappers around the image, outermost first.
     pub wrappers: Vec<Wrapper>,
+    /// The disk taken from an OVA: its member, which disk of how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ova: Option<OvaDisk>,
     /// Size of the source as transferred (Content-Length, file size), when known.
     #[serde(rename = "source-size")]
     pub source_size: Option<u64>,
@@ -62,6 +66,7 @@ pub fn probe_source(
             format_specific: None,
         },
         wrappers: input.wrappers.clone(),
+        ova: input.container.clone(),
         source_size: input.source_size,
         seekable,
         qcow2: None,
@@ -103,6 +108,12 @@ impl SourceInfo {
     /// The human-readable form, one `key: value` per line.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        if let Some(o) = &self.ova {
+            s.push_str(&format!(
+                "ova member: {} (disk {} of {}, {} bytes)\n",
+                o.member, o.disk, o.disks, o.member_size
+            ));
+        }
         s.push_str(&format!("format: {}\n", self.image.format));
         let wrappers: Vec<&str> = self.wrappers.iter().map(|w| w.name()).collect();
         s.push_str(&format!(

@@ -125,6 +125,9 @@ pub enum ImportError {
     /// The target could not be opened or finished.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// An OVA could not be opened, or its disk not found.
+    #[error(transparent)]
+    Ova(#[from] crate::container::OvaError),
     /// An archive could not be extracted.
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),

@@ -10,13 +10,17 @@
 //! 3. the format is decided before the target is touched: a refused format
 //!    stops here, by name; a raw stream on a seekable source has its last
 //!    512 bytes checked first (a fixed VHD footer, a DMG trailer);
-//! 4. range reads are kept only when no wrapper sits between the source and
-//!    the decoder (offsets would not match).
+//! 4. an OVA (a tar whose first member is an `.ovf`) is opened as a
+//!    container: its disk's member becomes the stream, and the table is
+//!    asked again (the member may be gzip-wrapped, then it is an image);
+//! 5. range reads are kept only when nothing (a wrapper, a container) sits
+//!    between the source and the decoder (offsets would not match).
 
 use std::io::{self, BufRead};
 use std::sync::Arc;
 
 use crate::checksum::Verifier;
+use crate::container::{open_ova, OvaDisk, OvaError};
 use crate::format::table::{self, Signature, Trailer, HEAD_LEN, TAIL_LEN};
 use crate::format::{Decoder, DecoderConfig, Format, FormatError, PlanOptions, Tail};
 use crate::io::{CountTap, HashTap, InterruptTap, Interrupted, PeekReader, RangeRead};
@@ -34,8 +38,11 @@ pub struct Input {
     /// The image stream from its first byte (after every wrapper and
     /// container); the head is still in it.
     pub reader: Box<dyn BufRead + Send>,
-    /// Wrappers found, outermost first.
+    /// Wrappers found, outermost first (around the OVA, then around its
+    /// disk's member).
     pub wrappers: Vec<Wrapper>,
+    /// The disk taken from an OVA, when the source is one.
+    pub container: Option<OvaDisk>,
     /// The format to decode (for archives: `Raw`, meaning "the tar").
     pub format: Format,
     /// The first bytes of `reader` (up to [`HEAD_LEN`]).
@@ -43,7 +50,8 @@ pub struct Input {
     /// Random access to the same bytes as `reader`; only when nothing sits
     /// between the source and the image.
     pub range: Option<Box<dyn RangeRead>>,
-    /// Length of the image stream, when known.
+    /// Length of the image stream, when known (an OVA member's size, when
+    /// no wrapper sits inside it).
     pub size: Option<u64>,
     /// Length of the source as transferred, when known.
     pub source_size: Option<u64>,
@@ -116,6 +124,8 @@ pub fn open_input(
 
     let mut reader = PeekReader::new(tapped);
     let mut wrappers = Vec::new();
+    // The OVA disk, and how many wrappers were found before it.
+    let mut container: Option<(OvaDisk, usize)> = None;
     let signature = loop {
         let head = reader.peek(HEAD_LEN).map_err(read_err)?;
         if head.is_empty() {
@@ -137,12 +147,39 @@ pub fn open_input(
                 let inner: Box<dyn BufRead + Send> = Box::new(reader);
                 reader = PeekReader::new(unwrap::decoder(w, inner).map_err(read_err)?);
             }
+            // One OVA, and only for a disk import (archive content
+            // extracts the tar as it is).
+            Signature::Ova if container.is_none() && opts.content == Content::Disk => {
+                let (disk, member) =
+                    open_ova(reader, opts.disk).map_err(|e| ova_error(&display, e))?;
+                tracing::info!(
+                    member = %disk.member,
+                    size = disk.member_size,
+                    "OVA: importing disk {} of {}",
+                    disk.disk,
+                    disk.disks
+                );
+                let inner: Box<dyn BufRead + Send> = Box::new(member);
+                reader = PeekReader::new(inner);
+                let head = reader.peek(HEAD_LEN).map_err(read_err)?;
+                disk.check_head(head)?;
+                container = Some((disk, wrappers.len()));
+            }
             other => break other,
         }
     };
+    if let (Some(n), None, Content::Disk) = (opts.disk, &container, opts.content) {
+        return Err(OvaError::NotContainer(n).into());
+    }
     let head = reader.peek(HEAD_LEN).map_err(read_err)?.to_vec();
-    let mut range = if wrappers.is_empty() { src.range } else { None };
-    let size = if wrappers.is_empty() { src.size } else { None };
+    let (mut range, size) = match &container {
+        None if wrappers.is_empty() => (src.range, src.size),
+        // The member's length is known from its tar header; range reads
+        // would need offsets into the archive, and stop here.
+        Some((disk, outer)) if wrappers.len() == *outer => (None, Some(disk.member_size)),
+        _ => (None, None),
+    };
+    let container = container.map(|(disk, _)| disk);
 
     let (format, tail) = match opts.content {
         Content::Archive => (Format::Raw, Tail::Forced),
@@ -152,6 +189,7 @@ pub fn open_input(
     Ok(Input {
         reader: Box::new(reader),
         wrappers,
+        container,
         format,
         head,
         range,
@@ -213,11 +251,12 @@ fn decide(
         Signature::Image(f) => Some(f),
         Signature::None => None,
         Signature::Refused(r) => return Err(FormatError::Refused(r).into()),
+        // Only an OVA's disk can be another OVA.
         Signature::Ova => {
             return Err(FormatError::Refused(crate::format::Refusal {
-                what: "OVA archives",
+                what: "OVA archives inside an OVA",
                 plural: true,
-                detail: " yet",
+                detail: "",
             })
             .into())
         }
@@ -291,6 +330,15 @@ pub(crate) fn read_error(display: &str, e: io::Error) -> ImportError {
             display: display.to_string(),
             source: e,
         },
+    }
+}
+
+/// An OVA error, unless reading the archive failed because the interrupt
+/// tap spoke.
+fn ova_error(display: &str, e: OvaError) -> ImportError {
+    match e {
+        OvaError::Read(io) => read_error(display, io),
+        other => ImportError::Ova(other),
     }
 }
 

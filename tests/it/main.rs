@@ -22,6 +22,7 @@ mod convert;
 mod fuzz_regressions;
 mod interrupt;
 mod layouts;
+mod ova;
 mod qcow2_decoder;
 mod registry;
 mod server_selftest;
