@@ -53,3 +53,49 @@ pub fn check_format(format: Format, data: &[u8]) {
 pub fn run_one(data: &[u8]) {
     check_format(Format::Qcow2, data);
 }
+
+/// One fuzz input for the OVA opener (`container::open_ova`): the tar
+/// walk, the OVF descriptor and the choice of disk. Panics if it panics,
+/// if the chosen disk is not one the descriptor lists, or if the member's
+/// stream yields other than its size (fewer bytes only with an error).
+/// The disk asked for comes from the input's length, so that the bytes
+/// themselves stay a plain OVA.
+pub fn check_ova(data: &[u8]) {
+    use std::io::BufRead;
+
+    let disk = match data.len() % 4 {
+        0 => None,
+        n => Some(n),
+    };
+    let step = data.get(30).map_or(512, |&b| usize::from(b) * 37 + 1);
+    let Ok((chosen, mut member)) =
+        streamdisk::container::open_ova(Dribble::new(data, step, 4093), disk)
+    else {
+        return;
+    };
+    assert!(
+        chosen.disk >= 1 && chosen.disk <= chosen.disks,
+        "{chosen:?}"
+    );
+    assert_eq!(chosen.disk, disk.unwrap_or(1));
+    let mut got = 0u64;
+    let mut first = Vec::new();
+    loop {
+        let buf = match member.fill_buf() {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        if first.len() < 512 {
+            first.extend_from_slice(buf.get(..n.min(512 - first.len())).unwrap_or_default());
+        }
+        got += n as u64;
+        assert!(got <= chosen.member_size, "member longer than its header");
+        member.consume(n);
+    }
+    assert_eq!(got, chosen.member_size, "member shorter than its header");
+    let _ = chosen.check_head(&first);
+}

@@ -14,6 +14,12 @@ mod harness;
 /// Replays every file in `dir` (relative to the crate) for `format`;
 /// returns how many there were.
 fn replay(format: Format, dir: &str) -> usize {
+    replay_with(dir, &|data| harness::check_format(format, data))
+}
+
+/// Replays every file in `dir` (relative to the crate) through `check`;
+/// returns how many there were.
+fn replay_with(dir: &str, check: &dyn Fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
@@ -23,7 +29,7 @@ fn replay(format: Format, dir: &str) -> usize {
         let p = e.expect("entry").path();
         if p.is_file() && p.extension().is_none_or(|x| x != "md") {
             let data = std::fs::read(&p).expect("read");
-            let r = std::panic::catch_unwind(|| harness::check_format(format, &data));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&data)));
             assert!(r.is_ok(), "{} fails again", p.display());
             n += 1;
         }
@@ -43,4 +49,12 @@ fn replay_target(format: Format, target: &str) {
 #[test]
 fn qcow2_inputs_replay_cleanly() {
     replay_target(Format::Qcow2, "qcow2_decode");
+}
+
+#[test]
+fn ova_inputs_replay_cleanly() {
+    let check = |data: &[u8]| harness::check_ova(data);
+    replay_with("fuzz/regressions/ova_open", &check);
+    let n = replay_with("fuzz/corpus/ova_open", &check) + replay_with("fuzz/seeds/ova", &check);
+    assert!(n > 0, "no fuzz inputs found for ova_open");
 }
