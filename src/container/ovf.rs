@@ -18,8 +18,10 @@
 /// The DMTF OVF envelope namespaces start with this (1 and 2 follow).
 const OVF_NAMESPACE: &str = "http://schemas.dmtf.org/ovf/envelope/";
 
-/// Most XML nodes accepted in a descriptor (real ones have a few hundred).
-const MAX_NODES: u32 = 100_000;
+/// Most XML nodes accepted in a descriptor (real ones have a few hundred to
+/// a few thousand): bounds the tree of a hostile one, as [`super::ova::MAX_OVF`]
+/// bounds its text and attributes.
+const MAX_NODES: u32 = 20_000;
 
 /// The parts of an OVF descriptor an import uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
