@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the streamdisk container image and tags it localhost/streamdisk:latest.
+# Builds the streamdisk container image and tags it localhost/streamdisk:latest, then the upload
+# server image, localhost/streamdisk-uploadserver:latest (same binary, entrypoint cdi-uploadserver).
 #
 #   1. a static glibc binary (`-C target-feature=+crt-static`) for an explicit
 #      --target x86_64-unknown-linux-gnu, so it lands in target/x86_64-unknown-linux-gnu/release/
@@ -12,6 +13,7 @@
 #
 # Environment:
 #   IMAGE            tag to build            (default localhost/streamdisk:latest)
+#   UPLOAD_IMAGE     upload server image tag (default localhost/streamdisk-uploadserver:latest)
 #   BUILDER          buildah | podman        (default: buildah if installed, else podman)
 #   STORAGE_DRIVER   containers storage driver (default vfs: works without overlay support)
 #   SKIP_CARGO=1     reuse the static binary already built (fails if it is missing)
@@ -67,3 +69,19 @@ if command -v podman >/dev/null; then
     size=$(podman --storage-driver "$driver" image inspect --format '{{.Size}}' "$image")
 fi
 echo "build-image.sh: built $image: binary $(stat -c %s "$bin") bytes, image ${size:-(size unknown without podman)} bytes" >&2
+
+# --- the upload server image ------------------------------------------------------------------
+# CDI's upload pods run the image's entrypoint, so the upload server needs an image of its own:
+# the same binary, reached through the cdi-uploadserver name (Containerfile.uploadserver).
+upload_image=${UPLOAD_IMAGE:-localhost/streamdisk-uploadserver:latest}
+upload_ctx=$target_dir/image-uploadserver
+rm -rf "$upload_ctx"
+mkdir -p "$upload_ctx/rootfs/usr/bin"
+install -m 0755 "$bin" "$upload_ctx/rootfs/usr/bin/streamdisk"
+ln -s streamdisk "$upload_ctx/rootfs/usr/bin/cdi-uploadserver"
+echo "build-image.sh: building $upload_image with $BUILDER (storage driver $driver)" >&2
+case $BUILDER in
+    buildah) buildah --storage-driver "$driver" bud --layers=false -f "$root/Containerfile.uploadserver" -t "$upload_image" "$upload_ctx" ;;
+    podman)  podman --storage-driver "$driver" build -f "$root/Containerfile.uploadserver" -t "$upload_image" "$upload_ctx" ;;
+esac
+echo "build-image.sh: built $upload_image" >&2

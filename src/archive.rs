@@ -87,7 +87,7 @@ pub(crate) fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats,
                     .mode(0o600)
                     .open(&target)
                     .map_err(io_err(format!("creating {}", target.display())))?;
-                let n = io::copy(&mut entry, &mut f)
+                let n = copy_sparse(&mut entry, &mut f)
                     .map_err(io_err(format!("writing {}", target.display())))?;
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io_err(format!("chmod {}", target.display())))?;
@@ -158,6 +158,52 @@ pub(crate) fn extract(input: &mut dyn Read, dest: &Path) -> Result<ExtractStats,
         }
     }
     Ok(stats)
+}
+
+/// Granule of [`copy_sparse`]'s zero detection: a filesystem block or more.
+const SPARSE_GRANULE: usize = 64 << 10;
+
+/// Copies `r` into the new, empty file `f`, leaving holes where whole
+/// granules of zeros are (a GNU sparse member's holes, or a disk image's
+/// empty regions, which `tar -S` does not mark when the source volume was
+/// preallocated). Returns the bytes copied.
+fn copy_sparse(r: &mut dyn Read, f: &mut File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buf = vec![0u8; SPARSE_GRANULE];
+    let mut total = 0u64;
+    let mut pending_hole = false;
+    loop {
+        // Fill a whole granule (or what is left) so holes stay aligned.
+        let mut got = 0;
+        while got < buf.len() {
+            match r.read(buf.get_mut(got..).unwrap_or_default()) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        let chunk = buf.get(..got).unwrap_or_default();
+        if crate::format::raw::is_zero(chunk) {
+            f.seek(SeekFrom::Current(got as i64))?;
+            pending_hole = true;
+        } else {
+            f.write_all(chunk)?;
+            pending_hole = false;
+        }
+        total += got as u64;
+        if got < buf.len() {
+            break;
+        }
+    }
+    if pending_hole {
+        // A trailing hole: the length comes from the size, not a write.
+        f.set_len(total)?;
+    }
+    Ok(total)
 }
 
 /// A member name as a path relative to the volume: `Some(None)` for the volume

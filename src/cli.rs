@@ -33,6 +33,10 @@ pub(crate) enum Command {
     Convert(ConvertArgs),
     /// Describe SOURCE: wrapper, format, virtual size, cluster size, features. Reads only the header.
     Info(InfoArgs),
+    /// Accept one upload into TARGET over HTTPS (CDI's upload API, `curl -T` works), then exit.
+    /// Without TARGET, given only klog-style flags, it is CDI's upload pod
+    /// (same as invoking the binary as `cdi-uploadserver`), configured by the environment.
+    UploadServer(UploadServerArgs),
     /// Run as the CDI importer pod entrypoint (same as invoking the binary as `cdi-importer`).
     #[command(disable_help_flag = true)]
     Cdi {
@@ -40,6 +44,62 @@ pub(crate) enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UploadServerArgs {
+    /// Address to listen on: HOST:PORT, or :PORT for every interface.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// The server's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Require a client certificate signed by this CA (PEM); without it anyone may upload.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// With --client-ca: require this subject CN in the client certificate.
+    #[arg(long, value_name = "CN", requires = "client_ca")]
+    pub client_name: Option<String>,
+    /// A block device, a file (created or replaced), or a directory (disk
+    /// uploads become DIR/disk.img, archive uploads are extracted into it).
+    pub target: PathBuf,
+}
+
+/// Whether `streamdisk upload-server ARGS` is the upload pod: no TARGET and
+/// none of the command's own options, only klog-style flags (`-v=N`,
+/// `-v N`, `-alsologtostderr`).
+pub(crate) fn is_upload_pod(args: &[std::ffi::OsString]) -> bool {
+    let mut value_of_v = false;
+    for a in args {
+        let s = a.to_string_lossy();
+        if value_of_v {
+            value_of_v = false;
+            continue;
+        }
+        if !s.starts_with('-') {
+            return false;
+        }
+        let name = s.trim_start_matches('-').split('=').next().unwrap_or("");
+        if matches!(
+            name,
+            "listen"
+                | "cert"
+                | "key"
+                | "client-ca"
+                | "client-name"
+                | "help"
+                | "h"
+                | "version"
+                | "V"
+        ) {
+            return false;
+        }
+        value_of_v = name == "v" && !s.contains('=');
+    }
+    true
 }
 
 /// Options shared by every command that reads a source.
@@ -243,6 +303,18 @@ mod tests {
         assert!(parse_disk("0").is_err_and(|e| e.contains("from 1")));
         assert!(parse_disk("x").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn upload_pod_or_command() {
+        let os = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(Into::into).collect() };
+        assert!(is_upload_pod(&os(&[])));
+        assert!(is_upload_pod(&os(&["-alsologtostderr", "-v=3"])));
+        assert!(is_upload_pod(&os(&["-v", "3"])));
+        assert!(!is_upload_pod(&os(&["--listen", ":8443", "/dev/x"])));
+        assert!(!is_upload_pod(&os(&["/dev/x"])));
+        assert!(!is_upload_pod(&os(&["--help"])));
+        assert!(!is_upload_pod(&os(&["--listen=:1"])));
     }
 
     #[test]

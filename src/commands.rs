@@ -20,6 +20,16 @@ pub(crate) fn dispatch(cli: Cli) -> i32 {
         Command::Convert(a) => convert(a, cli.quiet),
         Command::Info(a) => info(a),
         Command::Cdi { args } => return streamdisk::cdi::run_pod(args),
+        Command::UploadServer(a) => {
+            return streamdisk::cdi::serve_cli(&streamdisk::cdi::UploadCliOptions {
+                listen: a.listen,
+                cert: a.cert,
+                key: a.key,
+                client_ca: a.client_ca,
+                client_name: a.client_name,
+                target: a.target,
+            })
+        }
     };
     match result {
         Ok(()) => 0,

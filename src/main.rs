@@ -21,6 +21,18 @@ fn main() {
     if invoked_as == "cdi-importer" {
         std::process::exit(streamdisk::cdi::run_pod(args.into_iter().skip(1).collect()));
     }
+    if invoked_as == "cdi-uploadserver" {
+        std::process::exit(streamdisk::cdi::run_upload_pod(
+            args.into_iter().skip(1).collect(),
+        ));
+    }
+    // `streamdisk upload-server` with only klog-style flags is the upload
+    // pod; with a TARGET (or --listen, --help) it is the command below.
+    if args.get(1).is_some_and(|a| a == "upload-server") && cli::is_upload_pod(&args[2..]) {
+        std::process::exit(streamdisk::cdi::run_upload_pod(
+            args.into_iter().skip(2).collect(),
+        ));
+    }
     if args.get(1).is_some_and(|a| a == "cdi") {
         std::process::exit(streamdisk::cdi::run_pod(args.into_iter().skip(2).collect()));
     }

@@ -35,6 +35,13 @@ impl Counter {
             t => Some(t),
         }
     }
+    /// Starts over for a new transfer (the upload server's next upload after
+    /// a failed one).
+    pub fn reset(&self) {
+        self.received.store(0, Ordering::Relaxed);
+        self.total.store(0, Ordering::Relaxed);
+        self.done.store(false, Ordering::Release);
+    }
     /// Marks the import complete (every byte durable).
     pub fn set_done(&self) {
         self.done.store(true, Ordering::Release);

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive;
@@ -23,7 +23,7 @@ use super::config::{ContentType, PodConfig};
 use super::logging::{display_url, Redactor};
 use super::outcome::Outcome;
 use super::paths::PodPaths;
-use super::{blank, headers, space};
+use super::{headers, volume};
 
 /// Everything an HTTP import needs from the pod run.
 pub(crate) struct HttpContext<'a> {
@@ -111,25 +111,6 @@ pub(crate) fn run(ctx: &HttpContext<'_>) -> Outcome {
     }
 }
 
-/// Removes a leftover regular file (or directory) at `path`, as CDI's `CleanAll`;
-/// a device is left alone.
-fn clean(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(m) => {
-            use std::os::unix::fs::FileTypeExt;
-            let t = m.file_type();
-            if t.is_block_device() || t.is_char_device() {
-                Ok(())
-            } else {
-                fs::remove_file(path)
-            }
-        }
-    }
-}
-
 fn unable(e: impl std::fmt::Display) -> String {
     format!("Unable to process data: {e}")
 }
@@ -148,11 +129,16 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     // attempt: start over, before measuring free space so that it does not
     // count against us.
     if !ctx.block {
-        if let Err(e) = clean(&target) {
+        if let Err(e) = volume::clean(&target) {
             return Outcome::Failed(unable(format!("removing {}: {e}", target.display())));
         }
     }
-    let available = match available_space(ctx.block, paths, cfg.image_size) {
+    let available = match volume::available_space(
+        ctx.block,
+        &paths.block_device,
+        &paths.data_dir,
+        cfg.image_size,
+    ) {
         Ok(a) => a,
         Err(e) => return Outcome::Failed(e),
     };
@@ -197,9 +183,10 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 "image written"
             );
             let finish = if ctx.block {
-                sync_path(&target)
+                volume::sync_path(&target)
             } else {
-                finish_file(&target, cfg, available).and_then(|()| sync_path(&paths.data_dir))
+                volume::finish_file(&target, &space_rules(cfg), available)
+                    .and_then(|()| volume::sync_path(&paths.data_dir))
             };
             match finish {
                 Ok(()) => {
@@ -216,7 +203,7 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 }
                 Err(e) => {
                     if !ctx.block {
-                        let _ = clean(&target);
+                        let _ = volume::clean(&target);
                     }
                     Outcome::Failed(unable(e))
                 }
@@ -226,14 +213,14 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
             expected,
             calculated,
         }) => {
-            remove_target(ctx.block, &target);
+            volume::remove_target(ctx.block, &target);
             Outcome::ChecksumMismatch(unable(format!(
                 "checksum mismatch: expected {expected}, calculated {calculated}"
             )))
         }
         Err(e) if e.scratch_required() && ctx.registry => {
             if !ctx.block {
-                let _ = clean(&target);
+                let _ = volume::clean(&target);
             }
             Outcome::Failed(unable(format!(
                 "{}; the image's layout needs scratch space, which registry imports do not use",
@@ -243,13 +230,13 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
         Err(e) if e.scratch_required() => {
             tracing::info!(reason = %ctx.redactor.scrub(&e.message()), "scratch space required");
             if !ctx.block {
-                let _ = clean(&target);
+                let _ = volume::clean(&target);
             }
             Outcome::ScratchRequired
         }
         Err(e) => {
             if !ctx.block {
-                let _ = clean(&target);
+                let _ = volume::clean(&target);
             }
             Outcome::Failed(unable(match (&e, ctx.registry) {
                 // CDI's wording for a registry source's failures.
@@ -260,27 +247,6 @@ pub(crate) fn disk_image(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
                 _ => ctx.redactor.scrub(&super::failure_message(&e)),
             }))
         }
-    }
-}
-
-/// CDI's space budget: the block device's size, or free space capped at the request.
-fn available_space(block: bool, paths: &PodPaths, requested: Option<u64>) -> Result<u64, String> {
-    if block {
-        space::device_size(&paths.block_device).map_err(|e| {
-            format!(
-                "Unable to determine the size of {}: {e}",
-                paths.block_device.display()
-            )
-        })
-    } else {
-        space::filesystem_free(&paths.data_dir)
-            .map(|free| space::cap_to_request(free, requested))
-            .map_err(|e| {
-                format!(
-                    "Unable to determine available space in {}: {e}",
-                    paths.data_dir.display()
-                )
-            })
     }
 }
 
@@ -304,56 +270,16 @@ fn run_pipeline(
     }
 }
 
-/// After a successful filesystem import: grow to CDI's size (never shrink),
-/// preallocate when asked, mode 0660, and make it durable.
-fn finish_file(path: &Path, cfg: &PodConfig, available: u64) -> io::Result<()> {
-    let ctx = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-    };
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| ctx("opening", e))?;
-    let current = f.metadata().map_err(|e| ctx("inspecting", e))?.len();
-    let mut size = current;
-    if let Some(new) = space::resize_target(current, cfg.image_size, available, cfg.overhead) {
-        tracing::info!(from = current, to = new, "expanding image");
-        f.set_len(new)
-            .map_err(|e| ctx("Resize of image failed: resizing", e))?;
-        size = new;
-    }
-    if cfg.preallocation {
-        blank::allocate(&f, size).map_err(|e| ctx("preallocating", e))?;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(fs::Permissions::from_mode(0o660))
-        .map_err(|e| ctx("Unable to change permissions of target file", e))?;
-    f.sync_all().map_err(|e| ctx("syncing", e))
-}
-
-/// `fsync` of a file, device or directory.
-fn sync_path(path: &Path) -> io::Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io::Error::new(e.kind(), format!("syncing {}: {e}", path.display())))
-}
-
-/// After a checksum mismatch, leave nothing that looks like a disk: delete
-/// disk.img, or zero a block device's first and last MiB (partition tables and
-/// their backups live there).
-fn remove_target(block: bool, target: &Path) {
-    let res = if block {
-        crate::target::wipe_edges(target).map_err(|e| e.to_string())
-    } else {
-        clean(target).map_err(|e| e.to_string())
-    };
-    if let Err(e) = res {
-        tracing::warn!(target = %target.display(), error = %e, "failed to remove the target after a checksum mismatch");
+/// The pod's size and preallocation settings, for [`volume::finish_file`].
+fn space_rules(cfg: &PodConfig) -> volume::SpaceRules {
+    volume::SpaceRules {
+        image_size: cfg.image_size,
+        overhead: cfg.overhead,
+        preallocation: cfg.preallocation,
     }
 }
 
-/// A `Read` shared between the decompressor (which may stop at the end of its
-/// stream) and the final drain (which must still hash and count every byte).
+/// An archive (`archive` content) extracted into the data volume.
 fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     if ctx.block {
         return Outcome::Failed(unable(
@@ -388,7 +314,7 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
         }
     };
     match result {
-        Ok(_) => match syncfs(&data_dir) {
+        Ok(_) => match volume::syncfs(&data_dir) {
             Ok(()) => {
                 ctx.counter.set_done();
                 Outcome::Complete {
@@ -412,17 +338,6 @@ fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
         }
         Err(e) => Outcome::Failed(unable(ctx.redactor.scrub(&super::failure_message(&e)))),
     }
-}
-
-/// Flushes the whole filesystem holding `dir` (every extracted file at once).
-fn syncfs(dir: &Path) -> io::Result<()> {
-    let f = fs::File::open(dir)?;
-    nix::unistd::syncfs(&f).map_err(|e| {
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("syncing {}: {e}", dir.display()),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -501,37 +416,5 @@ mod tests {
             Err(Outcome::Failed(m)) => assert!(!m.contains("hunter2"), "{m}"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn clean_removes_files_and_dirs_but_not_devices() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let f = d.path().join("disk.img");
-        fs::write(&f, b"x").expect("write");
-        clean(&f).expect("clean");
-        assert!(!f.exists());
-        clean(&f).expect("clean of nothing");
-        fs::create_dir_all(f.join("sub")).expect("mkdir");
-        clean(&f).expect("clean dir");
-        assert!(!f.exists());
-        clean(Path::new("/dev/null")).expect("device left alone");
-        assert!(Path::new("/dev/null").exists());
-    }
-
-    #[test]
-    fn finish_file_grows_allocates_and_chmods() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let f = d.path().join("disk.img");
-        fs::write(&f, vec![1u8; 4096]).expect("write");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
-        let c = cfg(&[("IMPORTER_IMAGE_SIZE", "8Mi"), ("PREALLOCATION", "true")]);
-        finish_file(&f, &c, 100 << 20).expect("finish");
-        let m = fs::metadata(&f).expect("meta");
-        assert_eq!(m.len(), 8 << 20);
-        assert_eq!(m.permissions().mode() & 0o777, 0o660);
-        use std::os::unix::fs::MetadataExt;
-        assert!(m.blocks() * 512 >= 8 << 20, "preallocated");
-        assert_eq!(&fs::read(&f).expect("read")[..4096], &[1u8; 4096][..]);
     }
 }

@@ -45,14 +45,25 @@ const METRIC: &str = "kubevirt_cdi_import_progress";
 #[derive(Debug)]
 struct ProgressCollector {
     counter: Arc<Counter>,
-    owner_uid: String,
+    /// The metric's name as registered (the text encoding appends `_total`).
+    name: &'static str,
+    help: &'static str,
+    /// The `ownerUID` label; `None` serves the line without labels.
+    owner_uid: Option<String>,
     /// Highest value served so far, in hundredths of a percent.
     high_water: AtomicU64,
+    /// Bytes received at the last scrape: fewer now means the counter was
+    /// reset for a new transfer, whose progress starts again from 0.
+    last_received: AtomicU64,
 }
 
 impl ProgressCollector {
     /// The percentage to serve now, in hundredths: quantized, monotonic.
     fn hundredths(&self) -> u64 {
+        let received = self.counter.received();
+        if received < self.last_received.swap(received, Ordering::AcqRel) {
+            self.high_water.store(0, Ordering::Release);
+        }
         let p = self.counter.percent();
         // `as` saturates; percent() is within [0, 100].
         let now = if p.is_finite() {
@@ -69,27 +80,76 @@ impl Collector for ProgressCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let value = self.hundredths() as f64 / 100.0;
         let counter = ConstCounter::new(value);
-        let mut family = encoder.encode_descriptor(
-            METRIC,
-            "The import progress in percentage",
-            None,
-            counter.metric_type(),
-        )?;
-        let labels = [("ownerUID", self.owner_uid.as_str())];
-        let metric = family.encode_family(&labels)?;
-        counter.encode(metric)
+        let mut family =
+            encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        match &self.owner_uid {
+            Some(uid) => counter.encode(family.encode_family(&[("ownerUID", uid.as_str())])?),
+            None => counter.encode(family.encode_family(&Vec::<(String, String)>::new())?),
+        }
     }
 }
 
-/// The registry serving the progress metric for `owner_uid`.
+/// The bytes received so far, read from the shared [`Counter`] at scrape time.
+#[derive(Debug)]
+struct BytesCollector {
+    counter: Arc<Counter>,
+    name: &'static str,
+    help: &'static str,
+}
+
+impl Collector for BytesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.counter.received());
+        let family =
+            encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        counter.encode(family)
+    }
+}
+
+/// The registry serving the import progress metric for `owner_uid`.
 pub(crate) fn registry(counter: Arc<Counter>, owner_uid: &str) -> Registry {
     let mut reg = Registry::default();
+    register_progress(
+        &mut reg,
+        counter,
+        METRIC,
+        "The import progress in percentage",
+        Some(owner_uid),
+    );
+    reg
+}
+
+/// Adds a progress percentage counter named `name` (`_total` is appended),
+/// quantized and monotonic as the import's, with an `ownerUID` label when given.
+pub(crate) fn register_progress(
+    reg: &mut Registry,
+    counter: Arc<Counter>,
+    name: &'static str,
+    help: &'static str,
+    owner_uid: Option<&str>,
+) {
     reg.register_collector(Box::new(ProgressCollector {
         counter,
-        owner_uid: owner_uid.to_string(),
+        name,
+        help,
+        owner_uid: owner_uid.map(str::to_string),
         high_water: AtomicU64::new(0),
+        last_received: AtomicU64::new(0),
     }));
-    reg
+}
+
+/// Adds a counter of the bytes received, named `name` (`_total` is appended).
+pub(crate) fn register_bytes(
+    reg: &mut Registry,
+    counter: Arc<Counter>,
+    name: &'static str,
+    help: &'static str,
+) {
+    reg.register_collector(Box::new(BytesCollector {
+        counter,
+        name,
+        help,
+    }));
 }
 
 /// The text exposition of `reg`.

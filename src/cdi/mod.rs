@@ -23,6 +23,8 @@
 //! | [`metrics`] | the HTTPS progress endpoint |
 //! | [`outcome`], [`termination`] | exit codes and the termination message |
 //! | [`logging`] | stderr logs and secret scrubbing |
+//! | [`volume`] | the target volume around the pipeline (clean, budget, resize, sync) |
+//! | [`upload`] | the upload server (`cdi-uploadserver`), clone target included |
 
 pub(crate) mod blank;
 pub(crate) mod config;
@@ -38,6 +40,8 @@ pub(crate) mod registry_import;
 pub(crate) mod sidecar;
 pub(crate) mod space;
 pub(crate) mod termination;
+pub(crate) mod upload;
+pub(crate) mod volume;
 
 use std::ffi::OsString;
 use std::io;
@@ -45,6 +49,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use crate::progress::Counter;
+
+pub use upload::{run_upload_pod, serve_cli, UploadCliOptions};
 
 use config::{go_parse_bool, ContentType, PodConfig, SourceKind};
 use outcome::Outcome;

@@ -50,6 +50,7 @@ impl Outcome {
                 preallocation_applied: Some(*preallocation_applied),
                 labels: labels.clone(),
                 message: Some(COMPLETE.to_string()),
+                ..Default::default()
             }
             .to_json(),
             Outcome::ScratchRequired => TerminationMessage {

@@ -19,12 +19,14 @@ pub(crate) const COMPLETE: &str = "Import Complete";
 /// The kubelet keeps at most this many bytes of a termination message.
 const KUBELET_LIMIT: usize = 4096;
 
-/// CDI's `common.TerminationMessage`, restricted to the fields an HTTP or blank
-/// import sets. `None` fields are omitted, as with Go's `omitempty` on pointers.
+/// CDI's `common.TerminationMessage`, restricted to the fields an import or
+/// an upload sets. `None` fields are omitted, as with Go's `omitempty` on pointers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TerminationMessage {
     pub scratch_space_required: Option<bool>,
     pub preallocation_applied: Option<bool>,
+    /// The upload server's deadline passed before an upload finished.
+    pub deadline_passed: Option<bool>,
     /// PVC labels (registry node-pull imports); omitted when empty, like a
     /// Go map with `omitempty`. Go writes map keys sorted, as `BTreeMap` iterates.
     pub labels: BTreeMap<String, String>,
@@ -40,6 +42,9 @@ impl TerminationMessage {
         }
         if let Some(b) = self.preallocation_applied {
             fields.push(format!("\"preallocationApplied\":{b}"));
+        }
+        if let Some(b) = self.deadline_passed {
+            fields.push(format!("\"deadlinePassed\":{b}"));
         }
         if !self.labels.is_empty() {
             let pairs: Vec<String> = self
@@ -161,6 +166,7 @@ mod tests {
             .into_iter()
             .collect(),
             message: Some(COMPLETE.into()),
+            ..Default::default()
         };
         assert_eq!(
             labelled.to_json(),

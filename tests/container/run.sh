@@ -18,6 +18,9 @@
 #   too-small       an image larger than the device: exit 1 and CDI's size message
 #   memory-64m      a larger image (128 MiB of data) into a loop device under --memory 64m, with
 #                   the progress metric scraped over HTTPS and parsed with the controller's regex
+#   upload-server   the upload image (localhost/streamdisk-uploadserver) run as CDI's upload pod:
+#                   TLS with a client certificate named as CDI's proxy, the sample qcow2 sent
+#                   with curl, /data/disk.img and CDI's "Upload Complete" termination message
 #
 # Every case checks device or file contents byte for byte against `qemu-img convert -O raw`, and
 # the termination message against CDI's format. The last line is the summary:
@@ -25,7 +28,7 @@
 # and the exit status is non-zero on any failure.
 #
 # Needs root (loop devices, podman storage), podman, buildah (unless prebuilt), qemu-img, qemu-io,
-# openssl, python3, losetup. Without root it prints SKIP and exits 0.
+# openssl, python3, losetup, curl. Without root it prints SKIP and exits 0.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -47,7 +50,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 0
 fi
 missing=()
-for tool in podman qemu-img qemu-io openssl python3 losetup readelf; do
+for tool in podman qemu-img qemu-io openssl python3 losetup readelf curl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [[ ${STREAMDISK_IMAGE_PREBUILT:-0} != 1 ]] && ! command -v buildah >/dev/null && ! command -v podman >/dev/null; then
@@ -417,6 +420,73 @@ memory_limit_works() {
     [[ $info == *memory* ]]
 }
 
+# --- the upload server image ---------------------------------------------------------------
+
+UPLOAD_IMAGE=${UPLOAD_IMAGE:-localhost/streamdisk-uploadserver:latest}
+UPLOAD_MSG='{"preallocationApplied":false,"message":"Upload Complete"}'
+
+# make_upload_certs: the upload pod's server certificate for 127.0.0.1 and a client certificate
+# with CDI's proxy CN, both signed by the test CA, in $work/upload-tls (mounted at /etc/tls).
+make_upload_certs() {
+    local d=$work/upload-tls t=$work/tls
+    mkdir -p "$d"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=cdi-upload-server" -keyout "$d/tls.key" -out "$d/tls.csr" 2>>"$work/openssl.log" || return 1
+    printf '%s\n' "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    openssl x509 -req -in "$d/tls.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/server.ext" -out "$d/tls.crt" 2>>"$work/openssl.log" || return 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=client.upload-server.cdi.kubevirt.io" -keyout "$d/client.key" -out "$d/client.csr" \
+        2>>"$work/openssl.log" || return 1
+    printf '%s\n' "extendedKeyUsage=clientAuth" >"$d/client.ext"
+    openssl x509 -req -in "$d/client.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/client.ext" -out "$d/client.crt" 2>>"$work/openssl.log" || return 1
+    cp "$t/ca.crt" "$d/ca.crt"
+    chmod 0755 "$d" && chmod 0644 "$d"/*
+}
+
+case_upload_server() {
+    local name=upload-server termlog=$work/upload-server.termlog data=$work/upload-data rc port code
+    make_upload_certs || { echo "could not make the upload certificates"; return 1; }
+    mkdir -p "$data" && chown 107:107 "$data" && chmod 0770 "$data"
+    : >"$termlog" && chown 107:107 "$termlog"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local cname="streamdisk-e2e-$name-$$"
+    echo "$cname" >>"$work/containers"
+    # The environment CDI's upload controller sets (makeUploadPodContainers), -v=1 appended.
+    "${PODMAN[@]}" run -d --name "$cname" \
+        --ulimit nofile=20000:20000 --ulimit nproc=1000:1000 \
+        --user 107 --group-add 107 --cap-drop=ALL --security-opt no-new-privileges \
+        --network host -v "$termlog:/dev/termination-log" -v "$work/upload-tls:/etc/tls:ro" \
+        -v "$data:/data" \
+        -e TLS_KEY_FILE=/etc/tls/tls.key -e TLS_CERT_FILE=/etc/tls/tls.crt \
+        -e CLIENT_CERT_FILE=/etc/tls/ca.crt -e FILESYSTEM_OVERHEAD=0 -e UPLOAD_IMAGE_SIZE=8Mi \
+        -e CLIENT_NAME=client.upload-server.cdi.kubevirt.io -e PREALLOCATION=false \
+        -e TLS_CIPHERS= -e TLS_MIN_VERSION= -e LISTEN_ADDRESS=127.0.0.1 -e "LISTEN_PORT=$port" \
+        "$UPLOAD_IMAGE" -v=1 >/dev/null || { echo "podman run failed"; return 1; }
+    local ok=
+    for _ in $(seq 100); do
+        if curl -sS --cacert "$work/upload-tls/ca.crt" "https://127.0.0.1:$port/healthz" 2>/dev/null | grep -q OK; then
+            ok=1; break
+        fi
+        sleep 0.1
+    done
+    [[ -n $ok ]] || { echo "the upload server never answered /healthz"; "${PODMAN[@]}" logs "$cname" 2>&1 | tail -5; return 1; }
+    code=$(curl -sS --cacert "$work/upload-tls/ca.crt" --cert "$work/upload-tls/client.crt" \
+        --key "$work/upload-tls/client.key" -o /dev/null -w '%{http_code}' \
+        --data-binary "@$work/www/sample.qcow2" "https://127.0.0.1:$port/v1beta1/upload")
+    rc=$("${PODMAN[@]}" wait "$cname" 2>/dev/null)
+    "${PODMAN[@]}" logs "$cname" >"$work/$name.log" 2>&1
+    "${PODMAN[@]}" rm -f "$cname" >/dev/null 2>&1
+    log "$name: upload answered $code, container exited $rc"
+    [[ $code == 200 ]] || { echo "upload answered $code"; return 1; }
+    [[ $rc == 0 ]] || { echo "container exited $rc"; return 1; }
+    local msg
+    msg=$(cat "$termlog")
+    [[ $msg == "$UPLOAD_MSG" ]] || { echo "termination message is '$msg', expected '$UPLOAD_MSG'"; return 1; }
+    compare_prefix "$data/disk.img" "$work/sample.raw" || return 1
+}
+
 run_case() {
     local name=$1 fn=$2 out rc t0=$SECONDS
     log "$name: start"
@@ -492,6 +562,12 @@ if memory_limit_works; then
     run_case memory-64m case_memory_64m
 else
     log "memory-64m: skipped: podman reports no cgroup memory controller, so --memory cannot be enforced"
+fi
+
+if "${PODMAN[@]}" image exists "$UPLOAD_IMAGE"; then
+    run_case upload-server case_upload_server
+else
+    record upload-server FAIL "$UPLOAD_IMAGE was not built"
 fi
 
 failed=()
