@@ -11,7 +11,10 @@
 //! every call: virtual size first, nothing past it, nothing twice, and an
 //! accepted image covered exactly.
 
-use streamdisk::format::{drive, new_decoder, DecoderConfig, Format, PlanOptions, SpillPolicy};
+use streamdisk::format::table::{identify, identify_tail, Signature, Trailer, TAIL_LEN};
+use streamdisk::format::{
+    drive, new_decoder, DecoderConfig, Format, PlanOptions, SpillPolicy, Tail,
+};
 use streamdisk::testing::{CheckingSink, Dribble, SliceRange};
 
 /// One fuzz input for `format`: panics if the decoder breaks its contract.
@@ -32,9 +35,20 @@ pub fn check_format(format: Format, data: &[u8]) {
             sink.assert_complete();
         }
     }
+    // As `pipeline::input` checks a seekable source: a stream without a
+    // signature that ends in a VHD footer is a fixed VHD, footer known.
+    let tail = data
+        .len()
+        .checked_sub(TAIL_LEN)
+        .and_then(|at| data.get(at..))
+        .filter(|t| {
+            identify(data) == Signature::None && identify_tail(t) == Some(Trailer::VhdFooter)
+        })
+        .map_or(Tail::Unchecked, |t| Tail::VhdFooter(t.to_vec()));
     let seekable = DecoderConfig {
         can_fetch: true,
         stream_len: Some(data.len() as u64),
+        tail,
         ..stream
     };
     if let Ok(mut dec) = new_decoder(format, &seekable) {

@@ -44,3 +44,13 @@ fn replay_target(format: Format, target: &str) {
 fn qcow2_inputs_replay_cleanly() {
     replay_target(Format::Qcow2, "qcow2_decode");
 }
+
+#[test]
+fn vpc_inputs_replay_cleanly() {
+    replay_target(Format::Vpc, "vpc_decode");
+}
+
+#[test]
+fn vdi_inputs_replay_cleanly() {
+    replay_target(Format::Vdi, "vdi_decode");
+}
