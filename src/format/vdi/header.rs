@@ -66,6 +66,26 @@ fn is_null(b: &[u8], at: usize) -> bool {
         .is_some_and(|u| u.iter().all(|&x| x == 0))
 }
 
+/// A UUID as VirtualBox shows it (the first three fields little-endian).
+fn uuid(b: &[u8], at: usize) -> String {
+    let u = b.get(at..at + 16).unwrap_or_default();
+    let hex = |r: std::ops::Range<usize>, rev: bool| {
+        let mut v: Vec<u8> = u.get(r).unwrap_or_default().to_vec();
+        if rev {
+            v.reverse();
+        }
+        v.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(0..4, true),
+        hex(4..6, true),
+        hex(6..8, true),
+        hex(8..10, false),
+        hex(10..16, false)
+    )
+}
+
 impl Header {
     /// Parses and checks the first [`HEADER_LEN`] bytes, in qemu's order.
     pub(crate) fn parse(b: &[u8]) -> Result<Header, VdiError> {
@@ -87,10 +107,11 @@ impl Header {
         if version != VERSION_1_1 {
             return Err(VdiError::Version(version >> 16, version & 0xffff));
         }
+        let parent = (!is_null(b, 0x1b8)).then(|| uuid(b, 0x1b8));
         let image_type = match le_u32(b, 0x4c) {
             1 => ImageType::Dynamic,
             2 => ImageType::Static,
-            4 => return Err(VdiError::Differencing),
+            4 => return Err(VdiError::Differencing { parent }),
             other => return Err(VdiError::ImageType(other)),
         };
         let offset_bmap = le_u32(b, 0x154);
@@ -126,8 +147,8 @@ impl Header {
         if !is_null(b, 0x1a8) {
             return Err(VdiError::Linked);
         }
-        if !is_null(b, 0x1b8) {
-            return Err(VdiError::Differencing);
+        if parent.is_some() {
+            return Err(VdiError::Differencing { parent });
         }
         if blocks > MAX_BLOCKS {
             return Err(VdiError::TooManyBlocks(blocks));
@@ -196,7 +217,7 @@ pub(crate) mod tests {
                 matches!(e, VdiError::Version(1, 0))
             }),
             (0x4c, 4u32.to_le_bytes().to_vec(), |e| {
-                matches!(e, VdiError::Differencing)
+                matches!(e, VdiError::Differencing { parent: None })
             }),
             (0x4c, 3u32.to_le_bytes().to_vec(), |e| {
                 matches!(e, VdiError::ImageType(3))
@@ -223,7 +244,10 @@ pub(crate) mod tests {
                 matches!(e, VdiError::MapTooSmall { .. })
             }),
             (0x1a8, vec![1], |e| matches!(e, VdiError::Linked)),
-            (0x1b8, vec![1], |e| matches!(e, VdiError::Differencing)),
+            (0x1b8, vec![1], |e| {
+                e.to_string()
+                    .contains("parent image {00000001-0000-0000-0000-000000000000}")
+            }),
             (0x170, (MAX_DISK_SIZE + 1).to_le_bytes().to_vec(), |e| {
                 matches!(e, VdiError::DiskTooLarge(_))
             }),

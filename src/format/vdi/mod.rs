@@ -28,9 +28,12 @@ pub enum VdiError {
     /// An image type other than normal or fixed.
     #[error("unsupported image type {0} (1 is normal, 2 fixed, 4 differencing)")]
     ImageType(u32),
-    /// A differencing image.
-    #[error("differencing VDI images are not supported: they need their parent image (merge it with VBoxManage or convert the chain with qemu-img first)")]
-    Differencing,
+    /// A differencing image, with its parent's UUID when the header gives one.
+    #[error("differencing VDI images are not supported: they need their parent image{} (merge the chain first, with VBoxManage clonemedium)", .parent.as_deref().map_or(String::new(), |u| format!(" {{{u}}}")))]
+    Differencing {
+        /// The parent's UUID.
+        parent: Option<String>,
+    },
     /// A link UUID: the image belongs to another.
     #[error("VDI images linked to another image (a non-null link UUID) are not supported")]
     Linked,

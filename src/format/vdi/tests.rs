@@ -260,7 +260,7 @@ fn broken_images_are_refused_by_name() {
     bad[0x4c] = 4;
     assert_eq!(
         vdi_err(decode(&bad, Via::Stream, 1000)),
-        VdiError::Differencing
+        VdiError::Differencing { parent: None }
     );
     let mut bad = img.clone();
     bad[0x1b8] = 1;

@@ -91,9 +91,9 @@ impl DynamicDecoder {
     fn on_footer(&mut self, sink: &mut dyn ExtentSink) -> Result<(), FormatError> {
         let f = Footer::parse(&self.footer_buf)?;
         match f.disk_type {
-            DiskType::Dynamic => {}
+            // A differencing disk is refused once its header names the parent.
+            DiskType::Dynamic | DiskType::Differencing => {}
             DiskType::Fixed => return Err(VpcError::FixedAtStart.into()),
-            DiskType::Differencing => return Err(VpcError::Differencing.into()),
         }
         let h = f.data_offset;
         let end = h.checked_add(HEADER_LEN).ok_or(VpcError::HeaderOffset(h))?;
@@ -105,7 +105,9 @@ impl DynamicDecoder {
                 return Err(FormatError::MetadataPastEnd { start: h, end });
             }
         }
-        sink.set_virtual_size(f.virtual_size)?;
+        if f.disk_type == DiskType::Dynamic {
+            sink.set_virtual_size(f.virtual_size)?;
+        }
         self.footer = Some(f);
         Ok(())
     }
@@ -114,6 +116,16 @@ impl DynamicDecoder {
     fn on_header(&mut self, sink: &mut dyn ExtentSink) -> Result<(), FormatError> {
         let hr = self.header_range().unwrap_or(0..0);
         let b = &self.header_buf;
+        if self
+            .footer
+            .as_ref()
+            .is_some_and(|f| f.disk_type == DiskType::Differencing)
+        {
+            let parent = (b.get(..8) == Some(HEADER_MAGIC.as_slice()))
+                .then(|| parent_name(b.get(64..576).unwrap_or_default()))
+                .flatten();
+            return Err(VpcError::Differencing { parent }.into());
+        }
         if b.get(..8) != Some(HEADER_MAGIC.as_slice()) {
             return Err(VpcError::HeaderMagic(hr.start).into());
         }
@@ -329,6 +341,21 @@ impl DynamicDecoder {
         self.take_table(bytes.get(..k as usize).unwrap_or_default(), sink)?;
         Ok(Some(k as usize))
     }
+}
+
+/// The parent's name from the header's UTF-16 (big-endian) field, without
+/// control characters; `None` when empty.
+fn parent_name(field: &[u8]) -> Option<String> {
+    let units: Vec<u16> = field
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let name: String = String::from_utf16_lossy(&units)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 impl From<MapFault> for VpcError {

@@ -48,9 +48,12 @@ pub enum VpcError {
     /// A disk type the format does not define.
     #[error("unknown disk type {0} in the footer (2 is fixed, 3 dynamic, 4 differencing)")]
     DiskType(u32),
-    /// A differencing disk.
-    #[error("differencing VHD images are not supported: they need their parent image (merge or convert the chain with qemu-img first)")]
-    Differencing,
+    /// A differencing disk, with its parent's name when the header gives one.
+    #[error("differencing VHD images are not supported: they need their parent image{} (merge it into its parent first)", parent_suffix(parent))]
+    Differencing {
+        /// The parent's file name, as the dynamic header stores it.
+        parent: Option<String>,
+    },
     /// The footer copy at offset 0 says fixed.
     #[error(
         "the footer at offset 0 says fixed disk, but a fixed VHD has its footer only at its end"
@@ -152,6 +155,13 @@ pub enum VpcError {
         /// The announced length.
         expected: u64,
     },
+}
+
+/// ` 'NAME'` for a message, or nothing.
+fn parent_suffix(parent: &Option<String>) -> String {
+    parent
+        .as_deref()
+        .map_or(String::new(), |p| format!(" '{p}'"))
 }
 
 /// The VHD decoder for `cfg`: a fixed disk when the footer was found at the

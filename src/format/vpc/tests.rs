@@ -334,12 +334,18 @@ fn broken_images_are_refused_by_name() {
     patch_footer(&mut bad, |f| f[60..64].copy_from_slice(&4u32.to_be_bytes()));
     check(
         &bad,
-        |e| matches!(e, VpcError::Differencing),
+        |e| matches!(e, VpcError::Differencing { parent: None }),
         "differencing",
     );
     assert!(vpc_err(decode(&bad, Via::Stream, 1))
         .to_string()
         .contains("differencing VHD images are not supported: they need their parent"));
+    // The parent's name, when the header gives one (UTF-16, big-endian).
+    for (i, u) in "base.vhd".encode_utf16().enumerate() {
+        bad[512 + 64 + 2 * i..512 + 66 + 2 * i].copy_from_slice(&u.to_be_bytes());
+    }
+    let e = vpc_err(decode(&bad, Via::Stream, 777));
+    assert!(e.to_string().contains("parent image 'base.vhd'"), "{e}");
 
     let mut bad = img.clone();
     patch_footer(&mut bad, |f| f[60..64].copy_from_slice(&2u32.to_be_bytes()));
