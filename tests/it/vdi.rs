@@ -396,3 +396,26 @@ fn info_json_matches_qemu_img() {
         assert_info_matches_qemu(&img, "vdi");
     }
 }
+
+/// A block map with more separate runs than the decoder keeps (600 Ki blocks stored in
+/// reverse guest order) is refused while the map streams, inside a 64 MiB cgroup.
+#[test]
+fn too_fragmented_a_block_map_is_refused_in_bounded_memory() {
+    let dir = crate::common::tempdir();
+    let img = dir.path().join("frag.vdi");
+    let blocks: u32 = 600 << 10;
+    vdi_create(&img, u64::from(blocks) * BLOCK, "");
+    let (bmap, _, entries) = block_map(&img);
+    assert_eq!(entries.len() as u32, blocks);
+    let map: Vec<u8> = (0..blocks)
+        .flat_map(|i| (blocks - 1 - i).to_le_bytes())
+        .collect();
+    write(&img, bmap, &map);
+    let out = dir.path().join("out.raw");
+    let cg = MemCgroup::new(64 << 20);
+    let mut cmd = Streamdisk::convert("-", &out).input(Input::Pipe(img.clone()));
+    if let Some(cg) = &cg {
+        cmd = cmd.in_cgroup(cg);
+    }
+    cmd.run().assert_refused(&["too fragmented"]);
+}

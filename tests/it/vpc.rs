@@ -581,3 +581,30 @@ fn info_json_matches_qemu_img() {
         assert_info_matches_qemu(&img, "vpc");
     }
 }
+
+/// A BAT that maps more separate runs of blocks than the decoder keeps (blocks stored in
+/// reverse guest order, 1.1 TiB of them) is refused while the BAT streams, inside a
+/// 64 MiB cgroup, before anything is written.
+#[test]
+fn too_fragmented_a_bat_is_refused_in_bounded_memory() {
+    let dir = crate::common::tempdir();
+    let img = dir.path().join("frag.vhd");
+    vpc_create(&img, 1100 << 30, "dynamic");
+    let vsize = virtual_size(&img, "vpc");
+    let (off, entries) = bat(&img);
+    let n = entries.len() as u32;
+    assert!(n > 524_288, "{n} entries");
+    let span = (BLOCK + 512) / 512;
+    let table: Vec<u8> = (0..n)
+        .flat_map(|i| (8 + (n - i) * span as u32).to_be_bytes())
+        .collect();
+    write(&img, off, &table);
+    let out = dir.path().join("out.raw");
+    let cg = MemCgroup::new(64 << 20);
+    let mut cmd = Streamdisk::convert("-", &out).input(Input::Pipe(img.clone()));
+    if let Some(cg) = &cg {
+        cmd = cmd.in_cgroup(cg);
+    }
+    cmd.run().assert_refused(&["too fragmented"]);
+    assert!(fs::metadata(&out).map_or(0, |m| m.len()) <= vsize);
+}
