@@ -194,7 +194,13 @@ impl Decoder for HeldFixedDecoder {
         })
     }
 
+    /// A VHD whose size only its last bytes give: unknown until the end.
     fn info(&self) -> Option<ImageInfo> {
-        None
+        Some(ImageInfo {
+            format: Format::Vpc,
+            virtual_size: None,
+            cluster_size: None,
+            format_specific: None,
+        })
     }
 }
