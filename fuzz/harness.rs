@@ -11,9 +11,8 @@
 //! every call: virtual size first, nothing past it, nothing twice, and an
 //! accepted image covered exactly.
 
-use streamdisk::format::table::{identify, identify_tail, Signature, Trailer, TAIL_LEN};
 use streamdisk::format::{
-    drive, new_decoder, DecoderConfig, Format, PlanOptions, SpillPolicy, Tail,
+    drive, identify, new_decoder, DecoderConfig, Format, PlanOptions, Signature, SpillPolicy, Tail,
 };
 use streamdisk::testing::{CheckingSink, Dribble, SliceRange};
 
@@ -36,13 +35,15 @@ pub fn check_format(format: Format, data: &[u8]) {
         }
     }
     // As `pipeline::input` checks a seekable source: a stream without a
-    // signature that ends in a VHD footer is a fixed VHD, footer known.
+    // signature whose last 512 bytes hold a VHD footer (`conectix` at their
+    // start, or one byte later) is a fixed VHD, its footer known.
+    let cookie = |t: &[u8]| t.starts_with(b"conectix");
     let tail = data
         .len()
-        .checked_sub(TAIL_LEN)
+        .checked_sub(512)
         .and_then(|at| data.get(at..))
         .filter(|t| {
-            identify(data) == Signature::None && identify_tail(t) == Some(Trailer::VhdFooter)
+            identify(data) == Signature::None && (cookie(t) || t.get(1..).is_some_and(cookie))
         })
         .map_or(Tail::Unchecked, |t| Tail::VhdFooter(t.to_vec()));
     let seekable = DecoderConfig {
