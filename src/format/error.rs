@@ -18,6 +18,12 @@ pub enum FormatError {
     /// A qcow2 image is invalid, truncated, hostile or uses a feature we refuse.
     #[error("qcow2: {0}")]
     Qcow2(Qcow2Error),
+    /// A VHD image is invalid, truncated, hostile or a differencing disk.
+    #[error("vpc: {0}")]
+    Vpc(#[from] super::vpc::VpcError),
+    /// A VDI image is invalid, truncated, hostile or a differencing image.
+    #[error("vdi: {0}")]
+    Vdi(#[from] super::vdi::VdiError),
     /// A raw image is truncated, too short, or longer than announced.
     #[error("raw: {0}")]
     Raw(#[from] super::raw::RawError),

@@ -26,6 +26,8 @@ pub mod qcow2;
 pub mod raw;
 pub(crate) mod sink;
 pub(crate) mod table;
+pub(crate) mod vdi;
+pub(crate) mod vpc;
 pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};
@@ -35,6 +37,8 @@ pub use info::{FormatSpecific, ImageInfo};
 pub use plan::{PlanError, PlanOptions, SpillPolicy};
 pub use sink::{ExtentSink, SinkError};
 pub use table::{identify, Refusal, Signature};
+pub use vdi::VdiError;
+pub use vpc::VpcError;
 
 use crate::pace::Pace;
 
@@ -84,15 +88,16 @@ pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decode
             match &cfg.tail {
                 Tail::Unchecked => Ok(Box::new(dec.hold_tail())),
                 Tail::Clean | Tail::Forced => Ok(Box::new(dec)),
-                Tail::VhdFooter(_) => Err(FormatError::Refused(table::fixed_vhd_refusal())),
+                // A fixed VHD: its footer is not part of the disk.
+                Tail::VhdFooter(_) => vpc::decoder(cfg),
             }
         }
-        Format::Vpc => Err(FormatError::Refused(table::fixed_vhd_refusal())),
-        Format::Vmdk | Format::Vhdx | Format::Vdi => Err(FormatError::Refused(Refusal {
+        Format::Vpc => vpc::decoder(cfg),
+        Format::Vdi => Ok(Box::new(vdi::decoder(cfg))),
+        Format::Vmdk | Format::Vhdx => Err(FormatError::Refused(Refusal {
             what: match format {
                 Format::Vmdk => "VMDK images",
-                Format::Vhdx => "VHDX images",
-                _ => "VDI images",
+                _ => "VHDX images",
             },
             plural: true,
             detail: " yet",

@@ -170,7 +170,7 @@ const ROWS: &[Row] = &[
         offset: 0,
         magic: b"conectix",
         check: None,
-        outcome: || Refusal::images("VHD images", " yet"),
+        outcome: || Signature::Image(Format::Vpc),
     },
     Row {
         offset: 0,
@@ -182,7 +182,7 @@ const ROWS: &[Row] = &[
         offset: 0x40,
         magic: &[0x7f, 0x10, 0xda, 0xbe],
         check: None,
-        outcome: || Refusal::images("VDI images", " yet"),
+        outcome: || Signature::Image(Format::Vdi),
     },
     Row {
         offset: 0,
@@ -301,15 +301,6 @@ pub(crate) fn dmg_refusal() -> Refusal {
     }
 }
 
-/// The refusal for a fixed VHD found by its footer, until VHD is decoded.
-pub(crate) fn fixed_vhd_refusal() -> Refusal {
-    Refusal {
-        what: "VHD images",
-        plural: true,
-        detail: " yet (a fixed VHD footer ends this stream)",
-    }
-}
-
 /// qcow2 is versions 2 and 3; version 1 is the old qcow format.
 fn qcow_version_2_or_3(head: &[u8]) -> bool {
     matches!(
@@ -386,6 +377,11 @@ mod tests {
         );
         // "BZh" alone is text, not bzip2.
         assert_eq!(identify(&at(0, b"BZh9 text")), Signature::None);
+        assert_eq!(identify(&at(0, b"conectix")), Signature::Image(Format::Vpc));
+        assert_eq!(
+            identify(&at(0x40, &[0x7f, 0x10, 0xda, 0xbe])),
+            Signature::Image(Format::Vdi)
+        );
         assert_eq!(identify(&[0u8; 512]), Signature::None);
         assert_eq!(identify(&[]), Signature::None);
         assert_eq!(identify(&[0x1f]), Signature::None);
@@ -398,9 +394,7 @@ mod tests {
             (b"KDMV", 0, "VMDK"),
             (b"COWD", 0, "VMDK (ESX COWD"),
             (b"# Disk DescriptorFile\n", 0, "VMDK"),
-            (b"conectix", 0, "VHD"),
             (b"vhdxfile", 0, "VHDX"),
-            (&[0x7f, 0x10, 0xda, 0xbe], 0x40, "VDI"),
             (b"QED\0", 0, "QED"),
             (b"LUKS\xba\xbe", 0, "LUKS"),
             (b"WithoutFreeSpace", 0, "Parallels"),

@@ -29,3 +29,5 @@ mod server_selftest;
 mod source_http;
 mod source_proxy;
 mod target;
+mod vdi;
+mod vpc;
