@@ -18,6 +18,9 @@ pub enum FormatError {
     /// A qcow2 image is invalid, truncated, hostile or uses a feature we refuse.
     #[error("qcow2: {0}")]
     Qcow2(Qcow2Error),
+    /// A VHDX image is invalid, truncated, hostile or uses a feature we refuse.
+    #[error("vhdx: {0}")]
+    Vhdx(#[from] super::vhdx::VhdxError),
     /// A raw image is truncated, too short, or longer than announced.
     #[error("raw: {0}")]
     Raw(#[from] super::raw::RawError),

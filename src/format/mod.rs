@@ -13,7 +13,7 @@
 //! - [`drive`] and [`plan`]: feeding a decoder, range reads, the window and
 //!   the spill;
 //! - [`inflate`]: compressed units on all cores;
-//! - one module per format: [`qcow2`], [`raw`]; [`zeros`] turns all-zero
+//! - one module per format: [`qcow2`], [`raw`], [`vhdx`]; [`zeros`] turns all-zero
 //!   data into zero extents.
 
 pub(crate) mod decoder;
@@ -26,6 +26,7 @@ pub mod qcow2;
 pub mod raw;
 pub(crate) mod sink;
 pub(crate) mod table;
+pub mod vhdx;
 pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};
@@ -87,11 +88,11 @@ pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decode
                 Tail::VhdFooter(_) => Err(FormatError::Refused(table::fixed_vhd_refusal())),
             }
         }
+        Format::Vhdx => Ok(Box::new(vhdx::VhdxDecoder::new(cfg.stream_len))),
         Format::Vpc => Err(FormatError::Refused(table::fixed_vhd_refusal())),
-        Format::Vmdk | Format::Vhdx | Format::Vdi => Err(FormatError::Refused(Refusal {
+        Format::Vmdk | Format::Vdi => Err(FormatError::Refused(Refusal {
             what: match format {
                 Format::Vmdk => "VMDK images",
-                Format::Vhdx => "VHDX images",
                 _ => "VDI images",
             },
             plural: true,

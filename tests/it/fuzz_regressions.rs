@@ -58,3 +58,8 @@ fn ova_inputs_replay_cleanly() {
     let n = replay_with("fuzz/corpus/ova_open", &check) + replay_with("fuzz/seeds/ova", &check);
     assert!(n > 0, "no fuzz inputs found for ova_open");
 }
+
+#[test]
+fn vhdx_inputs_replay_cleanly() {
+    replay_target(Format::Vhdx, "vhdx_decode");
+}

@@ -29,3 +29,4 @@ mod server_selftest;
 mod source_http;
 mod source_proxy;
 mod target;
+mod vhdx;
