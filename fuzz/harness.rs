@@ -58,7 +58,12 @@ pub fn vhdx_unpack(data: &[u8]) -> Vec<u8> {
         img[off..end].copy_from_slice(bytes);
     }
     if flags & 1 != 0 {
-        for (at, len) in [(64usize << 10, 4096usize), (128 << 10, 4096), (192 << 10, 65536), (256 << 10, 65536)] {
+        for (at, len) in [
+            (64usize << 10, 4096usize),
+            (128 << 10, 4096),
+            (192 << 10, 65536),
+            (256 << 10, 65536),
+        ] {
             if let Some(b) = img.get_mut(at..at + len) {
                 let c = streamdisk::format::vhdx::checksum(b, 4);
                 b[4..8].copy_from_slice(&c.to_le_bytes());

@@ -63,4 +63,3 @@ fn ova_inputs_replay_cleanly() {
 fn vhdx_inputs_replay_cleanly() {
     replay_target(Format::Vhdx, "vhdx_decode");
 }
-

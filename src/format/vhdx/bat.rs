@@ -381,7 +381,7 @@ mod tests {
         let geo = Geometry::new(&params(256 << 20, 18 * bs, 512), m).expect("geo");
         assert_eq!(geo.entries, 19);
         let mut list = vec![0u64; 19];
-        list[0] = 4 * m | 6;
+        list[0] = (4 * m) | 6;
         list[1] = (4 * m + bs) | 6; // continues the run
         list[2] = 2; // zero
         list[16] = 0xdead_0000_0000_0007; // bitmap entry: ignored
@@ -437,11 +437,11 @@ mod tests {
             Err(VhdxError::BlockOverlaps { .. })
         ));
         assert!(matches!(
-            run(&[2 * m | 6], None),
+            run(&[(2 * m) | 6], None),
             Err(VhdxError::BlockOverlaps { .. })
         ));
         assert!(matches!(
-            run(&[8 * m | 6, 0, 8 * m | 6], None),
+            run(&[(8 * m) | 6, 0, (8 * m) | 6], None),
             Err(VhdxError::BlocksOverlap { a: 0, b: 2, .. })
         ));
         assert!(matches!(
@@ -449,10 +449,10 @@ mod tests {
             Err(VhdxError::BlockOverlaps { .. })
         ));
         assert!(matches!(
-            run(&[8 * m | 6], Some(9 * m - 1)),
+            run(&[(8 * m) | 6], Some(9 * m - 1)),
             Err(VhdxError::BlockPastEnd { block: 0, .. })
         ));
-        assert!(run(&[8 * m | 6, 1, 5, 9 * m | 6], Some(10 * m)).is_ok());
+        assert!(run(&[(8 * m) | 6, 1, 5, (9 * m) | 6], Some(10 * m)).is_ok());
     }
 
     #[test]
@@ -462,7 +462,7 @@ mod tests {
         let geo = Geometry::new(&params(1 << 20, 1000 * m, 512), m).expect("geo");
         // Every other block allocated, in reverse order: nothing merges.
         let list: Vec<u64> = (0..1000u64)
-            .map(|i| if i % 2 == 0 { (2000 - i) * m | 6 } else { 0 })
+            .map(|i| if i % 2 == 0 { ((2000 - i) * m) | 6 } else { 0 })
             .collect();
         let mut p = BatParser::new(geo, 40 * 64, None);
         assert!(matches!(

@@ -406,11 +406,11 @@ fn block_states() {
     let mut spec = Spec::qemu_like(1 << 20, 6 * MIB);
     spec.blocks = vec![(5, 4 * MIB)];
     // Not present, undefined, zero, unmapped, unmapped (v0.95): zeros.
-    spec.raw = vec![(0, 0), (1, 1 | 5 * MIB), (2, 2), (3, 3), (4, 5)];
+    spec.raw = vec![(0, 0), (1, 1 | (5 * MIB)), (2, 2), (3, 3), (4, 5)];
     check(&spec, &decode(&spec.build(), Via::Range).expect("states").0);
     for (state, want) in [(7u64, "partially present"), (4, "reserved state 4")] {
         let mut s = spec.clone();
-        s.raw.push((2, state | 5 * MIB));
+        s.raw.push((2, state | (5 * MIB)));
         let e = vhdx_err(decode(&s.build(), Via::Range));
         assert!(e.to_string().contains(want), "{e}");
     }
