@@ -35,6 +35,7 @@ const VHDX_UNPACKED_MAX: usize = 16 << 20;
 /// at most [`VHDX_UNPACKED_MAX`]). Flag bit 0 re-seals the CRC-32C of both
 /// headers and region tables after unpacking, so that mutations get past
 /// them. An input that already starts with `vhdxfile` is a plain image.
+/// `fuzz/vhdx_seeds.py` packs the seeds this way.
 pub fn vhdx_unpack(data: &[u8]) -> Vec<u8> {
     if data.starts_with(b"vhdxfile") {
         return data.to_vec();
@@ -71,35 +72,6 @@ pub fn vhdx_unpack(data: &[u8]) -> Vec<u8> {
         }
     }
     img
-}
-
-/// The inverse of [`vhdx_unpack`] (without re-sealing): the nonzero
-/// 512-byte sectors of `img`, in runs. Used to make the seeds.
-pub fn vhdx_pack(img: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    let sectors: Vec<&[u8]> = img.chunks(512).collect();
-    let mut i = 0;
-    while i < sectors.len() {
-        if sectors[i].iter().all(|&b| b == 0) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < sectors.len() && i - start < 127 && sectors[i].iter().any(|&b| b != 0) {
-            i += 1;
-        }
-        let bytes: Vec<u8> = sectors[start..i].concat();
-        out.extend_from_slice(&(start as u32).to_le_bytes());
-        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-        out.extend_from_slice(&bytes);
-    }
-    // An image that ends in zeros keeps its length.
-    if img.len() % 512 == 0 && sectors.last().is_some_and(|s| s.iter().all(|&b| b == 0)) {
-        out.extend_from_slice(&((img.len() / 512 - 1) as u32).to_le_bytes());
-        out.extend_from_slice(&512u16.to_le_bytes());
-        out.extend_from_slice(&[0u8; 512]);
-    }
-    out
 }
 
 /// Runs one input's bytes through the decoder for `format`, twice.
