@@ -24,6 +24,9 @@ pub enum FormatError {
     /// A VDI image is invalid, truncated, hostile or a differencing image.
     #[error("vdi: {0}")]
     Vdi(#[from] super::vdi::VdiError),
+    /// A VHDX image is invalid, truncated, hostile or uses a feature we refuse.
+    #[error("vhdx: {0}")]
+    Vhdx(#[from] super::vhdx::VhdxError),
     /// A raw image is truncated, too short, or longer than announced.
     #[error("raw: {0}")]
     Raw(#[from] super::raw::RawError),

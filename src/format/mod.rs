@@ -13,7 +13,7 @@
 //! - [`drive`] and [`plan`]: feeding a decoder, range reads, the window and
 //!   the spill;
 //! - [`inflate`]: compressed units on all cores;
-//! - one module per format: [`qcow2`], [`raw`]; [`zeros`] turns all-zero
+//! - one module per format: [`qcow2`], [`raw`], [`vhdx`]; [`zeros`] turns all-zero
 //!   data into zero extents.
 
 pub(crate) mod decoder;
@@ -28,6 +28,7 @@ pub(crate) mod sink;
 pub(crate) mod table;
 pub(crate) mod vdi;
 pub(crate) mod vpc;
+pub mod vhdx;
 pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};
@@ -94,11 +95,9 @@ pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decode
         }
         Format::Vpc => vpc::decoder(cfg),
         Format::Vdi => Ok(Box::new(vdi::decoder(cfg))),
-        Format::Vmdk | Format::Vhdx => Err(FormatError::Refused(Refusal {
-            what: match format {
-                Format::Vmdk => "VMDK images",
-                _ => "VHDX images",
-            },
+        Format::Vhdx => Ok(Box::new(vhdx::VhdxDecoder::new(cfg.stream_len))),
+        Format::Vmdk => Err(FormatError::Refused(Refusal {
+            what: "VMDK images",
             plural: true,
             detail: " yet",
         })),

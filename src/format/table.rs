@@ -136,6 +136,12 @@ const ROWS: &[Row] = &[
         check: Some(qcow_version_2_or_3),
         outcome: || Signature::Image(Format::Qcow2),
     },
+    Row {
+        offset: 0,
+        magic: b"vhdxfile",
+        check: None,
+        outcome: || Signature::Image(Format::Vhdx),
+    },
     // Recognised, not decoded (yet).
     Row {
         offset: 0,
@@ -171,12 +177,6 @@ const ROWS: &[Row] = &[
         magic: b"conectix",
         check: None,
         outcome: || Signature::Image(Format::Vpc),
-    },
-    Row {
-        offset: 0,
-        magic: b"vhdxfile",
-        check: None,
-        outcome: || Refusal::images("VHDX images", " yet"),
     },
     Row {
         offset: 0x40,
@@ -382,6 +382,10 @@ mod tests {
             identify(&at(0x40, &[0x7f, 0x10, 0xda, 0xbe])),
             Signature::Image(Format::Vdi)
         );
+        assert_eq!(
+            identify(&at(0, b"vhdxfile")),
+            Signature::Image(Format::Vhdx)
+        );
         assert_eq!(identify(&[0u8; 512]), Signature::None);
         assert_eq!(identify(&[]), Signature::None);
         assert_eq!(identify(&[0x1f]), Signature::None);
@@ -394,7 +398,6 @@ mod tests {
             (b"KDMV", 0, "VMDK"),
             (b"COWD", 0, "VMDK (ESX COWD"),
             (b"# Disk DescriptorFile\n", 0, "VMDK"),
-            (b"vhdxfile", 0, "VHDX"),
             (b"QED\0", 0, "QED"),
             (b"LUKS\xba\xbe", 0, "LUKS"),
             (b"WithoutFreeSpace", 0, "Parallels"),

@@ -68,3 +68,8 @@ fn vpc_inputs_replay_cleanly() {
 fn vdi_inputs_replay_cleanly() {
     replay_target(Format::Vdi, "vdi_decode");
 }
+
+#[test]
+fn vhdx_inputs_replay_cleanly() {
+    replay_target(Format::Vhdx, "vhdx_decode");
+}

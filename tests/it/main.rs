@@ -31,3 +31,4 @@ mod source_proxy;
 mod target;
 mod vdi;
 mod vpc;
+mod vhdx;
