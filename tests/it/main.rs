@@ -30,5 +30,5 @@ mod source_http;
 mod source_proxy;
 mod target;
 mod vdi;
-mod vpc;
 mod vhdx;
+mod vpc;
