@@ -32,3 +32,4 @@ mod target;
 mod vdi;
 mod vpc;
 mod vhdx;
+mod vmdk;
