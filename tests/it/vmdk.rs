@@ -441,6 +441,86 @@ fn vmdk_vmware_layout_stream_optimized() {
     assert_no_failures(&failures);
 }
 
+/// Re-packs a qemu-img monolithicSparse image with its grain directory and
+/// tables after the grains (no redundant directory): a layout where the
+/// tables must be read out of order (range reads) or the stream read ahead
+/// (then spilled) before the grains can be placed.
+fn tables_at_end(src: &Path, dst: &Path) {
+    let b = fs::read(src).unwrap();
+    let h = hdr(&b);
+    let grains = h.capacity.div_ceil(h.grain);
+    let tables = grains.div_ceil(h.gtes) as usize;
+    let grain = h.grain as usize * S;
+    let mut out = b[..21 * S].to_vec();
+    out[8..12].copy_from_slice(&(le32(&b, 8) & !2).to_le_bytes());
+    out[48..56].fill(0);
+    out[64..72].copy_from_slice(&21u64.to_le_bytes());
+    let mut gts = vec![vec![0u32; h.gtes as usize]; tables];
+    for (g, host) in entries(&b) {
+        if host == 1 {
+            continue;
+        }
+        gts[(g / h.gtes) as usize][(g % h.gtes) as usize] = (out.len() / S) as u32;
+        out.extend_from_slice(&b[host as usize * S..host as usize * S + grain]);
+    }
+    let gd_at = out.len() / S;
+    out[56..64].copy_from_slice(&(gd_at as u64).to_le_bytes());
+    let gt_sectors = (h.gtes as usize * 4).div_ceil(S);
+    let first_gt = gd_at + (tables * 4).div_ceil(S);
+    for t in 0..tables {
+        out.extend_from_slice(&((first_gt + t * gt_sectors) as u32).to_le_bytes());
+    }
+    out.resize(first_gt * S, 0);
+    for gt in &gts {
+        out.extend(gt.iter().flat_map(|e| e.to_le_bytes()));
+        out.resize(out.len().div_ceil(S) * S, 0);
+    }
+    fs::write(dst, out).unwrap();
+}
+
+#[test]
+fn vmdk_sparse_tables_after_the_grains() {
+    let dir = tempdir();
+    let raw = mixed_raw(dir.path(), "late.raw", 3 * MIB + 1536);
+    let qemu = dir.path().join("qemu.vmdk");
+    vmdk_from_raw(&raw, &qemu, "subformat=monolithicSparse");
+    let img = dir.path().join("late.vmdk");
+    tables_at_end(&qemu, &img);
+    let (a, b) = (oracle(&qemu), oracle(&img));
+    crate::common::assert_same_bytes(&b, &a);
+    let mut failures = run_matrix(
+        "tables at the end",
+        &img,
+        &b,
+        &SourceKind::ALL,
+        &[TargetKind::NewFile],
+        &[],
+    );
+    let scratch = dir.path().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    // A window smaller than the grains: the stream spills, then replays.
+    failures.extend(run_matrix(
+        "tables at the end, small window",
+        &img,
+        &b,
+        &[SourceKind::Stdin],
+        &[TargetKind::NewFile],
+        &["--window", "64K", "--scratch", scratch.to_str().unwrap()],
+    ));
+    assert_no_failures(&failures);
+    assert_eq!(
+        fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "scratch left behind"
+    );
+    Streamdisk::convert("-", dir.path().join("nospill.out"))
+        .input(Input::Pipe(img.clone()))
+        .arg("--no-spill")
+        .args(["--window", "64K"])
+        .run()
+        .assert_refused(&["scratch"]);
+}
+
 #[test]
 fn vmdk_info_matches_qemu_img() {
     let dir = tempdir();

@@ -89,7 +89,14 @@ impl Body {
             geo,
         };
         if !body.gd_read {
-            let start = body.hdr.gd_offset.saturating_mul(SECTOR);
+            let sector = body.hdr.gd_offset;
+            let (start, end) = sector
+                .checked_mul(SECTOR)
+                .and_then(|s| Some((s, s.checked_add(body.geo.gd_span)?)))
+                .ok_or(VmdkError::Beyond {
+                    what: "grain directory",
+                    sector,
+                })?;
             if start < pos {
                 return Err(VmdkError::Passed {
                     what: "grain directory",
@@ -97,7 +104,6 @@ impl Body {
                 }
                 .into());
             }
-            let end = start.saturating_add(body.geo.gd_span);
             body.check_overhead("grain directory", start, end)?;
             body.map.insert(start, end, Kind::Gd)?;
             body.gd_start = Some(start);
@@ -255,6 +261,9 @@ impl Body {
             return Ok(Some(n));
         }
         if self.needs_tables() {
+            if self.missing().is_empty() {
+                return Err(FormatError::Internal("vmdk: tables wanted, none missing"));
+            }
             return Ok(None);
         }
         let next = self

@@ -88,6 +88,14 @@ pub enum VmdkError {
     /// Grains would start inside the header.
     #[error("overHead of {0} sectors puts the first grain inside the header")]
     Overhead(u64),
+    /// An offset no file can reach.
+    #[error("the {what} at sector {sector} lies beyond any file")]
+    Beyond {
+        /// What it is.
+        what: &'static str,
+        /// Its offset, in sectors.
+        sector: u64,
+    },
     /// The image ends before its metadata area does.
     #[error(
         "truncated: the image is {len} bytes, but its header says grains start at byte {need}"
