@@ -198,6 +198,14 @@ pub enum VmdkError {
         /// Its LBA.
         lba: u64,
     },
+    /// A grain marker far behind the grains before it.
+    #[error("grain marker at 0x{at:x}: LBA {lba} comes after thousands of grains beyond it (too far out of order to stream)")]
+    OutOfOrder {
+        /// The marker.
+        at: u64,
+        /// Its LBA.
+        lba: u64,
+    },
     /// A metadata marker of an unknown type.
     #[error("metadata marker at 0x{at:x} has unknown type {kind}")]
     MarkerType {

@@ -29,9 +29,14 @@ use super::header::{sectors_for, Geometry, Header, GD_AT_END, SECTOR};
 use super::map::{Carry, Kind};
 use super::VmdkError;
 
-/// Grain tables summed before the directory placed them, and runs of placed
-/// grains, kept at most (each is a few dozen bytes).
-const MAX_SIDE_ENTRIES: usize = 1 << 15;
+/// Grain tables summed before the directory placed them, kept at most (one
+/// per 32 MiB of disk with 64 KiB grains: 4 TiB; a few dozen bytes each).
+const MAX_SUMMARIES: usize = 1 << 17;
+/// Runs of placed grains kept before the lowest half are finished: their
+/// gaps reported as zeros, and a later grain there refused. Grains in guest
+/// order keep one run per allocated extent; this bounds the set for disks
+/// with many extents and still lets a stream go back a few thousand runs.
+const PLACED_RUNS: usize = 1 << 12;
 
 /// A grain table read before the directory says which one it is: summed
 /// with entry indices, below and from the cut of the disk's last table.
@@ -98,6 +103,8 @@ pub(crate) struct Stream {
     summaries: BTreeMap<u64, Summary>,
     /// Runs of guest grains placed: start -> end.
     placed: BTreeMap<u64, u64>,
+    /// Grains below this are all reported (data or zeros).
+    finished: u64,
     /// Entries of the disk's last grain table that lie inside the disk.
     cut: u64,
     /// Sector of the directory read after a directory marker (`GD_AT_END`).
@@ -128,6 +135,7 @@ impl Stream {
             markers: Sum::default(),
             summaries: BTreeMap::new(),
             placed: BTreeMap::new(),
+            finished: 0,
             cut,
             candidate: None,
             footer_seen: false,
@@ -144,11 +152,14 @@ impl Stream {
         }
     }
 
-    /// Marks guest grain `g` placed; false if it already was.
-    fn place(&mut self, g: u64) -> Result<bool, VmdkError> {
+    /// Marks guest grain `g` placed.
+    fn place(&mut self, g: u64) -> Placement {
+        if g < self.finished {
+            return Placement::Late;
+        }
         if let Some((_, &e)) = self.placed.range(..=g).next_back() {
             if e > g {
-                return Ok(false);
+                return Placement::Again;
             }
         }
         let next = self.placed.get(&(g + 1)).copied();
@@ -162,21 +173,42 @@ impl Stream {
             if next.is_some() {
                 self.placed.remove(&(g + 1));
             }
-            return Ok(true);
+            return Placement::Fresh;
         }
         if let Some(end) = next {
             self.placed.remove(&(g + 1));
             self.placed.insert(g, end);
         } else {
-            if self.placed.len() >= MAX_SIDE_ENTRIES {
-                return Err(VmdkError::Budget {
-                    entries: MAX_SIDE_ENTRIES,
-                });
-            }
             self.placed.insert(g, g + 1);
         }
-        Ok(true)
+        Placement::Fresh
     }
+
+    /// Takes the `n` lowest runs of placed grains out of the set: the gaps
+    /// below their end read as zeros (returned, to be emitted), and no grain
+    /// may come there any more.
+    fn finish_lowest(&mut self, n: usize) -> Vec<(u64, u64)> {
+        let runs: Vec<(u64, u64)> = self.placed.iter().take(n).map(|(&a, &b)| (a, b)).collect();
+        let mut gaps = Vec::new();
+        for (a, b) in runs {
+            if a > self.finished {
+                gaps.push((self.finished, a));
+            }
+            self.finished = b;
+            self.placed.remove(&a);
+        }
+        gaps
+    }
+}
+
+/// Where a grain marker's LBA falls.
+enum Placement {
+    /// A grain not seen before.
+    Fresh,
+    /// One an earlier marker gave.
+    Again,
+    /// Below grains already finished (zeros reported around them).
+    Late,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -233,7 +265,7 @@ impl Body {
                 *len += k;
                 let (ready, bytes) = (*len, *buf);
                 if ready == 12 && u32_at(&bytes, 8) != 0 {
-                    self.start_grain(at, &bytes)?;
+                    self.start_grain(at, &bytes, sink)?;
                 } else if ready == 16 {
                     self.start_meta(at, &bytes)?;
                 }
@@ -276,7 +308,12 @@ impl Body {
     }
 
     /// A grain marker at `at` is complete.
-    fn start_grain(&mut self, at: u64, m: &[u8; 16]) -> Result<(), FormatError> {
+    fn start_grain(
+        &mut self,
+        at: u64,
+        m: &[u8; 16],
+        sink: &mut dyn ExtentSink,
+    ) -> Result<(), FormatError> {
         let (lba, size) = (u64_at(m, 0), u64::from(u32_at(m, 8)));
         let gs = self.hdr.grain_sectors;
         let capacity = self.hdr.capacity;
@@ -303,10 +340,22 @@ impl Body {
         let g = lba / gs;
         let guest = g * self.geo.grain;
         let s = self.side()?;
-        if !s.place(g)? {
-            return Err(VmdkError::DuplicateGrain { at, lba }.into());
+        match s.place(g) {
+            Placement::Fresh => {}
+            Placement::Again => return Err(VmdkError::DuplicateGrain { at, lba }.into()),
+            Placement::Late => return Err(VmdkError::OutOfOrder { at, lba }.into()),
         }
         s.fp.add(&mut s.markers, g, at / SECTOR);
+        if s.placed.len() > PLACED_RUNS {
+            let gaps = s.finish_lowest(PLACED_RUNS / 2);
+            let grain = self.geo.grain;
+            for (a, b) in gaps {
+                self.emit
+                    .zero(sink, a * grain, (b - a) * grain)
+                    .map_err(FormatError::Sink)?;
+            }
+        }
+        let s = self.side()?;
         if !s.paced {
             s.paced = true;
             s.pace.set_decompressing();
@@ -537,9 +586,9 @@ impl Body {
                 summary,
                 ..
             } => {
-                if s.summaries.len() >= MAX_SIDE_ENTRIES {
+                if s.summaries.len() >= MAX_SUMMARIES {
                     return Err(VmdkError::Budget {
-                        entries: MAX_SIDE_ENTRIES,
+                        entries: MAX_SUMMARIES,
                     }
                     .into());
                 }
@@ -705,8 +754,8 @@ impl Body {
             .into());
         }
         let placed: Vec<(u64, u64)> = s.placed.iter().map(|(&a, &b)| (a, b)).collect();
+        let mut next = s.finished;
         let grain = self.geo.grain;
-        let mut next = 0u64;
         for (a, b) in placed
             .into_iter()
             .chain(std::iter::once((self.geo.grains, self.geo.grains)))

@@ -59,7 +59,7 @@ const DESC: &str = "# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ff
     createType=\"monolithicSparse\"\n\n# Extent description\nRW 10 SPARSE \"t.vmdk\"\n";
 
 fn fill(g: u64) -> u8 {
-    0x40 + g as u8
+    0x40u8.wrapping_add(g as u8)
 }
 
 /// A monolithicSparse image of 10 sectors (grains of one sector, three
@@ -371,18 +371,27 @@ const SO_DESC: &str =
 /// QEMU's layout: directory and tables before `overHead`, then the grains
 /// of `guest` (in that order), no footer.
 fn qemu_stream(guest: &[u64]) -> Vec<u8> {
-    let mut b = header(10, 21, 25, true);
+    qemu_stream_of(10, guest)
+}
+
+/// The same over `capacity` sectors.
+fn qemu_stream_of(capacity: u64, guest: &[u64]) -> Vec<u8> {
+    let tables = capacity.div_ceil(u64::from(N)) as usize;
+    let gd_sectors = (tables * 4).div_ceil(S);
+    let overhead = 21 + gd_sectors + tables;
+    let mut b = header(capacity, 21, overhead as u64, true);
     descriptor(&mut b, SO_DESC);
-    grow(&mut b, 25 * S);
-    let mut gt = [[0u64; 4]; 3];
+    grow(&mut b, overhead * S);
+    let mut gt = vec![[0u64; 4]; tables];
     for &g in guest {
         let at = grain(&mut b, g, &[fill(g); S]);
         gt[g as usize / 4][g as usize % 4] = at;
     }
     for (t, entries) in gt.iter().enumerate() {
-        put32(&mut b, 21 * S + t * 4, 22 + t as u32);
+        let at = 21 + gd_sectors + t;
+        put32(&mut b, 21 * S + t * 4, at as u32);
         for (j, &e) in entries.iter().enumerate() {
-            put32(&mut b, (22 + t) * S + j * 4, e as u32);
+            put32(&mut b, at * S + j * 4, e as u32);
         }
     }
     b
@@ -591,4 +600,29 @@ fn stream_truncation_anywhere_is_an_error() {
             }
         }
     }
+}
+
+#[test]
+fn many_extents_are_finished_as_they_go_and_late_grains_refused() {
+    // 5000 separate extents (every other grain): more runs than are kept.
+    let even: Vec<u64> = (0..5000).map(|i| i * 2).collect();
+    let img = qemu_stream_of(10_000, &even);
+    let sink = feed(&img, 4096).expect("decodes");
+    sink.assert_complete();
+    let image = sink.image();
+    for g in [0usize, 1, 2, 4999, 5000, 9998, 9999] {
+        let want = if g % 2 == 0 { fill(g as u64) } else { 0 };
+        assert!(
+            image[g * S..(g + 1) * S].iter().all(|&b| b == want),
+            "grain {g}"
+        );
+    }
+    // A grain far behind the others, once its range was finished.
+    let mut late = even.clone();
+    late.push(1);
+    let img = qemu_stream_of(10_000, &late);
+    assert!(matches!(
+        vmdk_err(feed(&img, 4096)),
+        VmdkError::OutOfOrder { lba: 1, .. }
+    ));
 }
