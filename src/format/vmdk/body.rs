@@ -33,25 +33,25 @@ pub(crate) const MAX_ENTRIES: usize = 1 << 16;
 
 /// The decoder once the header is read.
 pub(crate) struct Body {
-    pub hdr: Header,
-    pub geo: Geometry,
-    pub map: Map,
-    pub emit: Emitter,
+    pub(crate) hdr: Header,
+    pub(crate) geo: Geometry,
+    pub(crate) map: Map,
+    pub(crate) emit: Emitter,
     /// QEMU's descriptor area, as it streams past.
     area: Vec<u8>,
     /// The descriptor area was checked (and `info` is known).
-    pub desc_checked: bool,
-    pub info: Option<ImageInfo>,
+    pub(crate) desc_checked: bool,
+    pub(crate) info: Option<ImageInfo>,
     /// The grain directory QEMU reads has been read.
-    pub gd_read: bool,
+    pub(crate) gd_read: bool,
     /// Grain tables named and not read to their end.
-    pub tables_pending: u64,
+    pub(crate) tables_pending: u64,
     /// Host offset of the directory QEMU reads, when the header gives it.
     gd_start: Option<u64>,
     /// Scratch for table entries.
     words: Vec<(u64, u32)>,
     /// The compressed grains' side (streamOptimized).
-    pub stream: Option<Stream>,
+    pub(crate) stream: Option<Stream>,
 }
 
 fn sink_err(e: crate::format::SinkError) -> FormatError {
@@ -61,7 +61,12 @@ fn sink_err(e: crate::format::SinkError) -> FormatError {
 impl Body {
     /// Sets up the regions the header names. `pos` is where the stream
     /// stands (the end of the header sector).
-    pub fn new(hdr: Header, geo: Geometry, pos: u64, pace: Pace) -> Result<Body, FormatError> {
+    pub(crate) fn new(
+        hdr: Header,
+        geo: Geometry,
+        pos: u64,
+        pace: Pace,
+    ) -> Result<Body, FormatError> {
         let stream = if geo.compressed {
             let pool =
                 Pool::new(Codec::Zlib, geo.grain as usize).map_err(|e| VmdkError::Inflate {
@@ -130,7 +135,7 @@ impl Body {
     }
 
     /// Where grain markers start (never, for an uncompressed extent).
-    pub fn marker_start(&self) -> u64 {
+    pub(crate) fn marker_start(&self) -> u64 {
         self.stream.as_ref().map_or(u64::MAX, |s| s.start)
     }
 
@@ -144,7 +149,7 @@ impl Body {
     }
 
     /// Keeps the bytes of QEMU's descriptor area as they pass.
-    pub fn capture(&mut self, pos: u64, bytes: &[u8]) {
+    pub(crate) fn capture(&mut self, pos: u64, bytes: &[u8]) {
         let end = pos + bytes.len() as u64;
         if end <= AREA_START || pos >= AREA_END {
             return;
@@ -158,7 +163,7 @@ impl Body {
 
     /// Checks the embedded descriptor as QEMU reads it, then what it says
     /// about the disk's files; makes `info` known.
-    pub fn check_descriptor(&mut self) -> Result<(), VmdkError> {
+    pub(crate) fn check_descriptor(&mut self) -> Result<(), VmdkError> {
         self.desc_checked = true;
         if let Some(parent) = parent_hint(&self.area) {
             return Err(VmdkError::DeltaDisk { parent });
@@ -215,7 +220,7 @@ impl Body {
     }
 
     /// The tables to read before the stream can go on (after `NeedMetadata`).
-    pub fn missing(&self) -> Vec<std::ops::Range<u64>> {
+    pub(crate) fn missing(&self) -> Vec<std::ops::Range<u64>> {
         let limit = self.marker_start();
         self.map
             .unread_tables()
@@ -227,7 +232,7 @@ impl Body {
 
     /// Takes bytes at `pos`; returns how many, or `None` when tables must
     /// be read first.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         pos: u64,
         b: &[u8],
@@ -275,7 +280,7 @@ impl Body {
     }
 
     /// Tables read out of order: the bytes at `host` (the stream stands at `pos`).
-    pub fn supply(
+    pub(crate) fn supply(
         &mut self,
         host: u64,
         bytes: &[u8],
@@ -314,7 +319,7 @@ impl Body {
     /// Reads table bytes at `host` of the table starting at `start`
     /// (bytes already read are skipped). `pos` is the stream position:
     /// nothing a table names may lie before it.
-    pub fn read_table(
+    pub(crate) fn read_table(
         &mut self,
         start: u64,
         host: u64,
@@ -380,7 +385,7 @@ impl Body {
     }
 
     /// Directory entry `i` names grain table `v` (sectors; 0: none).
-    pub fn gd_entry(
+    pub(crate) fn gd_entry(
         &mut self,
         i: u64,
         v: u32,
@@ -443,7 +448,7 @@ impl Body {
     }
 
     /// The end of the stream at `pos`: checks that everything mapped came.
-    pub fn finish(
+    pub(crate) fn finish(
         &mut self,
         pos: u64,
         sink: &mut dyn ExtentSink,

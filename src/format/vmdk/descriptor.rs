@@ -18,18 +18,18 @@ const MAX_NAMED: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Extent {
     /// `FLAT`, `SPARSE`, `VMFS`, ...
-    pub kind: String,
+    pub(crate) kind: String,
     /// The extent file's name, as written.
-    pub file: String,
+    pub(crate) file: String,
 }
 
 /// What a descriptor says about the disk's files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Descriptor {
     /// `createType`, without quotes.
-    pub create_type: Option<String>,
+    pub(crate) create_type: Option<String>,
     /// The extent lines.
-    pub extents: Vec<Extent>,
+    pub(crate) extents: Vec<Extent>,
 }
 
 /// The text up to its first NUL (as C string functions see it).
@@ -44,7 +44,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl Descriptor {
     /// Reads the `createType` and extent lines of `text`.
-    pub fn parse(text: &[u8]) -> Descriptor {
+    pub(crate) fn parse(text: &[u8]) -> Descriptor {
         let text = String::from_utf8_lossy(c_str(text));
         let mut d = Descriptor::default();
         for line in text.lines() {
@@ -64,7 +64,7 @@ impl Descriptor {
 
     /// The extent files named, for a message: `a.vmdk, b.vmdk` (the first
     /// few, then how many more).
-    pub fn files(&self) -> String {
+    pub(crate) fn files(&self) -> String {
         let mut names: Vec<String> = self
             .extents
             .iter()
@@ -79,7 +79,7 @@ impl Descriptor {
 
     /// Whether this descriptor, embedded in a sparse extent, describes a
     /// disk made of more files than this one.
-    pub fn is_multi_file(&self) -> bool {
+    pub(crate) fn is_multi_file(&self) -> bool {
         let single = matches!(
             self.create_type.as_deref(),
             None | Some("monolithicSparse" | "streamOptimized")

@@ -14,7 +14,7 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    pub fn new(vsize: u64) -> Emitter {
+    pub(crate) fn new(vsize: u64) -> Emitter {
         Emitter {
             vsize,
             announced: false,
@@ -23,12 +23,12 @@ impl Emitter {
         }
     }
 
-    pub fn covered(&self) -> u64 {
+    pub(crate) fn covered(&self) -> u64 {
         self.covered
     }
 
     /// Tells the sink the virtual size, once.
-    pub fn announce(&mut self, sink: &mut dyn ExtentSink) -> Result<(), SinkError> {
+    pub(crate) fn announce(&mut self, sink: &mut dyn ExtentSink) -> Result<(), SinkError> {
         if !self.announced {
             self.announced = true;
             sink.set_virtual_size(self.vsize)?;
@@ -44,7 +44,7 @@ impl Emitter {
         }
     }
 
-    pub fn data(
+    pub(crate) fn data(
         &mut self,
         sink: &mut dyn ExtentSink,
         guest: u64,
@@ -59,7 +59,7 @@ impl Emitter {
         sink.data(guest, b)
     }
 
-    pub fn zero(
+    pub(crate) fn zero(
         &mut self,
         sink: &mut dyn ExtentSink,
         guest: u64,
@@ -84,7 +84,7 @@ impl Emitter {
         }
     }
 
-    pub fn flush(&mut self, sink: &mut dyn ExtentSink) -> Result<(), SinkError> {
+    pub(crate) fn flush(&mut self, sink: &mut dyn ExtentSink) -> Result<(), SinkError> {
         if let Some((g, l)) = self.pending_zero.take() {
             sink.zero(g, l)?;
         }

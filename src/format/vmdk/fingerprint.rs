@@ -71,7 +71,7 @@ fn pow(mut base: u64, mut e: u64) -> u64 {
 pub(crate) struct Sum {
     acc: [u64; 2],
     /// Pairs summed.
-    pub count: u64,
+    pub(crate) count: u64,
 }
 
 /// The random choices shared by every sum of one decode, plus the last
@@ -84,7 +84,7 @@ pub(crate) struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn new() -> Fingerprint {
+    pub(crate) fn new() -> Fingerprint {
         let keys = [RandomState::new(), RandomState::new()];
         let point = |k: &RandomState| (k.hash_one(0x5eed_u64) % (P - 2)) + 2;
         let r = [point(&keys[0]), point(&keys[1])];
@@ -113,7 +113,7 @@ impl Fingerprint {
     }
 
     /// Adds the pair (guest grain `g`, host sector `host`) to `sum`.
-    pub fn add(&mut self, sum: &mut Sum, g: u64, host: u64) {
+    pub(crate) fn add(&mut self, sum: &mut Sum, g: u64, host: u64) {
         let p = self.powers(g);
         for (lane, (a, pw)) in sum.acc.iter_mut().zip(p).enumerate() {
             *a = add(*a, mul(self.element(lane, host), pw));
@@ -123,7 +123,7 @@ impl Fingerprint {
 
     /// Adds `part` (summed with table-relative indices) to `into`, as if
     /// every index had been `shift` larger.
-    pub fn add_shifted(&self, into: &mut Sum, part: &Sum, shift: u64) {
+    pub(crate) fn add_shifted(&self, into: &mut Sum, part: &Sum, shift: u64) {
         for lane in 0..2 {
             let s = pow(self.r[lane], shift);
             if let (Some(a), Some(&b)) = (into.acc.get_mut(lane), part.acc.get(lane)) {

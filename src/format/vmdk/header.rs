@@ -49,47 +49,47 @@ const MAX_VIRTUAL_SIZE: u64 = i64::MAX as u64 & !(SECTOR - 1);
 /// The header fields, as stored (little endian).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
-    pub version: u32,
-    pub flags: u32,
+    pub(crate) version: u32,
+    pub(crate) flags: u32,
     /// Virtual size in sectors.
-    pub capacity: u64,
+    pub(crate) capacity: u64,
     /// Grain size in sectors.
-    pub grain_sectors: u64,
+    pub(crate) grain_sectors: u64,
     /// Embedded descriptor, in sectors.
-    pub desc_offset: u64,
-    pub desc_size: u64,
-    pub gtes_per_gt: u32,
-    pub rgd_offset: u64,
-    pub gd_offset: u64,
+    pub(crate) desc_offset: u64,
+    pub(crate) desc_size: u64,
+    pub(crate) gtes_per_gt: u32,
+    pub(crate) rgd_offset: u64,
+    pub(crate) gd_offset: u64,
     /// Sectors of metadata before the first grain (`overHead`).
-    pub overhead: u64,
-    pub check_bytes: [u8; 4],
-    pub compress_algorithm: u16,
+    pub(crate) overhead: u64,
+    pub(crate) check_bytes: [u8; 4],
+    pub(crate) compress_algorithm: u16,
 }
 
 /// What the header says about the layout, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Geometry {
     /// Guest bytes.
-    pub vsize: u64,
+    pub(crate) vsize: u64,
     /// Grain bytes.
-    pub grain: u64,
+    pub(crate) grain: u64,
     /// Grains in the disk (the last one may be partial).
-    pub grains: u64,
+    pub(crate) grains: u64,
     /// Entries per grain table.
-    pub gtes: u64,
+    pub(crate) gtes: u64,
     /// Entries in the grain directory (one per grain table).
-    pub gd_entries: u64,
+    pub(crate) gd_entries: u64,
     /// Bytes a grain table occupies, whole sectors.
-    pub gt_span: u64,
+    pub(crate) gt_span: u64,
     /// Bytes the grain directory occupies, whole sectors.
-    pub gd_span: u64,
+    pub(crate) gd_span: u64,
     /// Grains are zlib streams behind markers (streamOptimized).
-    pub compressed: bool,
+    pub(crate) compressed: bool,
     /// A grain table entry of 1 reads as zeros.
-    pub zero_grain: bool,
+    pub(crate) zero_grain: bool,
     /// The grain directory is found through the footer.
-    pub gd_at_end: bool,
+    pub(crate) gd_at_end: bool,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -115,7 +115,7 @@ pub(crate) fn sectors_for(bytes: u64) -> u64 {
 
 impl Header {
     /// Reads the header from its sector (`b` starts with the magic).
-    pub fn parse(b: &[u8]) -> Result<Header, VmdkError> {
+    pub(crate) fn parse(b: &[u8]) -> Result<Header, VmdkError> {
         if b.len() < HEADER_LEN {
             return Err(VmdkError::TruncatedHeader { len: b.len() });
         }
@@ -146,17 +146,17 @@ impl Header {
     }
 
     /// Grains are compressed (QEMU looks at `compressAlgorithm` only).
-    pub fn compressed(&self) -> bool {
+    pub(crate) fn compressed(&self) -> bool {
         self.compress_algorithm == COMPRESSION_DEFLATE
     }
 
     /// The redundant grain directory, in sectors, when the flag says there is one.
-    pub fn rgd(&self) -> Option<u64> {
+    pub(crate) fn rgd(&self) -> Option<u64> {
         (self.flags & FLAG_RGD != 0 && self.rgd_offset != 0).then_some(self.rgd_offset)
     }
 
     /// Checks the fields against QEMU's limits and ours.
-    pub fn geometry(&self) -> Result<Geometry, VmdkError> {
+    pub(crate) fn geometry(&self) -> Result<Geometry, VmdkError> {
         if self.version > 3 {
             return Err(VmdkError::Version(self.version));
         }
@@ -216,7 +216,7 @@ impl Header {
     /// Where the footer's fields differ from the header's in a way that
     /// changes how the disk reads (QEMU takes the footer's): the first
     /// such field, with both values.
-    pub fn differs(&self, footer: &Header) -> Option<(&'static str, u64, u64)> {
+    pub(crate) fn differs(&self, footer: &Header) -> Option<(&'static str, u64, u64)> {
         let fields: [(&'static str, u64, u64); 5] = [
             ("capacity", self.capacity, footer.capacity),
             ("grainSize", self.grain_sectors, footer.grain_sectors),

@@ -38,7 +38,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// For messages.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Kind::Skip(what) => what,
             Kind::Rgd => "redundant grain directory",
@@ -53,7 +53,7 @@ impl Kind {
     }
 
     /// A table whose entries are read.
-    pub fn table(&self) -> bool {
+    pub(crate) fn table(&self) -> bool {
         matches!(self, Kind::Rgd | Kind::Gd | Kind::Gt { .. })
     }
 }
@@ -61,13 +61,13 @@ impl Kind {
 /// A pending region of host bytes `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Region {
-    pub end: u64,
-    pub kind: Kind,
+    pub(crate) end: u64,
+    pub(crate) kind: Kind,
     /// Bytes from the start already read (tables may be read out of order,
     /// before the stream reaches them).
-    pub parsed: u64,
+    pub(crate) parsed: u64,
     /// A table entry cut between two pieces.
-    pub carry: Carry,
+    pub(crate) carry: Carry,
 }
 
 /// The first bytes of a 4-byte entry cut between two pieces.
@@ -80,7 +80,7 @@ pub(crate) struct Carry {
 impl Carry {
     /// Splits `bytes`, which start `at` bytes into a table, into whole
     /// little-endian entries: pushes `(byte offset in the table, value)`.
-    pub fn words(&mut self, at: u64, bytes: &[u8], out: &mut Vec<(u64, u32)>) {
+    pub(crate) fn words(&mut self, at: u64, bytes: &[u8], out: &mut Vec<(u64, u32)>) {
         let mut off = at;
         let mut rest = bytes;
         if self.len > 0 {
@@ -124,7 +124,7 @@ pub(crate) struct Map {
 }
 
 impl Map {
-    pub fn new(max: usize, gt_span: u64) -> Map {
+    pub(crate) fn new(max: usize, gt_span: u64) -> Map {
         Map {
             regions: BTreeMap::new(),
             max,
@@ -133,37 +133,37 @@ impl Map {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.regions.len()
     }
 
     /// The region holding host byte `pos`, by its start.
-    pub fn at(&self, pos: u64) -> Option<u64> {
+    pub(crate) fn at(&self, pos: u64) -> Option<u64> {
         match self.regions.range(..=pos).next_back() {
             Some((&s, r)) if r.end > pos => Some(s),
             _ => None,
         }
     }
 
-    pub fn get(&self, start: u64) -> Option<&Region> {
+    pub(crate) fn get(&self, start: u64) -> Option<&Region> {
         self.regions.get(&start)
     }
 
-    pub fn get_mut(&mut self, start: u64) -> Option<&mut Region> {
+    pub(crate) fn get_mut(&mut self, start: u64) -> Option<&mut Region> {
         self.regions.get_mut(&start)
     }
 
-    pub fn remove(&mut self, start: u64) -> Option<Region> {
+    pub(crate) fn remove(&mut self, start: u64) -> Option<Region> {
         self.regions.remove(&start)
     }
 
     /// Start of the first region at or after `pos`.
-    pub fn next_start(&self, pos: u64) -> Option<u64> {
+    pub(crate) fn next_start(&self, pos: u64) -> Option<u64> {
         self.regions.range(pos..).next().map(|(&s, _)| s)
     }
 
     /// The first strong region overlapping `[a, b)`, with its start.
-    pub fn strong_overlap(&self, a: u64, b: u64) -> Option<(u64, &Region)> {
+    pub(crate) fn strong_overlap(&self, a: u64, b: u64) -> Option<(u64, &Region)> {
         self.regions
             .range(..b)
             .rev()
@@ -173,7 +173,7 @@ impl Map {
     }
 
     /// Tables not read to their end: `(start, region)`.
-    pub fn unread_tables(&self) -> impl Iterator<Item = (u64, &Region)> {
+    pub(crate) fn unread_tables(&self) -> impl Iterator<Item = (u64, &Region)> {
         self.regions
             .iter()
             .filter(|(s, r)| !r.kind.weak() && r.kind.table() && **s + r.parsed < r.end)
@@ -181,7 +181,7 @@ impl Map {
     }
 
     /// The first strong region, with its start.
-    pub fn first_strong(&self) -> Option<(u64, &Region)> {
+    pub(crate) fn first_strong(&self) -> Option<(u64, &Region)> {
         self.regions
             .iter()
             .find(|(_, r)| !r.kind.weak())
@@ -190,7 +190,7 @@ impl Map {
 
     /// Adds a weak region, unless it overlaps anything or the budget is
     /// spent (it only spares reading ahead).
-    pub fn insert_weak(&mut self, start: u64, end: u64, kind: Kind) {
+    pub(crate) fn insert_weak(&mut self, start: u64, end: u64, kind: Kind) {
         let overlaps = self
             .regions
             .range(..end)
@@ -212,7 +212,7 @@ impl Map {
 
     /// Adds a strong region: a table or a grain. Refuses one that overlaps
     /// another; drops the weak regions it overlaps.
-    pub fn insert(&mut self, start: u64, end: u64, kind: Kind) -> Result<(), VmdkError> {
+    pub(crate) fn insert(&mut self, start: u64, end: u64, kind: Kind) -> Result<(), VmdkError> {
         if start >= end {
             return Ok(());
         }

@@ -88,7 +88,7 @@ enum Meta {
 /// The streamOptimized side of the decoder.
 pub(crate) struct Stream {
     /// Host offset of the first marker (`overHead`).
-    pub start: u64,
+    pub(crate) start: u64,
     pool: Pool,
     done: Vec<Done>,
     pace: Pace,
@@ -117,7 +117,7 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub fn new(pool: Pool, pace: Pace, start: u64, geo: &Geometry) -> Stream {
+    pub(crate) fn new(pool: Pool, pace: Pace, start: u64, geo: &Geometry) -> Stream {
         let cut = geo.grains - geo.gd_entries.saturating_sub(1) * geo.gtes;
         Stream {
             start,
@@ -146,7 +146,7 @@ impl Stream {
     }
 
     /// An entry of a table whose place in the directory is known.
-    pub fn table_entry(&mut self, g: u64, v: u32, zero_grain: bool) {
+    pub(crate) fn table_entry(&mut self, g: u64, v: u32, zero_grain: bool) {
         if v != 0 && !(v == 1 && zero_grain) {
             self.fp.add(&mut self.tables, g, u64::from(v));
         }
@@ -235,7 +235,7 @@ impl Body {
     }
 
     /// Takes marker-area bytes at `pos`; returns how many.
-    pub fn stream_step(
+    pub(crate) fn stream_step(
         &mut self,
         pos: u64,
         b: &[u8],
@@ -625,7 +625,7 @@ impl Body {
     }
 
     /// Directory entry `i` names grain table `v` (sectors; 0: none).
-    pub fn stream_gd_entry(&mut self, i: u64, v: u32, pos: u64) -> Result<(), FormatError> {
+    pub(crate) fn stream_gd_entry(&mut self, i: u64, v: u32, pos: u64) -> Result<(), FormatError> {
         if v == 0 {
             return Ok(());
         }
@@ -711,7 +711,7 @@ impl Body {
     }
 
     /// The end of a streamOptimized stream at `pos`.
-    pub fn stream_finish(
+    pub(crate) fn stream_finish(
         &mut self,
         pos: u64,
         sink: &mut dyn ExtentSink,
