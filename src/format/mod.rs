@@ -27,9 +27,9 @@ pub mod raw;
 pub(crate) mod sink;
 pub(crate) mod table;
 pub(crate) mod vdi;
-pub(crate) mod vpc;
 pub mod vhdx;
 pub mod vmdk;
+pub(crate) mod vpc;
 pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};

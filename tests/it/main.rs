@@ -30,6 +30,6 @@ mod source_http;
 mod source_proxy;
 mod target;
 mod vdi;
-mod vpc;
 mod vhdx;
 mod vmdk;
+mod vpc;
