@@ -24,6 +24,9 @@ pub enum FormatError {
     /// A VDI image is invalid, truncated, hostile or a differencing image.
     #[error("vdi: {0}")]
     Vdi(#[from] super::vdi::VdiError),
+    /// A VMDK image is invalid, truncated, hostile, or made of several files.
+    #[error("vmdk: {0}")]
+    Vmdk(#[from] super::vmdk::VmdkError),
     /// A VHDX image is invalid, truncated, hostile or uses a feature we refuse.
     #[error("vhdx: {0}")]
     Vhdx(#[from] super::vhdx::VhdxError),

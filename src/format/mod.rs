@@ -13,7 +13,7 @@
 //! - [`drive`] and [`plan`]: feeding a decoder, range reads, the window and
 //!   the spill;
 //! - [`inflate`]: compressed units on all cores;
-//! - one module per format: [`qcow2`], [`raw`], [`vhdx`]; [`zeros`] turns all-zero
+//! - one module per format: [`qcow2`], [`raw`], [`vhdx`], [`vmdk`]; [`zeros`] turns all-zero
 //!   data into zero extents.
 
 pub(crate) mod decoder;
@@ -28,6 +28,7 @@ pub(crate) mod sink;
 pub(crate) mod table;
 pub(crate) mod vdi;
 pub mod vhdx;
+pub mod vmdk;
 pub(crate) mod vpc;
 pub(crate) mod zeros;
 
@@ -96,11 +97,7 @@ pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decode
         Format::Vpc => vpc::decoder(cfg),
         Format::Vdi => Ok(Box::new(vdi::decoder(cfg))),
         Format::Vhdx => Ok(Box::new(vhdx::VhdxDecoder::new(cfg.stream_len))),
-        Format::Vmdk => Err(FormatError::Refused(Refusal {
-            what: "VMDK images",
-            plural: true,
-            detail: " yet",
-        })),
+        Format::Vmdk => Ok(Box::new(vmdk::VmdkDecoder::new(cfg))),
     }
 }
 

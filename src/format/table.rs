@@ -142,6 +142,21 @@ const ROWS: &[Row] = &[
         check: None,
         outcome: || Signature::Image(Format::Vhdx),
     },
+    // A VMDK sparse extent; a VMDK text descriptor goes to the VMDK decoder
+    // too, which refuses it naming the extent files it needs (a name the
+    // table cannot know).
+    Row {
+        offset: 0,
+        magic: b"KDMV",
+        check: None,
+        outcome: || Signature::Image(Format::Vmdk),
+    },
+    Row {
+        offset: 0,
+        magic: b"# Disk DescriptorFile",
+        check: None,
+        outcome: || Signature::Image(Format::Vmdk),
+    },
     // Recognised, not decoded (yet).
     Row {
         offset: 0,
@@ -156,21 +171,9 @@ const ROWS: &[Row] = &[
     },
     Row {
         offset: 0,
-        magic: b"KDMV",
-        check: None,
-        outcome: || Refusal::images("VMDK images", " yet"),
-    },
-    Row {
-        offset: 0,
         magic: b"COWD",
         check: None,
         outcome: || Refusal::images("VMDK (ESX COWD sparse) images", TRY_RAW),
-    },
-    Row {
-        offset: 0,
-        magic: b"# Disk DescriptorFile",
-        check: None,
-        outcome: || Refusal::images("VMDK images", " yet"),
     },
     Row {
         offset: 0,
@@ -386,6 +389,11 @@ mod tests {
             identify(&at(0, b"vhdxfile")),
             Signature::Image(Format::Vhdx)
         );
+        assert_eq!(identify(&at(0, b"KDMV")), Signature::Image(Format::Vmdk));
+        assert_eq!(
+            identify(&at(0, b"# Disk DescriptorFile\nversion=1\n")),
+            Signature::Image(Format::Vmdk)
+        );
         assert_eq!(identify(&[0u8; 512]), Signature::None);
         assert_eq!(identify(&[]), Signature::None);
         assert_eq!(identify(&[0x1f]), Signature::None);
@@ -395,9 +403,7 @@ mod tests {
     fn every_refused_signature_is_named() {
         let cases: &[(&[u8], usize, &str)] = &[
             (b"QFI\xfb\0\0\0\x01", 0, "qcow version 1"),
-            (b"KDMV", 0, "VMDK"),
             (b"COWD", 0, "VMDK (ESX COWD"),
-            (b"# Disk DescriptorFile\n", 0, "VMDK"),
             (b"QED\0", 0, "QED"),
             (b"LUKS\xba\xbe", 0, "LUKS"),
             (b"WithoutFreeSpace", 0, "Parallels"),

@@ -73,3 +73,8 @@ fn vdi_inputs_replay_cleanly() {
 fn vhdx_inputs_replay_cleanly() {
     replay_target(Format::Vhdx, "vhdx_decode");
 }
+
+#[test]
+fn vmdk_inputs_replay_cleanly() {
+    replay_target(Format::Vmdk, "vmdk_decode");
+}

@@ -31,4 +31,5 @@ mod source_proxy;
 mod target;
 mod vdi;
 mod vhdx;
+mod vmdk;
 mod vpc;
