@@ -10,6 +10,7 @@
 //! Every test binary includes this module with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod kube_api;
 pub mod matrix;
 pub mod qcow2;
 pub mod registry;
@@ -33,6 +34,20 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_streamdisk")
+}
+
+/// CDI's image server for node pull, a binary of its own.
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cdi-containerimage-server")
+}
+
+/// A symbolic link named `name` in `dir` to the binary under test: CDI's
+/// tools (`cdi-importer`, `cdi-image-size-detection`, ...) are chosen by
+/// the name the binary is run as.
+pub fn bin_as(dir: &Path, name: &str) -> PathBuf {
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(bin(), &link).expect("symlink to the binary");
+    link
 }
 
 /// A fresh temporary directory, removed when dropped.
