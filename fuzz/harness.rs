@@ -11,11 +11,76 @@
 //! every call: virtual size first, nothing past it, nothing twice, and an
 //! accepted image covered exactly.
 
-use streamdisk::format::{drive, new_decoder, DecoderConfig, Format, PlanOptions, SpillPolicy};
+// Each target (and the replay test) uses its own entry points.
+#![allow(dead_code)]
+
+use streamdisk::format::{
+    drive, identify, new_decoder, DecoderConfig, Format, PlanOptions, Signature, SpillPolicy, Tail,
+};
 use streamdisk::testing::{CheckingSink, Dribble, SliceRange};
 
 /// One fuzz input for `format`: panics if the decoder breaks its contract.
+///
+/// VHDX inputs are first unpacked ([`vhdx_unpack`]): a VHDX image is at
+/// least 1 MiB of mostly zeros, too big for a fuzz corpus.
 pub fn check_format(format: Format, data: &[u8]) {
+    if format == Format::Vhdx {
+        check_bytes(format, &vhdx_unpack(data));
+        return;
+    }
+    check_bytes(format, data);
+}
+
+/// Largest image a packed VHDX input unpacks to.
+const VHDX_UNPACKED_MAX: usize = 16 << 20;
+
+/// A packed VHDX input: one flags byte, then segments, each a little-endian
+/// `u32` offset in 512-byte units, a `u16` length and that many bytes, laid
+/// over zeros (later segments win; the image ends where the last one does,
+/// at most [`VHDX_UNPACKED_MAX`]). Flag bit 0 re-seals the CRC-32C of both
+/// headers and region tables after unpacking, so that mutations get past
+/// them. An input that already starts with `vhdxfile` is a plain image.
+/// `fuzz/vhdx_seeds.py` packs the seeds this way.
+pub fn vhdx_unpack(data: &[u8]) -> Vec<u8> {
+    if data.starts_with(b"vhdxfile") {
+        return data.to_vec();
+    }
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return Vec::new();
+    };
+    let mut img = Vec::new();
+    while rest.len() >= 6 {
+        let off = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize * 512;
+        let len = usize::from(u16::from_le_bytes([rest[4], rest[5]]));
+        let bytes = &rest[6..6 + len.min(rest.len() - 6)];
+        rest = &rest[6 + bytes.len()..];
+        let end = off.saturating_add(bytes.len());
+        if end > VHDX_UNPACKED_MAX {
+            continue;
+        }
+        if img.len() < end {
+            img.resize(end, 0);
+        }
+        img[off..end].copy_from_slice(bytes);
+    }
+    if flags & 1 != 0 {
+        for (at, len) in [
+            (64usize << 10, 4096usize),
+            (128 << 10, 4096),
+            (192 << 10, 65536),
+            (256 << 10, 65536),
+        ] {
+            if let Some(b) = img.get_mut(at..at + len) {
+                let c = streamdisk::format::vhdx::checksum(b, 4);
+                b[4..8].copy_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+    img
+}
+
+/// Runs one input's bytes through the decoder for `format`, twice.
+fn check_bytes(format: Format, data: &[u8]) {
     let plan = PlanOptions {
         window: 4096,
         spill: SpillPolicy::Forbid,
@@ -32,9 +97,22 @@ pub fn check_format(format: Format, data: &[u8]) {
             sink.assert_complete();
         }
     }
+    // As `pipeline::input` checks a seekable source: a stream without a
+    // signature whose last 512 bytes hold a VHD footer (`conectix` at their
+    // start, or one byte later) is a fixed VHD, its footer known.
+    let cookie = |t: &[u8]| t.starts_with(b"conectix");
+    let tail = data
+        .len()
+        .checked_sub(512)
+        .and_then(|at| data.get(at..))
+        .filter(|t| {
+            identify(data) == Signature::None && (cookie(t) || t.get(1..).is_some_and(cookie))
+        })
+        .map_or(Tail::Unchecked, |t| Tail::VhdFooter(t.to_vec()));
     let seekable = DecoderConfig {
         can_fetch: true,
         stream_len: Some(data.len() as u64),
+        tail,
         ..stream
     };
     if let Ok(mut dec) = new_decoder(format, &seekable) {

@@ -11,15 +11,24 @@ use clap::Parser;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
-    // Pod mode is chosen before clap sees anything: CDI passes Go/klog-style
-    // single-dash flags (`-alsologtostderr`, `-v=3`) that clap would reject.
+    // CDI's tools are chosen by name before clap sees anything: CDI passes
+    // Go-style single-dash flags (`-alsologtostderr`, `-v=3`, `-image-path`)
+    // that clap would reject.
     let invoked_as = args
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if invoked_as == "cdi-importer" {
-        std::process::exit(streamdisk::cdi::run_pod(args.into_iter().skip(1).collect()));
+    let rest = || args.iter().skip(1).cloned().collect();
+    match invoked_as.as_str() {
+        "cdi-importer" => std::process::exit(streamdisk::cdi::run_pod(rest())),
+        "cdi-image-size-detection" => {
+            std::process::exit(streamdisk::cdi::run_size_detection(&invoked_as, rest()))
+        }
+        "cdi-source-update-poller" => {
+            std::process::exit(streamdisk::cdi::run_poller(&invoked_as, rest()))
+        }
+        _ => {}
     }
     if invoked_as == "cdi-uploadserver" {
         std::process::exit(streamdisk::cdi::run_upload_pod(

@@ -15,6 +15,8 @@ pub(crate) struct KlogFlags {
     pub verbosity: Option<u8>,
     /// Flags accepted and ignored, as given (for a debug log line).
     pub ignored: Vec<String>,
+    /// `-h` or `-help`: print the usage and exit 0, as a Go program does.
+    pub help: bool,
 }
 
 /// Parses klog-style flags. Never fails: anything unrecognised is ignored.
@@ -33,7 +35,9 @@ pub(crate) fn parse(args: &[OsString]) -> KlogFlags {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (body, None),
         };
-        if name == "v" {
+        if name == "h" || name == "help" {
+            flags.help = true;
+        } else if name == "v" {
             let value = match value {
                 Some(v) => Some(v),
                 None => iter.next(),
@@ -72,5 +76,8 @@ mod tests {
         assert_eq!(f.verbosity, None);
         assert_eq!(f.ignored.len(), 3);
         assert_eq!(parse(&[]), KlogFlags::default());
+        assert!(parse(&os(&["-alsologtostderr", "-h"])).help);
+        assert!(parse(&os(&["--help"])).help);
+        assert!(!parse(&os(&["-hh"])).help);
     }
 }

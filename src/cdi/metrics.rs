@@ -84,7 +84,8 @@ impl Collector for ProgressCollector {
             encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
         match &self.owner_uid {
             Some(uid) => counter.encode(family.encode_family(&[("ownerUID", uid.as_str())])?),
-            None => counter.encode(family.encode_family(&Vec::<(String, String)>::new())?),
+            // Without a label set the line has no braces, as Go's client writes it.
+            None => counter.encode(family),
         }
     }
 }

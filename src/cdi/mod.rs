@@ -25,23 +25,45 @@
 //! | [`logging`] | stderr logs and secret scrubbing |
 //! | [`volume`] | the target volume around the pipeline (clean, budget, resize, sync) |
 //! | [`upload`] | the upload server (`cdi-uploadserver`), clone target included |
+//!
+//! The other CDI tools that run from the importer image, chosen by the
+//! binary's name like pod mode (`docs/container.md`):
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`size_detection`], [`gourl`] | `cdi-image-size-detection` (host-assisted clones) |
+//! | [`poller`], [`kube`] | `cdi-source-update-poller` (DataImportCron registry polls) |
+//! | [`goflag`], [`gojson`], [`civil`] | Go's flags, JSON strings and UTC dates, shared with `cdi-containerimage-server` |
 
 pub(crate) mod blank;
+// Shared with cdi-containerimage-server, which uses the HTTP date and log
+// forms that the library does not.
+#[allow(dead_code)]
+pub(crate) mod civil;
 pub(crate) mod config;
 pub(crate) mod flags;
+pub(crate) mod goflag;
+pub(crate) mod gojson;
+pub(crate) mod gourl;
 pub(crate) mod headers;
 pub(crate) mod http_import;
+pub(crate) mod kube;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub(crate) mod paths;
+pub(crate) mod poller;
 pub(crate) mod quantity;
 pub(crate) mod registry_import;
 pub(crate) mod sidecar;
+pub(crate) mod size_detection;
 pub(crate) mod space;
 pub(crate) mod termination;
 pub(crate) mod upload;
 pub(crate) mod volume;
+
+pub use poller::run as run_poller;
+pub use size_detection::run as run_size_detection;
 
 use std::ffi::OsString;
 use std::io;
@@ -62,6 +84,10 @@ use paths::PodPaths;
 /// after `cdi`).
 pub fn run_pod(args: Vec<OsString>) -> i32 {
     let flags = flags::parse(&args);
+    if flags.help {
+        eprint!("{}", POD_USAGE);
+        return 0;
+    }
     logging::init(flags.verbosity);
     for f in &flags.ignored {
         tracing::debug!(flag = %f, "ignoring klog flag");
@@ -96,6 +122,15 @@ pub fn run_pod(args: Vec<OsString>) -> i32 {
     };
     finish(&paths, &outcome)
 }
+
+/// What `cdi-importer -h` prints: the job is in the environment, not in flags.
+const POD_USAGE: &str = "Usage of cdi-importer (streamdisk's CDI pod mode):
+  The import is described by CDI's IMPORTER_* environment variables (docs/pod-mode.md);
+  the outcome goes to /dev/termination-log.
+  -v int
+    \tklog verbosity (0 info, 1-2 debug, 3 and up trace)
+  Other klog flags (-alsologtostderr, ...) are accepted and ignored.
+";
 
 /// Where [`on_force_exit`] writes (a `fn` pointer cannot capture it).
 static FORCE_EXIT_LOG: OnceLock<PathBuf> = OnceLock::new();

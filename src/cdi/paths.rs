@@ -29,6 +29,9 @@ pub(crate) struct PodPaths {
     pub extra_headers_dir: PathBuf,
     /// Cluster-wide proxy CA certificates (`/proxycerts/`).
     pub proxy_certs_dir: PathBuf,
+    /// The pod's service account: its token and the cluster's CA
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount`), for the poller.
+    pub service_account_dir: PathBuf,
 }
 
 impl PodPaths {
@@ -43,6 +46,7 @@ impl PodPaths {
             scratch_dir: at("scratch"),
             extra_headers_dir: at("extraheaders"),
             proxy_certs_dir: at("proxycerts"),
+            service_account_dir: at(super::kube::SERVICE_ACCOUNT_DIR),
         }
     }
 
@@ -71,6 +75,10 @@ mod tests {
             assert_eq!(p.scratch_dir, Path::new("/scratch"));
             assert_eq!(p.extra_headers_dir, Path::new("/extraheaders"));
             assert_eq!(p.proxy_certs_dir, Path::new("/proxycerts"));
+            assert_eq!(
+                p.service_account_dir,
+                Path::new("/var/run/secrets/kubernetes.io/serviceaccount")
+            );
         }
     }
 

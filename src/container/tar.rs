@@ -243,7 +243,7 @@ impl<R: BufRead> TarReader<R> {
                         .unwrap_or_else(|| header.path_bytes().into_owned());
                     let name_text = String::from_utf8_lossy(&name).into_owned();
                     if kind == b'S' {
-                        let map = self.sparse_map(&header, size, at)?;
+                        let map = self.sparse_map(header, size, at)?;
                         self.left = size;
                         self.pad = padding(size);
                         let real = map.real_size;

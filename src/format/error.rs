@@ -17,7 +17,19 @@ use super::table::Refusal;
 pub enum FormatError {
     /// A qcow2 image is invalid, truncated, hostile or uses a feature we refuse.
     #[error("qcow2: {0}")]
-    Qcow2(Qcow2Error),
+    Qcow2(#[source] Qcow2Error),
+    /// A VHD image is invalid, truncated, hostile or a differencing disk.
+    #[error("vpc: {0}")]
+    Vpc(#[from] super::vpc::VpcError),
+    /// A VDI image is invalid, truncated, hostile or a differencing image.
+    #[error("vdi: {0}")]
+    Vdi(#[from] super::vdi::VdiError),
+    /// A VMDK image is invalid, truncated, hostile, or made of several files.
+    #[error("vmdk: {0}")]
+    Vmdk(#[from] super::vmdk::VmdkError),
+    /// A VHDX image is invalid, truncated, hostile or uses a feature we refuse.
+    #[error("vhdx: {0}")]
+    Vhdx(#[from] super::vhdx::VhdxError),
     /// A raw image is truncated, too short, or longer than announced.
     #[error("raw: {0}")]
     Raw(#[from] super::raw::RawError),
@@ -54,15 +66,14 @@ pub enum FormatError {
     Internal(&'static str),
 }
 
-/// qcow2's own errors still carry the planner's, the sink's and read
-/// errors; they are lifted into the shared variants here so that front ends
+/// qcow2's own errors still carry the planner's and the sink's errors;
+/// they are lifted into the shared variants here so that front ends
 /// see one shape whatever the format.
 impl From<Qcow2Error> for FormatError {
     fn from(e: Qcow2Error) -> FormatError {
         match e {
             Qcow2Error::Plan(p) => FormatError::Plan(p),
             Qcow2Error::Sink(s) => FormatError::Sink(s),
-            Qcow2Error::Read(r) => FormatError::Read(r),
             other => FormatError::Qcow2(other),
         }
     }

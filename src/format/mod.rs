@@ -13,7 +13,7 @@
 //! - [`drive`] and [`plan`]: feeding a decoder, range reads, the window and
 //!   the spill;
 //! - [`inflate`]: compressed units on all cores;
-//! - one module per format: [`qcow2`], [`raw`]; [`zeros`] turns all-zero
+//! - one module per format: [`qcow2`], [`raw`], [`vhdx`], [`vmdk`]; [`zeros`] turns all-zero
 //!   data into zero extents.
 
 pub(crate) mod decoder;
@@ -26,6 +26,10 @@ pub mod qcow2;
 pub mod raw;
 pub(crate) mod sink;
 pub(crate) mod table;
+pub(crate) mod vdi;
+pub mod vhdx;
+pub mod vmdk;
+pub(crate) mod vpc;
 pub(crate) mod zeros;
 
 pub use decoder::{DecodeReport, Decoder, Feed};
@@ -35,6 +39,8 @@ pub use info::{FormatSpecific, ImageInfo};
 pub use plan::{PlanError, PlanOptions, SpillPolicy};
 pub use sink::{ExtentSink, SinkError};
 pub use table::{identify, Refusal, Signature};
+pub use vdi::VdiError;
+pub use vpc::VpcError;
 
 use crate::pace::Pace;
 
@@ -84,19 +90,14 @@ pub fn new_decoder(format: Format, cfg: &DecoderConfig) -> Result<Box<dyn Decode
             match &cfg.tail {
                 Tail::Unchecked => Ok(Box::new(dec.hold_tail())),
                 Tail::Clean | Tail::Forced => Ok(Box::new(dec)),
-                Tail::VhdFooter(_) => Err(FormatError::Refused(table::fixed_vhd_refusal())),
+                // A fixed VHD: its footer is not part of the disk.
+                Tail::VhdFooter(_) => vpc::decoder(cfg),
             }
         }
-        Format::Vpc => Err(FormatError::Refused(table::fixed_vhd_refusal())),
-        Format::Vmdk | Format::Vhdx | Format::Vdi => Err(FormatError::Refused(Refusal {
-            what: match format {
-                Format::Vmdk => "VMDK images",
-                Format::Vhdx => "VHDX images",
-                _ => "VDI images",
-            },
-            plural: true,
-            detail: " yet",
-        })),
+        Format::Vpc => vpc::decoder(cfg),
+        Format::Vdi => Ok(Box::new(vdi::decoder(cfg))),
+        Format::Vhdx => Ok(Box::new(vhdx::VhdxDecoder::new(cfg.stream_len))),
+        Format::Vmdk => Ok(Box::new(vmdk::VmdkDecoder::new(cfg))),
     }
 }
 

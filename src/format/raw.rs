@@ -120,9 +120,12 @@ pub fn decode_with_granule(
 ///
 /// With [`RawDecoder::hold_tail`], the last 512 bytes are held back until
 /// the stream ends, then checked for a trailer (`format::table::identify_tail`):
-/// a fixed VHD's footer is not part of the disk, and a DMG is refused. That
-/// is how a stream that could not be checked up front (stdin, a wrapper)
-/// is kept from writing a footer into the disk.
+/// a fixed VHD's footer is checked and kept out of the disk (the stream was
+/// a fixed VHD: see `format::vpc::finish_held`), and a DMG is refused. That
+/// is how a stream that could not be checked up front (stdin, a wrapper,
+/// HTTP without ranges) is kept from writing a footer into the disk. Such a
+/// stream announces no size, even a known one: it is the disk's size only
+/// if no footer ends it, which is known only at the end.
 pub struct RawDecoder {
     size: Option<u64>,
     scanner: Scanner,
@@ -131,6 +134,8 @@ pub struct RawDecoder {
     pos: u64,
     /// The held-back last bytes, when holding.
     tail: Option<Vec<u8>>,
+    /// Whether the last bytes are held back (and the size not announced).
+    holding: bool,
     report: RawReport,
 }
 
@@ -143,6 +148,7 @@ impl RawDecoder {
             announced: false,
             pos: 0,
             tail: None,
+            holding: false,
             report: RawReport::default(),
         }
     }
@@ -156,12 +162,49 @@ impl RawDecoder {
     /// Holds the last [`TAIL_LEN`] bytes back and checks them for a trailer.
     pub fn hold_tail(mut self) -> RawDecoder {
         self.tail = Some(Vec::with_capacity(2 * TAIL_LEN));
+        self.holding = true;
         self
     }
 
     /// What the pass saw so far.
     pub fn report(&self) -> &RawReport {
         &self.report
+    }
+
+    /// Announces the size, once, unless the tail is held back.
+    fn announce(&mut self, sink: &mut dyn ExtentSink) -> Result<(), SinkError> {
+        if !self.announced {
+            self.announced = true;
+            if let (Some(n), false) = (self.size, self.holding) {
+                sink.set_virtual_size(round_up_sector(n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The held tail is a fixed VHD footer: the bytes before it were the
+    /// disk, and the footer decides its size.
+    fn finish_fixed_vhd(
+        &mut self,
+        tail: &[u8],
+        sink: &mut dyn ExtentSink,
+    ) -> Result<DecodeReport, FormatError> {
+        self.scanner.finish(sink, &mut self.report)?;
+        let data_len = self.pos;
+        if let Some(n) = self.size {
+            let got = data_len + tail.len() as u64;
+            if got < n {
+                return Err(RawError::Truncated { got, size: n }.into());
+            }
+        }
+        let virtual_size = super::vpc::finish_held(tail, data_len, sink)?;
+        self.report.bytes_read = data_len + tail.len() as u64;
+        self.report.data_bytes += virtual_size.min(self.report.bytes_read) - data_len;
+        self.report.zero_bytes += virtual_size.saturating_sub(self.report.bytes_read);
+        Ok(DecodeReport {
+            virtual_size,
+            ..DecodeReport::default()
+        })
     }
 
     /// Scans `bytes` (the next ones of the disk), within the announced size.
@@ -187,12 +230,7 @@ impl RawDecoder {
 
 impl Decoder for RawDecoder {
     fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, FormatError> {
-        if !self.announced {
-            self.announced = true;
-            if let Some(n) = self.size {
-                sink.set_virtual_size(round_up_sector(n))?;
-            }
-        }
+        self.announce(sink)?;
         let Some(mut tail) = self.tail.take() else {
             self.scan(chunk, sink)?;
             return Ok(Feed::Done);
@@ -213,18 +251,11 @@ impl Decoder for RawDecoder {
     }
 
     fn finish(&mut self, sink: &mut dyn ExtentSink) -> Result<DecodeReport, FormatError> {
-        if !self.announced {
-            self.announced = true;
-            if let Some(n) = self.size {
-                sink.set_virtual_size(round_up_sector(n))?;
-            }
-        }
+        self.announce(sink)?;
         if let Some(tail) = self.tail.take() {
             match table::identify_tail(&tail) {
                 Some(Trailer::Dmg) => return Err(table::dmg_refusal().into()),
-                Some(Trailer::VhdFooter) => {
-                    return Err(FormatError::Refused(table::fixed_vhd_refusal()))
-                }
+                Some(Trailer::VhdFooter) => return self.finish_fixed_vhd(&tail, sink),
                 None => self.scan(&tail, sink)?,
             }
         }
@@ -655,5 +686,54 @@ mod tests {
             rec.image.len() <= 4096 - 512,
             "the trailer never reached the sink"
         );
+    }
+
+    /// A stream that turns out to be a fixed VHD: the footer is checked and
+    /// kept out of the disk, which the footer sizes as qemu does (its bytes
+    /// and zeros when it says more than the data). A known stream length is
+    /// not announced as the size: it includes the footer.
+    #[test]
+    fn a_held_fixed_vhd_footer_is_not_part_of_the_disk() {
+        for (vsize, size_hint) in [(4096u64, None), (4096, Some(4608u64)), (8192, None)] {
+            let mut img = vec![7u8; 4096];
+            img.extend_from_slice(&crate::format::vpc::test_footer(
+                b"qem2",
+                (1, 1, 1),
+                vsize,
+                2,
+            ));
+            let mut rec = Recorder::default();
+            let mut dec = RawDecoder::new(size_hint).hold_tail();
+            let rep = crate::format::drive(
+                &mut dec,
+                &mut dribbled(&img, 333, 4096),
+                None,
+                &PlanOptions::default(),
+                &mut rec,
+            )
+            .expect("fixed VHD");
+            assert_eq!(rep.virtual_size, vsize);
+            assert_eq!(rec.vsize, None, "no size announced while holding");
+            let mut want = img.clone();
+            want.resize(vsize as usize, 0);
+            assert_eq!(rec.image, want);
+        }
+        // A corrupt footer is refused by name, not written.
+        let mut img = vec![7u8; 4096];
+        let mut f = crate::format::vpc::test_footer(b"qem2", (1, 1, 1), 4096, 2);
+        f[200] = 1;
+        img.extend_from_slice(&f);
+        let mut rec = Recorder::default();
+        let mut dec = RawDecoder::new(None).hold_tail();
+        let err = crate::format::drive(
+            &mut dec,
+            &mut dribbled(&img, 1000, 4096),
+            None,
+            &PlanOptions::default(),
+            &mut rec,
+        )
+        .expect_err("bad checksum");
+        assert!(err.to_string().starts_with("vpc: footer checksum"), "{err}");
+        assert!(rec.image.len() <= 4096);
     }
 }

@@ -136,6 +136,27 @@ const ROWS: &[Row] = &[
         check: Some(qcow_version_2_or_3),
         outcome: || Signature::Image(Format::Qcow2),
     },
+    Row {
+        offset: 0,
+        magic: b"vhdxfile",
+        check: None,
+        outcome: || Signature::Image(Format::Vhdx),
+    },
+    // A VMDK sparse extent; a VMDK text descriptor goes to the VMDK decoder
+    // too, which refuses it naming the extent files it needs (a name the
+    // table cannot know).
+    Row {
+        offset: 0,
+        magic: b"KDMV",
+        check: None,
+        outcome: || Signature::Image(Format::Vmdk),
+    },
+    Row {
+        offset: 0,
+        magic: b"# Disk DescriptorFile",
+        check: None,
+        outcome: || Signature::Image(Format::Vmdk),
+    },
     // Recognised, not decoded (yet).
     Row {
         offset: 0,
@@ -150,39 +171,21 @@ const ROWS: &[Row] = &[
     },
     Row {
         offset: 0,
-        magic: b"KDMV",
-        check: None,
-        outcome: || Refusal::images("VMDK images", " yet"),
-    },
-    Row {
-        offset: 0,
         magic: b"COWD",
         check: None,
         outcome: || Refusal::images("VMDK (ESX COWD sparse) images", TRY_RAW),
     },
     Row {
         offset: 0,
-        magic: b"# Disk DescriptorFile",
-        check: None,
-        outcome: || Refusal::images("VMDK images", " yet"),
-    },
-    Row {
-        offset: 0,
         magic: b"conectix",
         check: None,
-        outcome: || Refusal::images("VHD images", " yet"),
-    },
-    Row {
-        offset: 0,
-        magic: b"vhdxfile",
-        check: None,
-        outcome: || Refusal::images("VHDX images", " yet"),
+        outcome: || Signature::Image(Format::Vpc),
     },
     Row {
         offset: 0x40,
         magic: &[0x7f, 0x10, 0xda, 0xbe],
         check: None,
-        outcome: || Refusal::images("VDI images", " yet"),
+        outcome: || Signature::Image(Format::Vdi),
     },
     Row {
         offset: 0,
@@ -301,15 +304,6 @@ pub(crate) fn dmg_refusal() -> Refusal {
     }
 }
 
-/// The refusal for a fixed VHD found by its footer, until VHD is decoded.
-pub(crate) fn fixed_vhd_refusal() -> Refusal {
-    Refusal {
-        what: "VHD images",
-        plural: true,
-        detail: " yet (a fixed VHD footer ends this stream)",
-    }
-}
-
 /// qcow2 is versions 2 and 3; version 1 is the old qcow format.
 fn qcow_version_2_or_3(head: &[u8]) -> bool {
     matches!(
@@ -386,6 +380,20 @@ mod tests {
         );
         // "BZh" alone is text, not bzip2.
         assert_eq!(identify(&at(0, b"BZh9 text")), Signature::None);
+        assert_eq!(identify(&at(0, b"conectix")), Signature::Image(Format::Vpc));
+        assert_eq!(
+            identify(&at(0x40, &[0x7f, 0x10, 0xda, 0xbe])),
+            Signature::Image(Format::Vdi)
+        );
+        assert_eq!(
+            identify(&at(0, b"vhdxfile")),
+            Signature::Image(Format::Vhdx)
+        );
+        assert_eq!(identify(&at(0, b"KDMV")), Signature::Image(Format::Vmdk));
+        assert_eq!(
+            identify(&at(0, b"# Disk DescriptorFile\nversion=1\n")),
+            Signature::Image(Format::Vmdk)
+        );
         assert_eq!(identify(&[0u8; 512]), Signature::None);
         assert_eq!(identify(&[]), Signature::None);
         assert_eq!(identify(&[0x1f]), Signature::None);
@@ -395,12 +403,7 @@ mod tests {
     fn every_refused_signature_is_named() {
         let cases: &[(&[u8], usize, &str)] = &[
             (b"QFI\xfb\0\0\0\x01", 0, "qcow version 1"),
-            (b"KDMV", 0, "VMDK"),
             (b"COWD", 0, "VMDK (ESX COWD"),
-            (b"# Disk DescriptorFile\n", 0, "VMDK"),
-            (b"conectix", 0, "VHD"),
-            (b"vhdxfile", 0, "VHDX"),
-            (&[0x7f, 0x10, 0xda, 0xbe], 0x40, "VDI"),
             (b"QED\0", 0, "QED"),
             (b"LUKS\xba\xbe", 0, "LUKS"),
             (b"WithoutFreeSpace", 0, "Parallels"),

@@ -281,8 +281,13 @@ fn decide(
         (choice, None) => {
             let tail = check_tail(range, size)?;
             match (choice, &tail) {
-                (_, Tail::VhdFooter(_)) => Ok((Format::Vpc, tail)),
+                (FormatChoice::Auto | FormatChoice::Exactly(Format::Vpc), Tail::VhdFooter(_)) => {
+                    Ok((Format::Vpc, tail))
+                }
                 (FormatChoice::Auto, _) => Ok((Format::Raw, tail)),
+                // `--format vpc` on a stream whose end cannot be read first:
+                // a fixed VHD, whose footer is checked when the stream ends.
+                (FormatChoice::Exactly(Format::Vpc), Tail::Unchecked) => Ok((Format::Vpc, tail)),
                 (FormatChoice::Exactly(want), _) => Err(FormatError::WrongFormat {
                     asked: want.name(),
                     found: "raw (no signature)".to_string(),

@@ -88,6 +88,12 @@ impl SourceSpec {
         }
     }
 
+    /// A local file, whatever its name looks like (`SOURCE` arguments that
+    /// look like URLs are taken as URLs by [`SourceSpec::parse`]).
+    pub fn file(path: PathBuf) -> SourceSpec {
+        SourceSpec::new(file::FileSource::new(path))
+    }
+
     /// A spec for a source built by hand (a request body, a test double).
     pub fn new(source: impl Source + 'static) -> SourceSpec {
         SourceSpec(Arc::new(source))

@@ -10,6 +10,7 @@
 //! Every test binary includes this module with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod kube_api;
 pub mod matrix;
 pub mod qcow2;
 pub mod registry;
@@ -25,12 +26,28 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use streamdisk::testing::Prng;
+
 /// How long any one streamdisk run may take before the test calls it a hang.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_streamdisk")
+}
+
+/// CDI's image server for node pull, a binary of its own.
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cdi-containerimage-server")
+}
+
+/// A symbolic link named `name` in `dir` to the binary under test: CDI's
+/// tools (`cdi-importer`, `cdi-image-size-detection`, ...) are chosen by
+/// the name the binary is run as.
+pub fn bin_as(dir: &Path, name: &str) -> PathBuf {
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(bin(), &link).expect("symlink to the binary");
+    link
 }
 
 /// A fresh temporary directory, removed when dropped.
@@ -172,29 +189,21 @@ pub enum Fill {
     Byte(u8),
 }
 
-/// A deterministic pseudo-random generator (splitmix64), so images are reproducible.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
+/// The tests' one deterministic PRNG, [`Prng`] (splitmix64), seeded with
+/// `seed`, so images are reproducible. Spelt like the tuple struct it
+/// replaces so that `SplitMix(seed).fill(..)` keeps working; new code calls
+/// `Prng::new`.
+#[allow(non_snake_case)]
+pub fn SplitMix(seed: u64) -> Prng {
+    Prng::new(seed)
 }
 
 /// Fills `buf` (which sits at `offset` in its region) according to `fill`.
 pub fn fill_bytes(fill: Fill, offset: u64, buf: &mut [u8]) {
     match fill {
-        Fill::Random(seed) => SplitMix(seed ^ offset.wrapping_mul(0x2545_F491_4F6C_DD1D)).fill(buf),
+        Fill::Random(seed) => {
+            Prng::new(seed ^ offset.wrapping_mul(0x2545_F491_4F6C_DD1D)).fill(buf)
+        }
         Fill::Text => {
             const T: &[u8] =
                 b"streamdisk test data: the quick brown fox jumps over the lazy dog 0123456789\n";
@@ -286,14 +295,19 @@ pub fn wrap(path: &Path, w: Wrapper) -> Option<PathBuf> {
     Some(out_path)
 }
 
-/// Compares two files byte for byte; panics naming the first differing offset.
+/// The size of a file or a block device (whose `st_size` is 0), by seeking to its end.
+pub fn size_of(path: &Path) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("size of {}: {e}", path.display()))
+}
+
+/// Compares two files (or a device and a file) byte for byte; panics naming the first
+/// differing offset.
 pub fn assert_same_bytes(actual: &Path, expected: &Path) {
-    let la = fs::metadata(actual)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", actual.display()))
-        .len();
-    let le = fs::metadata(expected)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", expected.display()))
-        .len();
+    let la = size_of(actual);
+    let le = size_of(expected);
     assert_eq!(
         la,
         le,
@@ -735,12 +749,20 @@ impl LoopDevice {
     /// `losetup -f --show --direct-io=on FILE`. `None`, with a printed reason, when not
     /// root or when no loop device can be set up.
     pub fn attach(file: &Path) -> Option<LoopDevice> {
+        Self::attach_with(file, &[])
+    }
+
+    /// Like [`LoopDevice::attach`], with `extra` losetup arguments (such as
+    /// `--sector-size 4096`); `None`, with a printed reason, when losetup
+    /// refuses them too.
+    pub fn attach_with(file: &Path, extra: &[&str]) -> Option<LoopDevice> {
         if !is_root() {
             eprintln!("SKIP loop device target: not running as root");
             return None;
         }
         let out = Command::new("losetup")
             .args(["-f", "--show", "--direct-io=on"])
+            .args(extra)
             .arg(file)
             .output();
         match out {

@@ -843,7 +843,7 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-fn rustls_server_config(cert_pem: &str, key_pem: &str) -> rustls::ServerConfig {
+pub fn rustls_server_config(cert_pem: &str, key_pem: &str) -> rustls::ServerConfig {
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("parse cert PEM");

@@ -9,8 +9,10 @@
 # /dev/termination-log. The source is a loopback HTTP(S) server on the host (--network host).
 #
 # Cases:
-#   image-contents  the image holds only the binary and its cdi-importer symlink (no /scratch, no shell)
-#   help            the binary runs inside the image
+#   image-contents  the image holds exactly the binaries docs/container.md lists (no /scratch), at
+#                   most 16 MB, user 107, CDI's entrypoint, PATH set
+#   help            every entry point's --help or -h inside the image (sh, cp and the CDI tools
+#                   through PATH, as CDI names them)
 #   convert-https-block  the plain CLI (`streamdisk convert --ca-dir`) in the same hardened container
 #   http-block      qcow2 over HTTP into a loop device prefilled with garbage
 #   https-block     the same over HTTPS by host name (--add-host), CA in /certs via IMPORTER_CERT_DIR
@@ -21,14 +23,27 @@
 #   upload-server   the upload image (localhost/streamdisk-uploadserver) run as CDI's upload pod:
 #                   TLS with a client certificate named as CDI's proxy, the sample qcow2 sent
 #                   with curl, /data/disk.img and CDI's "Upload Complete" termination message
+#   node-pull-init  CDI's node-pull init container, `sh -c "cp /usr/bin/cdi-containerimage-server
+#                   /shared/server"`, copies a runnable static server into the shared volume
+#   server-help     that copied server, in a FROM scratch containerDisk image as UID 107, runs
+#                   `/shared/server -h` (the DataImportCron digest pod) and exits 0 within 2 s
+#   node-pull       the copied server in the containerDisk image with CDI's exact command, and the
+#                   importer in its network namespace in node-pull mode: the disk, the labels from
+#                   /info in the termination message, and the server's exit after the done file
+#   bootc-refused   the server refuses an image with /ostree, in CDI's words
+#   size-detection  cdi-image-size-detection as the clone controller runs it: qcow2, raw and the
+#                   formats-issue formats streamdisk decodes against qemu-img info; exit codes 1-3
+#   poller          cdi-source-update-poller against a TLS registry with htpasswd (the image pushed
+#                   by buildah) and a stand-in for the Kubernetes API server (kube_api.py; no API
+#                   server can run here) that checks the token, the content type and the patch
 #
 # Every case checks device or file contents byte for byte against `qemu-img convert -O raw`, and
 # the termination message against CDI's format. The last line is the summary:
 #   container e2e: PASS (N cases, T s)   or   container e2e: FAIL (...)
 # and the exit status is non-zero on any failure.
 #
-# Needs root (loop devices, podman storage), podman, buildah (unless prebuilt), qemu-img, qemu-io,
-# openssl, python3, losetup, curl. Without root it prints SKIP and exits 0.
+# Needs root (loop devices, podman storage), podman, buildah, qemu-img, qemu-io, openssl, python3,
+# losetup, curl, docker-registry and htpasswd (the poller case). Without root it prints SKIP and exits 0.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +52,13 @@ root=$(cd "$here/../.." && pwd)
 IMAGE=${IMAGE:-localhost/streamdisk:latest}
 export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 PODMAN=(podman --storage-driver "$STORAGE_DRIVER" --runtime runc)
+BUILDAH=(buildah --storage-driver "$STORAGE_DRIVER")
+# The largest image allowed (bytes, as podman reports them).
+MAX_IMAGE_SIZE=16000000
+# Every container runs hardened as CDI's pods are, as UID 107 (the file limits are explicit: the
+# default would exceed what an unprivileged build host may set).
+HARDENED=(--ulimit nofile=20000:20000 --ulimit nproc=1000:1000 --user 107 --cap-drop=ALL
+    --security-opt no-new-privileges)
 # Test host name for the HTTPS case; .test is reserved (RFC 2606), so it can never be real.
 TLS_HOST=images.streamdisk.test
 # CDI's owner UID label value is the PVC's UID: any UUID will do.
@@ -50,7 +72,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 0
 fi
 missing=()
-for tool in podman qemu-img qemu-io openssl python3 losetup readelf curl; do
+for tool in podman buildah qemu-img qemu-io openssl python3 losetup readelf curl docker-registry htpasswd; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [[ ${STREAMDISK_IMAGE_PREBUILT:-0} != 1 ]] && ! command -v buildah >/dev/null && ! command -v podman >/dev/null; then
@@ -67,6 +89,8 @@ chmod 0755 "$work"
 # subshells (to capture their messages), and the cleanup must see what they made.
 : >"$work/loops"
 : >"$work/containers"
+: >"$work/images"
+: >"$work/pids"   # servers started inside cases (subshells)
 pids=()
 
 cleanup() {
@@ -76,7 +100,11 @@ cleanup() {
     while read -r c; do
         "${PODMAN[@]}" container exists "$c" 2>/dev/null && "${PODMAN[@]}" rm -f "$c" >/dev/null 2>&1
     done <"$work/containers"
+    while read -r c; do
+        "${PODMAN[@]}" rmi -f "$c" >/dev/null 2>&1
+    done <"$work/images"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    while read -r p; do kill "$p" 2>/dev/null; done <"$work/pids"
     while read -r l; do losetup -d "$l" 2>/dev/null; done <"$work/loops"
     rm -rf "$work"
 }
@@ -144,8 +172,9 @@ make_ca_and_cert() {
     chmod 0755 "$work/certs" && chmod 0644 "$work/certs/ca.crt"
 }
 
-# cdi_env SOURCE ENDPOINT IMAGE_SIZE OVERHEAD: the environment CDI's import controller gives the
-# importer container (pkg/controller/import-controller.go, makeImportEnv), empty values included.
+# cdi_env VAR ENDPOINT IMAGE_SIZE OVERHEAD [PULL_METHOD READY_FILE DONE_FILE]: the environment
+# CDI's import controller gives the importer container (pkg/controller/import-controller.go,
+# makeImportEnv), empty values included; the last three are set for registry node pull.
 cdi_env() {
     local -n _out=$1
     _out=(
@@ -156,8 +185,8 @@ cdi_env() {
         -e "OWNER_UID=$OWNER_UID"
         -e "FILESYSTEM_OVERHEAD=$4"
         -e INSECURE_TLS=false
-        -e IMPORTER_DISK_ID= -e IMPORTER_UUID= -e IMPORTER_PULL_METHOD=
-        -e IMPORTER_READY_FILE= -e IMPORTER_DONE_FILE= -e IMPORTER_BACKING_FILE=
+        -e IMPORTER_DISK_ID= -e IMPORTER_UUID= -e "IMPORTER_PULL_METHOD=${5:-}"
+        -e "IMPORTER_READY_FILE=${6:-}" -e "IMPORTER_DONE_FILE=${7:-}" -e IMPORTER_BACKING_FILE=
         -e IMPORTER_THUMBPRINT= -e http_proxy= -e https_proxy= -e no_proxy=
         -e IMPORTER_CURRENT_CHECKPOINT= -e IMPORTER_PREVIOUS_CHECKPOINT= -e IMPORTER_FINAL_CHECKPOINT=
         -e PREALLOCATION=false -e CACHE_MODE= -e IMPORTER_REGISTRY_IMAGE_ARCHITECTURE=
@@ -167,6 +196,7 @@ cdi_env() {
 
 # run_importer NAME TERMLOG [podman run options...]: runs the image as CDI would, with `-v=1`
 # appended to the entrypoint like the controller does. Output goes to $work/NAME.log.
+# The network is the host's unless NET names another (`NET=container:X run_importer ...`).
 # Returns the container's exit status.
 run_importer() {
     local name=$1 termlog=$2
@@ -179,7 +209,7 @@ run_importer() {
     "${PODMAN[@]}" run --rm --name "$cname" \
         --ulimit nofile=20000:20000 --ulimit nproc=1000:1000 \
         --user 107 --group-add 107 --cap-drop=ALL --security-opt no-new-privileges \
-        --network host \
+        --network "${NET:-host}" \
         -v "$termlog:/dev/termination-log" \
         "$@" "$IMAGE" -v=1 >"$work/$name.log" 2>&1
     rc=$?
@@ -220,16 +250,23 @@ case_image_contents() {
     mnt=$("${PODMAN[@]}" image mount "$IMAGE" 2>&1) || { echo "podman image mount failed: $mnt"; return 1; }
     files=$(cd "$mnt" && find . -mindepth 1 -printf '%y %p%l\n' | sort)
     "${PODMAN[@]}" image unmount "$IMAGE" >/dev/null 2>&1
+    # What docs/container.md lists: the links carry their target after the name (find's %l).
     expected=$(printf '%s\n' "d ./usr" "d ./usr/bin" "f ./usr/bin/streamdisk" \
-        "l ./usr/bin/cdi-importerstreamdisk" | sort)
+        "l ./usr/bin/cdi-importerstreamdisk" "l ./usr/bin/cdi-image-size-detectionstreamdisk" \
+        "l ./usr/bin/cdi-source-update-pollerstreamdisk" "f ./usr/bin/cdi-containerimage-server" \
+        "d ./bin" "f ./bin/busybox" "l ./bin/shbusybox" "l ./bin/cpbusybox" | sort)
     if [[ $files != "$expected" ]]; then
         echo "image file list is [$(echo "$files" | tr '\n' ',')], expected [$(echo "$expected" | tr '\n' ',')]"
         return 1
     fi
     local cfg
-    cfg=$("${PODMAN[@]}" image inspect --format '{{.Config.User}}|{{json .Config.Entrypoint}}' "$IMAGE") || return 1
-    if [[ $cfg != '107|["/usr/bin/cdi-importer","-alsologtostderr"]' ]]; then
-        echo "image config is '$cfg', expected user 107 and the cdi-importer entrypoint"
+    cfg=$("${PODMAN[@]}" image inspect --format '{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Env}}' "$IMAGE") || return 1
+    if [[ $cfg != '107|["/usr/bin/cdi-importer","-alsologtostderr"]|["PATH=/usr/bin:/bin"]' ]]; then
+        echo "image config is '$cfg', expected user 107, the cdi-importer entrypoint and PATH=/usr/bin:/bin"
+        return 1
+    fi
+    if [[ $image_size -gt $MAX_IMAGE_SIZE ]]; then
+        echo "the image is $image_size bytes, more than $MAX_IMAGE_SIZE"
         return 1
     fi
 }
@@ -246,6 +283,28 @@ case_help() {
     fi
     if ! grep -q convert <<<"$out"; then
         echo "streamdisk --help does not mention 'convert': $(echo "$out" | head -3 | tr '\n' ' ')"
+        return 1
+    fi
+    # The other entry points in one container, through sh and PATH as CDI names them; each
+    # prints "NAME RC" and its usage must name one of its flags.
+    local script='for t in "sh --help:-c" "cp --help:-R" "cdi-importer -h:-v" \
+        "cdi-image-size-detection -h:-image-path" "cdi-source-update-poller -h:-certdir" \
+        "cdi-containerimage-server -h:-image-dir"; do
+        cmd=${t%%:*}; flag=${t#*:}
+        out=$($cmd 2>&1); rc=$?
+        case $out in *"$flag"*) ok=usage ;; *) ok=no-usage ;; esac
+        echo "${cmd%% *} $rc $ok"
+    done'
+    out=$("${PODMAN[@]}" run --rm --ulimit nofile=20000:20000 --ulimit nproc=1000:1000 \
+        --user 107 --cap-drop=ALL --security-opt no-new-privileges --network none \
+        --entrypoint sh "$IMAGE" -c "$script" 2>&1)
+    rc=$?
+    local want
+    want=$(printf '%s\n' "sh 0 usage" "cp 0 usage" "cdi-importer 0 usage" \
+        "cdi-image-size-detection 0 usage" "cdi-source-update-poller 0 usage" \
+        "cdi-containerimage-server 0 usage")
+    if [[ $rc -ne 0 || $out != "$want" ]]; then
+        echo "entry points' help (exit $rc): $(echo "$out" | tr '\n' ',')"
         return 1
     fi
 }
@@ -372,6 +431,300 @@ case_memory_64m() {
     fi
     check_success "$name" "$rc" "$termlog" || return 1
     compare_prefix "$dev" "$work/big.raw" || return 1
+}
+
+# --- the other CDI jobs run from the importer image -----------------------------------------
+
+# make_ip_cert NAME: a server certificate for 127.0.0.1 (an IP SAN) signed by the test CA, in
+# $work/tls/NAME.crt and NAME.key, readable by UID 107.
+make_ip_cert() {
+    local d=$work/tls n=$1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$d/$n.key" -out "$d/$n.csr" 2>>"$work/openssl.log" || return 1
+    printf '%s\n' "subjectAltName=IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$d/$n.ext"
+    openssl x509 -req -in "$d/$n.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/$n.ext" -out "$d/$n.crt" 2>>"$work/openssl.log" || return 1
+    chmod 0644 "$d/$n.crt" "$d/$n.key"
+}
+
+# scratch_image TAG SETUP [buildah config options...]: commits a FROM scratch image whose root
+# filesystem the function SETUP fills (it gets the mounted root as $1). Prints nothing.
+scratch_image() {
+    local tag=$1 setup=$2 ctr mnt
+    shift 2
+    ctr=$("${BUILDAH[@]}" from scratch) || return 1
+    mnt=$("${BUILDAH[@]}" mount "$ctr") || { "${BUILDAH[@]}" rm "$ctr" >/dev/null; return 1; }
+    "$setup" "$mnt" || { "${BUILDAH[@]}" rm "$ctr" >/dev/null; return 1; }
+    "${BUILDAH[@]}" umount "$ctr" >/dev/null
+    if (($#)); then "${BUILDAH[@]}" config "$@" "$ctr" || return 1; fi
+    echo "$tag" >>"$work/images"
+    "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$tag" >/dev/null
+}
+
+# A containerDisk as users build them: FROM scratch, the disk under /disk/ owned by 107, mode 0440.
+CONTAINERDISK=localhost/streamdisk-e2e-containerdisk:latest
+fill_containerdisk() {
+    mkdir -p "$1/disk" && cp "$work/www/sample.qcow2" "$1/disk/sample.qcow2" &&
+        chown 107:107 "$1/disk/sample.qcow2" && chmod 0440 "$1/disk/sample.qcow2"
+}
+# The same with an ostree deployment: what CDI's server refuses as a bootc image.
+fill_bootc() { fill_containerdisk "$1" && mkdir -p "$1/ostree/repo"; }
+
+NODE_PULL_LABELS='{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small","kubevirt.io/os":"fedora"},"message":"Import Complete"}'
+
+# The shared emptyDir of the node-pull pod (mode 0777, as the kubelet makes it).
+shared=$work/shared
+
+# CDI's init container (import-controller.go, dataimportcron-controller.go): the exact command.
+case_node_pull_init() {
+    mkdir -p "$shared" && chmod 0777 "$shared"
+    local cname="streamdisk-e2e-init-$$" rc
+    echo "$cname" >>"$work/containers"
+    "${PODMAN[@]}" run --rm --name "$cname" "${HARDENED[@]}" --network none -v "$shared:/shared" \
+        --entrypoint '["sh","-c","cp /usr/bin/cdi-containerimage-server /shared/server"]' \
+        "$IMAGE" >"$work/node-pull-init.log" 2>&1
+    rc=$?
+    [[ $rc -eq 0 ]] || { echo "the init container exited $rc: $(tail -3 "$work/node-pull-init.log")"; return 1; }
+    [[ -x $shared/server ]] || { echo "/shared/server is missing or not executable"; return 1; }
+    if readelf -l "$shared/server" | grep -q 'Requesting program interpreter'; then
+        echo "/shared/server is dynamically linked"
+        return 1
+    fi
+    local mnt
+    mnt=$("${PODMAN[@]}" image mount "$IMAGE") || return 1
+    cmp -s "$mnt/usr/bin/cdi-containerimage-server" "$shared/server"
+    rc=$?
+    "${PODMAN[@]}" image unmount "$IMAGE" >/dev/null 2>&1
+    [[ $rc -eq 0 ]] || { echo "/shared/server differs from the image's cdi-containerimage-server"; return 1; }
+    log "node-pull-init: /shared/server is $(stat -c %s "$shared/server") bytes, owner $(stat -c %u "$shared/server")"
+}
+
+# The DataImportCron digest pod: the user's image runs `/shared/server -h` and must end at once.
+case_server_help() {
+    [[ -x $shared/server ]] || { echo "no /shared/server (node-pull-init failed)"; return 1; }
+    local cname="streamdisk-e2e-server-help-$$" state
+    echo "$cname" >>"$work/containers"
+    "${PODMAN[@]}" run --name "$cname" "${HARDENED[@]}" \
+        --network none -v "$shared:/shared" --entrypoint '["/shared/server","-h"]' \
+        "$CONTAINERDISK" >"$work/server-help.log" 2>&1
+    state=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}} {{.State.StartedAt.UnixNano}} {{.State.FinishedAt.UnixNano}}' "$cname") || return 1
+    "${PODMAN[@]}" rm "$cname" >/dev/null 2>&1
+    local code start end ms
+    read -r code start end <<<"$state"
+    ms=$(((end - start) / 1000000))
+    log "server-help: exit $code after $ms ms inside the container"
+    [[ $code -eq 0 ]] || { echo "/shared/server -h exited $code: $(head -3 "$work/server-help.log")"; return 1; }
+    grep -q -- '-image-dir' "$work/server-help.log" || { echo "no usage printed: $(head -3 "$work/server-help.log")"; return 1; }
+    ((ms <= 2000)) || { echo "/shared/server -h ran for $ms ms (more than 2 s)"; return 1; }
+}
+
+# A registry node-pull pod: the server sidecar in the containerDisk image (its own network
+# namespace, no network but loopback), the importer joining that namespace as pod containers do.
+case_node_pull() {
+    [[ -x $shared/server ]] || { echo "no /shared/server (node-pull-init failed)"; return 1; }
+    local name=node-pull termlog=$work/node-pull.termlog env=() rc dev srv="streamdisk-e2e-sidecar-$$"
+    rm -f "$shared/ready" "$shared/done"
+    dev=$(new_loop $((8 * 1024 * 1024))) || { echo "cannot set up a loop device"; return 1; }
+    echo "$srv" >>"$work/containers"
+    "${PODMAN[@]}" run -d --name "$srv" "${HARDENED[@]}" \
+        --network none -v "$shared:/shared" \
+        --entrypoint '["/shared/server","-p","8100","-image-dir","/disk","-ready-file","/shared/ready","-done-file","/shared/done"]' \
+        "$CONTAINERDISK" >/dev/null || { echo "the server container did not start"; return 1; }
+    cdi_env env "http://localhost:8100/disk.img" 8Mi 0 node /shared/ready /shared/done
+    NET=container:$srv run_importer "$name" "$termlog" "${env[@]}" \
+        --device "$dev:/dev/cdi-block-volume" -v "$shared:/shared"
+    rc=$?
+    local code
+    code=$(timeout 20 "${PODMAN[@]}" wait "$srv" 2>/dev/null)
+    "${PODMAN[@]}" logs "$srv" >"$work/node-pull-server.log" 2>&1
+    log "node-pull: server log: $(tr '\n' '|' <"$work/node-pull-server.log" | head -c 400)"
+    local msg
+    msg=$(cat "$termlog")
+    if [[ $rc -ne 0 || $msg != "$NODE_PULL_LABELS" ]]; then
+        echo "importer exit $rc, termination message '$msg', expected '$NODE_PULL_LABELS'"
+        return 1
+    fi
+    compare_prefix "$dev" "$work/sample.raw" || return 1
+    [[ $code == 0 ]] || { echo "the server did not exit 0 after the done file (podman wait: '${code:-timeout}')"; return 1; }
+    if [[ -e $shared/ready || -e $shared/done ]]; then
+        echo "the server left $(ls "$shared" | tr '\n' ' ') in the shared volume"
+        return 1
+    fi
+    grep -q 'Serving /disk on HTTP port: 8100' "$work/node-pull-server.log" ||
+        { echo "the server did not log CDI's serving line"; return 1; }
+}
+
+case_bootc_refused() {
+    [[ -x $shared/server ]] || { echo "no /shared/server (node-pull-init failed)"; return 1; }
+    local cname="streamdisk-e2e-bootc-$$" rc out
+    rm -f "$shared/ready" "$shared/done"
+    echo "$cname" >>"$work/containers"
+    out=$("${PODMAN[@]}" run --rm --name "$cname" "${HARDENED[@]}" --network none -v "$shared:/shared" \
+        --entrypoint '["/shared/server","-p","8100","-image-dir","/disk","-ready-file","/shared/ready","-done-file","/shared/done"]' \
+        localhost/streamdisk-e2e-bootc:latest 2>&1)
+    rc=$?
+    [[ $rc -eq 1 ]] || { echo "the server exited $rc on a bootc image: $out"; return 1; }
+    [[ $out == *"bootc image detected"* ]] || { echo "no bootc message: $out"; return 1; }
+    [[ ! -e $shared/ready ]] || { echo "a ready file was written for a bootc image"; return 1; }
+}
+
+# qemu_vsize IMG: qemu-img's virtual size.
+qemu_vsize() {
+    qemu-img info --output=json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])'
+}
+
+# The clone controller's size-detection pod (pvc-clone-controller.go): the source PVC at /data.
+case_size_detection() {
+    local d=$work/sizes termlog=$work/size-detection.termlog cname rc msg want
+    mkdir -p "$d/qcow2" "$d/raw"
+    qemu-img create -q -f qcow2 "$d/qcow2/disk.img" 10G && qemu-io -f qcow2 -c "write -P 0x5a 1M 64k" "$d/qcow2/disk.img" >/dev/null || return 1
+    head -c $((3 * 1024 * 1024 + 1000)) /dev/urandom >"$d/raw/disk.img"
+    local fmt opts
+    for fmt in vpc vhdx vdi vmdk; do
+        case $fmt in vpc|vhdx) opts=subformat=dynamic ;; vdi) opts=static=off ;; vmdk) opts=subformat=monolithicSparse ;; esac
+        mkdir -p "$d/$fmt"
+        qemu-img create -q -f "$fmt" -o "$opts" "$d/$fmt/disk.img" 100M || return 1
+        qemu-io -f "$fmt" -c "write -P 0x11 1M 64k" "$d/$fmt/disk.img" >/dev/null || return 1
+    done
+    chmod -R a+rX "$d"
+    : >"$termlog" && chown 107:107 "$termlog"
+    # Exactly as the controller runs it.
+    cname="streamdisk-e2e-size-$$"
+    echo "$cname" >>"$work/containers"
+    "${PODMAN[@]}" run --rm --name "$cname" "${HARDENED[@]}" \
+        --network none -v "$d/qcow2:/data" -v "$termlog:/dev/termination-log" \
+        --entrypoint /usr/bin/cdi-image-size-detection "$IMAGE" -image-path /data/disk.img \
+        >"$work/size-detection.log" 2>&1
+    rc=$?
+    msg=$(cat "$termlog")
+    want=$(qemu_vsize "$d/qcow2/disk.img")
+    if [[ $rc -ne 0 || $msg != "$want" ]]; then
+        echo "qcow2: exit $rc, termination message '$msg', expected '$want': $(tail -2 "$work/size-detection.log")"
+        return 1
+    fi
+    # The other files and the failures in one container (sh and PATH from the image).
+    local script='for c in "raw/disk.img" "vpc/disk.img" "vhdx/disk.img" "vdi/disk.img" "vmdk/disk.img" \
+            "missing.img" "bad%zz.img" ""; do
+        : >/dev/termination-log
+        if [ -n "$c" ]; then cdi-image-size-detection -image-path "/data/$c" 2>/dev/null; else cdi-image-size-detection 2>/dev/null; fi
+        rc=$?; msg=; read -r msg </dev/termination-log
+        echo "${c:-none} $rc $msg"
+    done'
+    local out
+    out=$("${PODMAN[@]}" run --rm --name "$cname" "${HARDENED[@]}" --network none -v "$d:/data" \
+        -v "$termlog:/dev/termination-log" --entrypoint sh "$IMAGE" -c "$script" 2>&1) || {
+        echo "the batch container failed: $out"; return 1; }
+    log "size-detection: $(echo "$out" | tr '\n' '|')"
+    local line file code got decoded=()
+    while read -r file code got; do
+        case $file in
+            raw/disk.img|vpc/disk.img|vhdx/disk.img|vdi/disk.img|vmdk/disk.img)
+                want=$(qemu_vsize "$d/$file")
+                if [[ $code == 0 && $got == "$want" ]]; then
+                    [[ $file == raw/* ]] || decoded+=("${file%%/*}")
+                elif [[ $code == 2 && $file != raw/* ]]; then
+                    log "size-detection: ${file%%/*} is not decoded by streamdisk yet (exit 2)"
+                else
+                    echo "$file: exit $code, message '$got', expected '$want'"
+                    return 1
+                fi ;;
+            missing.img) [[ $code == 2 && -z $got ]] || { echo "missing file: exit $code, message '$got', expected 2 (invalid file)"; return 1; } ;;
+            bad%zz.img) [[ $code == 3 && -z $got ]] || { echo "unparsable path: exit $code, expected 3 (invalid path)"; return 1; } ;;
+            none) [[ $code == 1 ]] || { echo "no -image-path: exit $code, expected 1 (bad arguments)"; return 1; } ;;
+        esac
+    done <<<"$out"
+    [[ $(grep -c . <<<"$out") -eq 8 ]] || { echo "expected 8 result lines, got: $out"; return 1; }
+    log "size-detection: formats-issue formats sized like qemu-img: ${decoded[*]:-none yet}"
+}
+
+# A DataImportCron's poller CronJob (dataimportcron-controller.go, InitPollerPod).
+case_poller() {
+    local d=$work/poller rport kport
+    mkdir -p "$d/registry" "$d/sa"
+    make_ip_cert registry && make_ip_cert kubeapi || { tail -3 "$work/openssl.log"; return 1; }
+    htpasswd -Bbn poller 'S3cret-pw' >"$d/htpasswd" 2>/dev/null || return 1
+    rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cat >"$d/config.yml" <<CFG
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $d/registry
+http:
+  addr: 127.0.0.1:$rport
+  tls:
+    certificate: $work/tls/registry.crt
+    key: $work/tls/registry.key
+auth:
+  htpasswd:
+    realm: streamdisk-e2e
+    path: $d/htpasswd
+CFG
+    docker-registry serve "$d/config.yml" </dev/null >"$d/registry.log" 2>&1 &
+    echo $! >>"$work/pids"
+    local _
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
+        sleep 0.1
+    done
+    local ref="127.0.0.1:$rport/os/fedora:42" digest
+    "${BUILDAH[@]}" push --quiet --cert-dir "$work/certs" --creds 'poller:S3cret-pw' \
+        --digestfile "$d/digest" "$CONTAINERDISK" "docker://$ref" >"$d/push.log" 2>&1 ||
+        { echo "buildah push failed: $(tail -3 "$d/push.log")"; return 1; }
+    digest=$(cat "$d/digest")
+    # The service account as the kubelet mounts it, and the object the API stand-in serves.
+    local token="e2e-service-account-token-$$"
+    printf '%s' "$token" >"$d/sa/token"
+    cp "$work/certs/ca.crt" "$d/sa/ca.crt"
+    printf 'kubevirt-os-images' >"$d/sa/namespace"
+    chmod 0755 "$d/sa" && chmod 0644 "$d/sa"/*
+    local apipath=/apis/cdi.kubevirt.io/v1beta1/namespaces/kubevirt-os-images/dataimportcrons/fedora-image-cron
+    printf '%s' '{"apiVersion":"cdi.kubevirt.io/v1beta1","kind":"DataImportCron","metadata":{"name":"fedora-image-cron","namespace":"kubevirt-os-images","annotations":{"cdi.kubevirt.io/storage.import.nextCronTime":"2026-12-01T12:00:00Z","cdi.kubevirt.io/storage.import.sourceDesiredDigest":"sha256:0000"}}}' >"$d/object.json"
+    : >"$d/api.log"
+    python3 "$here/kube_api.py" --port-file "$d/api.port" --cert "$work/tls/kubeapi.crt" \
+        --key "$work/tls/kubeapi.key" --token "$token" --path "$apipath" --object "$d/object.json" \
+        --log "$d/api.log" </dev/null >/dev/null 2>>"$d/api.err" &
+    echo $! >>"$work/pids"
+    for _ in $(seq 100); do [[ -s $d/api.port ]] && break; sleep 0.1; done
+    kport=$(cat "$d/api.port" 2>/dev/null)
+    [[ -n $kport ]] || { echo "the API stand-in did not start: $(tail -3 "$d/api.err")"; return 1; }
+
+    local cname="streamdisk-e2e-poller-$$" rc i
+    echo "$cname" >>"$work/containers"
+    for i in 1 2; do
+        "${PODMAN[@]}" run --rm --name "$cname" "${HARDENED[@]}" --network host \
+            -e KUBERNETES_SERVICE_HOST=127.0.0.1 -e "KUBERNETES_SERVICE_PORT=$kport" \
+            -e IMPORTER_ACCESS_KEY_ID=poller -e IMPORTER_SECRET_KEY='S3cret-pw' \
+            -v "$d/sa:/var/run/secrets/kubernetes.io/serviceaccount:ro" -v "$work/certs:/certs:ro" \
+            --entrypoint '["/usr/bin/cdi-source-update-poller","-ns","kubevirt-os-images","-cron","fedora-image-cron","-url","docker://'"$ref"'","-certdir","/certs"]' \
+            "$IMAGE" >"$work/poller-$i.log" 2>&1
+        rc=$?
+        [[ $rc -eq 0 ]] || { echo "poll $i exited $rc: $(tail -3 "$work/poller-$i.log" | tr '\n' ' ')"; return 1; }
+    done
+    grep -q "Digest updated" "$work/poller-1.log" && grep -q "No digest update" "$work/poller-2.log" ||
+        { echo "the polls did not log 'Digest updated' then 'No digest update'"; return 1; }
+    # What the API stand-in accepted: GET, PATCH (time and digest), GET, PATCH (time only).
+    python3 - "$d/api.log" "$digest" <<'PY' || return 1
+import json, sys
+reqs = [json.loads(l) for l in open(sys.argv[1])]
+digest = sys.argv[2]
+seq = [(r["method"], r["status"]) for r in reqs]
+want = [("GET", 200), ("PATCH", 200), ("GET", 200), ("PATCH", 200)]
+if seq != want:
+    print(f"API requests {seq}, expected {want}")
+    sys.exit(1)
+t = "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime"
+g = "/metadata/annotations/cdi.kubevirt.io~1storage.import.sourceDesiredDigest"
+first, second = reqs[1]["body"], reqs[3]["body"]
+ok = ([o["path"] for o in first] == [t, g] and first[1]["value"] == digest
+      and [o["path"] for o in second] == [t]
+      and all(r["content_type"] == "application/json-patch+json" for r in (reqs[1], reqs[3])))
+if not ok:
+    print(f"patches {first} then {second}; expected the time and {digest}, then the time")
+    sys.exit(1)
+PY
 }
 
 # check_metric_samples NAME FILE: the progress values scraped (one per line) all parse with the
@@ -563,6 +916,19 @@ if memory_limit_works; then
 else
     log "memory-64m: skipped: podman reports no cgroup memory controller, so --memory cannot be enforced"
 fi
+if scratch_image "$CONTAINERDISK" fill_containerdisk --env KUBEVIRT_IO_OS=fedora \
+        --env INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small &&
+    scratch_image localhost/streamdisk-e2e-bootc:latest fill_bootc; then
+    log "containerDisk images built"
+else
+    log "could not build the containerDisk images"
+fi
+run_case node-pull-init case_node_pull_init
+run_case server-help case_server_help
+run_case node-pull case_node_pull
+run_case bootc-refused case_bootc_refused
+run_case size-detection case_size_detection
+run_case poller case_poller
 
 if "${PODMAN[@]}" image exists "$UPLOAD_IMAGE"; then
     run_case upload-server case_upload_server

@@ -15,6 +15,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use streamdisk::testing::Prng;
+
 use crate::common::matrix::SourceKind;
 use crate::common::qcow2::{self, off, patch, patch_u32, patch_u64, read_header, read_u64};
 use crate::common::server::{Body, TestServer};
@@ -209,7 +211,7 @@ fn refuses_bad_headers() {
 
     let garbage = d.join("garbage.qcow2");
     let mut g = b"QFI\xfb".to_vec();
-    let mut rng = crate::common::SplitMix(77);
+    let mut rng = Prng::new(77);
     let mut rest = vec![0u8; (MIB) as usize];
     rng.fill(&mut rest);
     g.extend_from_slice(&rest);
@@ -642,7 +644,7 @@ fn refuses_corrupt_wrappers() {
         let p = d.join(format!("garbage.{name}"));
         let mut bytes = magic.to_vec();
         let mut rest = vec![0u8; 256 * 1024];
-        crate::common::SplitMix(5).fill(&mut rest);
+        Prng::new(5).fill(&mut rest);
         bytes.extend_from_slice(&rest);
         fs::write(&p, bytes).unwrap();
         let words: &'static [&'static str] = match name {

@@ -197,7 +197,7 @@ impl Pod {
 
 /// A qcow2 image with data at a few places (and zeros elsewhere), plus its
 /// oracle raw conversion.
-fn sample_qcow2(dir: &Path, virtual_size: u64) -> (PathBuf, PathBuf) {
+pub(crate) fn sample_qcow2(dir: &Path, virtual_size: u64) -> (PathBuf, PathBuf) {
     let img = dir.join("disk.qcow2");
     qcow2_create(&img, virtual_size, "");
     let last = virtual_size - MIB;
@@ -220,7 +220,7 @@ fn sha256_hex(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-fn assert_prefix_equals(actual: &Path, expected: &Path, len: u64) {
+pub(crate) fn assert_prefix_equals(actual: &Path, expected: &Path, len: u64) {
     if let Some(off) = first_difference(actual, expected, len) {
         panic!(
             "{} differs from the qemu-img oracle at offset {off}",

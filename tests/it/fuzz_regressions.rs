@@ -58,3 +58,23 @@ fn ova_inputs_replay_cleanly() {
     let n = replay_with("fuzz/corpus/ova_open", &check) + replay_with("fuzz/seeds/ova", &check);
     assert!(n > 0, "no fuzz inputs found for ova_open");
 }
+
+#[test]
+fn vpc_inputs_replay_cleanly() {
+    replay_target(Format::Vpc, "vpc_decode");
+}
+
+#[test]
+fn vdi_inputs_replay_cleanly() {
+    replay_target(Format::Vdi, "vdi_decode");
+}
+
+#[test]
+fn vhdx_inputs_replay_cleanly() {
+    replay_target(Format::Vhdx, "vhdx_decode");
+}
+
+#[test]
+fn vmdk_inputs_replay_cleanly() {
+    replay_target(Format::Vmdk, "vmdk_decode");
+}

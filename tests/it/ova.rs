@@ -317,8 +317,7 @@ fn info_names_the_member_then_the_disk() {
 }
 
 /// The Done-when case of issue 14: an OVA made of an `.ovf` and a
-/// streamOptimized VMDK imports its first disk. Skipped, saying so, while
-/// the build refuses VMDK.
+/// streamOptimized VMDK imports its first disk.
 #[test]
 fn stream_optimized_vmdk_imports_its_first_disk() {
     let dir = tempdir();
@@ -357,17 +356,6 @@ fn stream_optimized_vmdk_imports_its_first_disk() {
     );
     let oracle = qemu_raw_fmt(&vmdk, Some("vmdk"));
     let probe = Streamdisk::convert(&ova, dir.path().join("probe.raw")).run();
-    if !probe.success()
-        && probe
-            .last_stderr_line()
-            .contains("VMDK images are not supported")
-    {
-        eprintln!(
-            "SKIP streamOptimized VMDK in an OVA: this build does not decode VMDK yet ({})",
-            probe.last_stderr_line()
-        );
-        return;
-    }
     probe.assert_ok();
     assert_same_bytes(&dir.path().join("probe.raw"), &oracle);
     check_matrix("streamOptimized VMDK in an OVA", &ova, &oracle, &[]);

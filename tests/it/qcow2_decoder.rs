@@ -2,54 +2,20 @@
 //! qemu-io, decoded from a plain `Read` (with and without a `RangeRead`, with a
 //! spill directory and with spilling forbidden, with windows small enough to
 //! force every fallback), compared byte for byte with `qemu-img convert -O raw`.
-//! Broken images must be refused with `Qcow2Error::Invalid`, never a panic.
+//! Broken images must be refused with the `Qcow2Error` variant that names
+//! the fault (in a one-line message), never a panic.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use streamdisk::format::qcow2::{decode, DecodeReport, PlanOptions, Qcow2Error, SpillPolicy};
 use streamdisk::format::{FormatError, PlanError};
-use streamdisk::testing::{CheckingSink, Dribble, FileRange};
+use streamdisk::testing::{CheckingSink, Dribble, FileRange, Prng};
+
+use crate::common::{qemu_img, qemu_io, qemu_raw_fmt, tempdir};
 
 // ---------------------------------------------------------------- helpers
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qemu_img(args: &[&str]) {
-    run(Command::new("qemu-img").args(args));
-}
-
-/// Runs qemu-io commands on an image (each one a `-c`).
-fn qemu_io(img: &Path, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.arg("-f").arg("qcow2");
-    for x in cmds {
-        c.arg("-c").arg(x);
-    }
-    c.arg(img);
-    let out = c.output().expect("spawn qemu-io");
-    // `abort` kills qemu-io on purpose; anything else must succeed.
-    let aborted = cmds.contains(&"abort");
-    assert!(
-        aborted || out.status.success(),
-        "qemu-io {cmds:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !text.contains("error") && !text.contains("failed"),
-        "qemu-io {cmds:?}: {text}"
-    );
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -114,25 +80,16 @@ fn decode_file(
     (r, sink)
 }
 
+/// The oracle's raw image.
 fn to_raw(img: &Path) -> PathBuf {
-    let raw = img.with_extension("raw");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        img.to_str().expect("utf8"),
-        raw.to_str().expect("utf8"),
-    ]);
-    raw
+    qemu_raw_fmt(img, Some("qcow2"))
 }
 
 /// Decodes `img` in every mode and compares with qemu-img. Returns the
 /// reports by mode; Forbid may legitimately need scratch space.
 fn check_all(img: &Path) -> Vec<(Mode, DecodeReport)> {
     let raw = to_raw(img);
-    let scratch = tempfile::tempdir().expect("scratch");
+    let scratch = tempdir();
     let mut reports = Vec::new();
     for mode in ALL {
         let (r, sink) = decode_file(img, mode, scratch.path());
@@ -167,7 +124,7 @@ struct Img {
 }
 
 fn create(opts: &str, size: &str) -> Img {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let path = dir.path().join("t.qcow2");
     let mut args = vec!["create", "-q", "-f", "qcow2"];
     if !opts.is_empty() {
@@ -184,17 +141,10 @@ fn create(opts: &str, size: &str) -> Img {
 /// A raw file of mixed content: random, text-like, pattern and zeros.
 fn mixed_raw(path: &Path, mib: usize) {
     let mut v = vec![0u8; mib << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = Prng::new(0x9e37_79b9_7f4a_7c15);
     for (i, chunk) in v.chunks_mut(64 << 10).enumerate() {
         match i % 5 {
-            0 => {
-                for b in chunk.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
+            0 => rng.fill(chunk),
             1 => {
                 for (j, b) in chunk.iter_mut().enumerate() {
                     *b = b"the quick brown fox jumps over the lazy dog "[j % 44];
@@ -203,11 +153,9 @@ fn mixed_raw(path: &Path, mib: usize) {
             2 => chunk.fill(0),
             3 => {
                 // Low-entropy noise: compresses to roughly half.
+                rng.fill(chunk);
                 for b in chunk.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = (x as u8) & 0x0f;
+                    *b &= 0x0f;
                 }
             }
             _ => {
@@ -290,7 +238,7 @@ fn extended_l2_subclusters() {
 
 #[test]
 fn compressed_zlib_and_zstd() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let raw = dir.path().join("src.raw");
     mixed_raw(&raw, 8);
     for ct in ["zlib", "zstd"] {
@@ -421,7 +369,7 @@ fn qcow2_rs_reader_agrees() {
 }
 
 fn crosscheck_with_qcow2_rs(path: &Path) {
-    let scratch = tempfile::tempdir().expect("scratch");
+    let scratch = tempdir();
     let (r, sink) = decode_file(path, Mode::Stream, scratch.path());
     r.expect("decode");
     let vsize = sink.vsize.expect("vsize") as usize;
@@ -479,27 +427,47 @@ fn put32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Decodes bytes in every streaming mode; must be refused as Invalid and
-/// mention `needle`.
-fn refused(bytes: &[u8], needle: &str, what: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A predicate on the error a refusal must give (for a choice among several).
+type Want = fn(&FormatError) -> bool;
+
+/// `|e| e is FormatError::Qcow2(PATTERN)`, optionally `if GUARD`.
+macro_rules! qcow2 {
+    ($p:pat) => {
+        |e: &FormatError| matches!(e, FormatError::Qcow2($p))
+    };
+    ($p:pat if $guard:expr) => {
+        |e: &FormatError| matches!(e, FormatError::Qcow2($p) if $guard)
+    };
+}
+
+/// The image ends before something it maps: the decoder says so at the
+/// end of the stream, or the driver when a range read of a table fails.
+fn truncated(e: &FormatError) -> bool {
+    match e {
+        FormatError::Qcow2(q) => q.is_truncation(),
+        FormatError::MetadataPastEnd { .. } => true,
+        _ => false,
+    }
+}
+
+/// Decodes bytes in every streaming mode: each must refuse them with an
+/// error `want` accepts (or, in Forbid mode, say it needs scratch space),
+/// in a one-line message.
+fn refused(bytes: &[u8], what: &str, want: impl Fn(&FormatError) -> bool) {
+    let dir = tempdir();
     let p = dir.path().join("bad.qcow2");
     std::fs::write(&p, bytes).expect("write");
     for mode in ALL {
         let (r, _) = decode_file(&p, mode, dir.path());
         match r {
-            Err(FormatError::Qcow2(Qcow2Error::Invalid(m))) => {
-                assert!(
-                    m.to_lowercase().contains(&needle.to_lowercase()),
-                    "{what} ({mode:?}): message {m:?} should mention {needle:?}"
-                );
-                assert!(!m.contains('\n'), "one-line message: {m:?}");
-            }
-            Err(FormatError::MetadataPastEnd { .. }) if needle.contains("truncated") => {}
             Err(FormatError::Plan(PlanError::ScratchRequired { .. }))
                 if matches!(mode, Mode::Forbid) => {}
+            Err(e) => {
+                let m = streamdisk::error_chain(&e);
+                assert!(want(&e), "{what} ({mode:?}): wrong error {e:?} ({m})");
+                assert!(!m.contains('\n'), "one-line message: {m:?}");
+            }
             Ok(_) => panic!("{what} ({mode:?}): accepted"),
-            Err(e) => panic!("{what} ({mode:?}): wrong error kind: {e}"),
         }
     }
 }
@@ -514,42 +482,81 @@ fn base_image() -> (Img, Vec<u8>) {
 #[test]
 fn refuses_broken_headers() {
     let (_i, good) = base_image();
-    refused(&[], "empty", "empty file");
-    refused(&good[..50], "truncated", "truncated header");
+    refused(&[], "empty file", qcow2!(Qcow2Error::Empty));
+    refused(
+        &good[..50],
+        "truncated header",
+        qcow2!(Qcow2Error::HeaderTruncated {
+            have: 50,
+            need: 65536
+        }),
+    );
     let mut b = good.clone();
     b[0] = b'X';
-    refused(&b, "magic", "bad magic");
+    refused(&b, "bad magic", qcow2!(Qcow2Error::BadMagic));
     let mut b = good.clone();
     put32(&mut b, 4, 4);
-    refused(&b, "version", "bad version");
+    refused(&b, "bad version", qcow2!(Qcow2Error::UnsupportedVersion(4)));
     for bits in [8u32, 22, 63, 0xffff_ffff] {
         let mut b = good.clone();
         put32(&mut b, 20, bits);
-        refused(&b, "cluster_bits", "cluster bits");
+        let want: Want = match bits {
+            8 => qcow2!(Qcow2Error::ClusterBits(8)),
+            22 => qcow2!(Qcow2Error::ClusterBits(22)),
+            63 => qcow2!(Qcow2Error::ClusterBits(63)),
+            _ => qcow2!(Qcow2Error::ClusterBits(0xffff_ffff)),
+        };
+        refused(&b, &format!("cluster bits {bits}"), want);
     }
     let mut b = good.clone();
     put32(&mut b, 32, 1);
-    refused(&b, "AES", "aes");
+    refused(&b, "aes", qcow2!(Qcow2Error::Encrypted("AES")));
     let mut b = good.clone();
     put64(&mut b, 24, u64::MAX);
-    refused(&b, "virtual size", "absurd vsize");
+    refused(
+        &b,
+        "absurd vsize",
+        qcow2!(Qcow2Error::VirtualSize(u64::MAX)),
+    );
     let mut b = good.clone();
     put64(&mut b, 40, be64(&good, 40) + 512);
-    refused(&b, "aligned", "unaligned L1");
+    refused(
+        &b,
+        "unaligned L1",
+        qcow2!(Qcow2Error::Unaligned {
+            what: "L1 table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, 48, be64(&good, 48) + 4096);
-    refused(&b, "aligned", "unaligned refcount table");
+    refused(
+        &b,
+        "unaligned refcount table",
+        qcow2!(Qcow2Error::Unaligned {
+            what: "refcount table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, 72, 1 << 9);
-    refused(&b, "incompatible", "unknown incompatible bit");
+    refused(
+        &b,
+        "unknown incompatible bit",
+        qcow2!(Qcow2Error::UnknownIncompatible { bits: 512, .. }),
+    );
     let mut b = good.clone();
     put64(&mut b, 72, 1 << 3);
-    refused(&b, "compression", "compression bit without type");
+    refused(
+        &b,
+        "compression bit without type",
+        qcow2!(Qcow2Error::CompressionTypeMismatch { raw: 0, bit: true }),
+    );
 }
 
 #[test]
 fn refuses_backing_luks_and_data_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let base = dir.path().join("base-disk.qcow2");
     qemu_img(&[
         "create",
@@ -573,8 +580,8 @@ fn refuses_backing_luks_and_data_file() {
     ]);
     refused(
         &std::fs::read(&over).expect("read"),
-        "base-disk.qcow2",
         "backing file",
+        qcow2!(Qcow2Error::BackingFile { name } if name.ends_with("/base-disk.qcow2")),
     );
 
     let luks = dir.path().join("luks.qcow2");
@@ -590,7 +597,11 @@ fn refuses_backing_luks_and_data_file() {
         luks.to_str().expect("utf8"),
         "1M",
     ]);
-    refused(&std::fs::read(&luks).expect("read"), "LUKS", "luks");
+    refused(
+        &std::fs::read(&luks).expect("read"),
+        "luks",
+        qcow2!(Qcow2Error::Encrypted("LUKS")),
+    );
 
     let df = dir.path().join("df.qcow2");
     let data = dir.path().join("df.raw");
@@ -606,8 +617,8 @@ fn refuses_backing_luks_and_data_file() {
     ]);
     refused(
         &std::fs::read(&df).expect("read"),
-        "external data file",
         "data file",
+        qcow2!(Qcow2Error::ExternalDataFile { name } if name.ends_with("/df.raw")),
     );
 }
 
@@ -626,55 +637,107 @@ fn refuses_broken_tables() {
 
     let mut b = good.clone();
     put64(&mut b, l1 as usize, (1 << 63) | l1);
-    refused(&b, "L1 table", "L1 entry pointing at the L1 table");
+    refused(
+        &b,
+        "L1 entry pointing at the L1 table",
+        qcow2!(Qcow2Error::Overlap {
+            what: "L2 table",
+            other: "L1 table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l1 as usize, (1 << 63) | (len + 65536 * 4));
-    refused(&b, "truncated", "L2 past the end");
+    refused(&b, "L2 past the end", truncated);
     let mut b = good.clone();
     put64(&mut b, l1 as usize, (1 << 63) | (l2 + 512));
-    refused(&b, "aligned", "unaligned L2");
+    refused(
+        &b,
+        "unaligned L2",
+        qcow2!(Qcow2Error::Unaligned {
+            what: "L2 table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l1 as usize, be64(&good, l1 as usize) | (1 << 60));
-    refused(&b, "reserved", "reserved bits in L1 entry");
+    refused(
+        &b,
+        "reserved bits in L1 entry",
+        qcow2!(Qcow2Error::ReservedBits { table: "L1", bits, .. } if *bits == 1 << 60),
+    );
     let mut b = good.clone();
     put64(&mut b, 40, len + (1 << 20));
-    refused(&b, "truncated", "L1 past the end");
+    refused(&b, "L1 past the end", truncated);
     let mut b = good.clone();
     put64(&mut b, 48, len + (1 << 20));
-    refused(&b, "truncated", "refcount table past the end");
+    refused(&b, "refcount table past the end", truncated);
 
     // L2 entries.
     let e0 = be64(&good, l2 as usize);
     let mut b = good.clone();
     put64(&mut b, l2 as usize, e0 | 2);
-    refused(&b, "reserved", "reserved bit in L2 entry");
+    refused(
+        &b,
+        "reserved bit in L2 entry",
+        qcow2!(Qcow2Error::ReservedBits {
+            table: "L2",
+            bits: 2,
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l2 as usize, (1 << 63) | l1);
-    refused(&b, "L1 table", "data cluster on the L1 table");
+    refused(
+        &b,
+        "data cluster on the L1 table",
+        qcow2!(Qcow2Error::Overlap {
+            what: "data cluster",
+            other: "L1 table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l2 as usize, (1 << 63) | l2);
-    refused(&b, "L2 table", "data cluster on its own L2 table");
+    refused(
+        &b,
+        "data cluster on its own L2 table",
+        qcow2!(Qcow2Error::Overlap {
+            what: "data cluster",
+            other: "L2 table",
+            ..
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l2 as usize, 1 << 63);
     // Offset 0 with the copied flag reads as unallocated, like QEMU: accepted.
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = tempdir();
     let p = dir.path().join("ok.qcow2");
     std::fs::write(&p, &b).expect("write");
     assert!(decode_file(&p, Mode::Stream, dir.path()).0.is_ok());
     let mut b = good.clone();
     put64(&mut b, l2 as usize, (1 << 63) | (len + (1 << 20)));
-    refused(&b, "truncated", "data past the end");
+    refused(&b, "data past the end", truncated);
     let mut b = good.clone();
     put64(&mut b, l2 as usize, (1 << 62) | 100);
-    refused(&b, "header", "compressed cluster inside the header");
+    refused(
+        &b,
+        "compressed cluster inside the header",
+        qcow2!(Qcow2Error::Overlap {
+            what: "compressed cluster",
+            at: 100,
+            other: "image header",
+            other_at: 0
+        }),
+    );
     let mut b = good.clone();
     put64(&mut b, l2 as usize, (1 << 62) | (len + 100));
-    refused(&b, "truncated", "compressed cluster past the end");
+    refused(&b, "compressed cluster past the end", truncated);
 }
 
 #[test]
 fn refuses_corrupt_compressed_data_and_truncation() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let raw = dir.path().join("src.raw");
     mixed_raw(&raw, 2);
     for ct in ["zlib", "zstd"] {
@@ -704,11 +767,13 @@ fn refuses_corrupt_compressed_data_and_truncation() {
                 for x in &mut b[off + 2..off + 40] {
                     *x ^= 0x5a;
                 }
-                refused(&b, "compressed cluster", &format!("corrupt {ct}"));
+                let want = qcow2!(Qcow2Error::CompressedCluster { guest, .. }
+                    if *guest == i as u64 * 65536);
+                refused(&b, &format!("corrupt {ct}"), want);
                 // A descriptor claiming fewer sectors than the data needs.
                 let mut b = good.clone();
                 put64(&mut b, l2 as usize + i * 8, (1 << 62) | off as u64);
-                refused(&b, "compressed cluster", &format!("short {ct} descriptor"));
+                refused(&b, &format!("short {ct} descriptor"), want);
                 hit = true;
                 break;
             }
@@ -717,7 +782,7 @@ fn refuses_corrupt_compressed_data_and_truncation() {
         // Truncated at many points: always refused, never silent zeros.
         let n = good.len();
         for cut in [n - 1, n - 700, n / 2, n / 3, 70_000, 65_536, 1000] {
-            refused(&good[..cut], "truncated", &format!("{ct} cut at {cut}"));
+            refused(&good[..cut], &format!("{ct} cut at {cut}"), truncated);
         }
     }
 }
@@ -735,7 +800,7 @@ fn refuses_truncated_plain_images() {
         100_000,
     ] {
         if cut < n {
-            refused(&good[..cut], "truncated", &format!("cut at {cut}"));
+            refused(&good[..cut], &format!("cut at {cut}"), truncated);
         }
     }
 }
@@ -795,7 +860,7 @@ fn probe_reports_features() {
         .contains("\"compression_type\":\"zlib\""));
 
     // Refused features are reported by probe, not refused.
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = tempdir();
     let base = dir.path().join("golden.qcow2");
     qemu_img(&[
         "create",
@@ -839,7 +904,15 @@ fn probe_reports_features() {
     assert_eq!(probe_file(&luks).expect("probe luks").encryption, "luks");
     let mut b = std::fs::read(&base).expect("read");
     b[0] = 0;
-    assert!(streamdisk::format::qcow2::probe(&b).is_err());
+    let e = streamdisk::format::qcow2::probe(&b);
+    assert!(matches!(e, Err(Qcow2Error::BadMagic)), "{e:?}");
+    // A header cut short is a truncation, with the numbers.
+    let b = std::fs::read(&base).expect("read");
+    let e = streamdisk::format::qcow2::probe(&b[..60]);
+    assert!(
+        matches!(e, Err(Qcow2Error::HeaderTruncated { have: 60, need }) if need > 60),
+        "{e:?}"
+    );
 }
 
 /// Small L2 tables interleaved with data, L1 moved to the end: with a range

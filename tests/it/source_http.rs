@@ -9,6 +9,7 @@ use crate::common::server::{make_ca_and_cert, Body, RequestRecord, TestServer};
 use streamdisk::format::{identify, Signature};
 use streamdisk::pace::Pace;
 use streamdisk::source::{self, Connections, HttpOptions, OpenContext, OpenedSource, SourceSpec};
+use streamdisk::testing::Prng;
 use streamdisk::unwrap::{decoder, Wrapper};
 
 /// A runtime for the network tasks; the test thread plays the pipeline's
@@ -34,15 +35,7 @@ fn fast_opts() -> HttpOptions {
 /// Deterministic pseudo-random bytes (incompressible enough that every
 /// offset is distinct in practice).
 fn sample(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
+    Prng::new(seed).bytes(len)
 }
 
 fn spec(url: &str) -> SourceSpec {

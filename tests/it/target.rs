@@ -10,31 +10,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, RngCore, SeedableRng};
 use streamdisk::format::{ExtentSink, SinkError};
 use streamdisk::target::{Depth, Target, TargetError, TargetKind, TargetOptions};
+use streamdisk::testing::Prng;
+
+use crate::common::{have_tool, is_root, read_at, tempdir, LoopDevice};
 
 // ---------- environment guards ----------
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 /// Why block-device tests cannot run here, if they cannot.
 fn loop_unavailable() -> Option<&'static str> {
     if !is_root() {
         Some("not root")
-    } else if !have("losetup") {
+    } else if !have_tool("losetup") {
         Some("losetup is missing")
     } else {
         None
@@ -50,44 +38,10 @@ macro_rules! require_loop {
     };
 }
 
-/// An attached loop device, detached on drop (even when the test fails).
-struct LoopDev {
-    dev: PathBuf,
-}
-
-impl LoopDev {
-    fn attach(backing: &Path) -> LoopDev {
-        Self::attach_with(backing, &[]).expect("losetup failed")
-    }
-
-    /// Attaches with extra `losetup` arguments; `None` (with the reason
-    /// printed) if losetup refuses them.
-    fn attach_with(backing: &Path, extra: &[&str]) -> Option<LoopDev> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--direct-io=on"])
-            .args(extra)
-            .arg(backing)
-            .output()
-            .expect("run losetup");
-        if !out.status.success() {
-            println!(
-                "losetup {extra:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        let dev = String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_string();
-        Some(LoopDev { dev: dev.into() })
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
+/// A loop device over `backing`; `require_loop!` has checked that one can
+/// be made, so failing to is a test failure.
+fn attach(backing: &Path) -> LoopDevice {
+    LoopDevice::attach(backing).expect("losetup failed")
 }
 
 /// A filesystem mounted on a directory, unmounted on drop.
@@ -127,22 +81,22 @@ enum Piece {
 
 /// Splits `[0, vsize)` into data and zero pieces of mixed sizes: sub-block
 /// 512-byte multiples, odd sizes, whole clusters and long zero runs.
-fn layout(rng: &mut StdRng, vsize: u64) -> Vec<Piece> {
+fn layout(rng: &mut Prng, vsize: u64) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut off = 0u64;
     while off < vsize {
-        let len = match rng.random_range(0..6) {
-            0 => 512 * rng.random_range(1..=8u64),
-            1 => rng.random_range(1..9000u64),
+        let len = match rng.below(6) {
+            0 => 512 * (1 + rng.below(8)),
+            1 => 1 + rng.below(8999),
             2 => 64 << 10,
-            3 => 4096 * rng.random_range(1..=40u64),
+            3 => 4096 * (1 + rng.below(40)),
             4 => 512,
-            _ => rng.random_range(1..(3u64 << 20)),
+            _ => 1 + rng.below((3u64 << 20) - 1),
         }
         .min(vsize - off);
-        if rng.random_bool(0.55) && len < (2 << 20) {
-            let mut d = vec![0u8; len as usize];
-            rng.fill_bytes(&mut d);
+        // Data 55% of the time.
+        if rng.below(100) < 55 && len < (2 << 20) {
+            let mut d = rng.bytes(len as usize);
             // Never all zeros, so the expected image tells data from zeros.
             d[0] |= 1;
             out.push(Piece::Data(off, d));
@@ -152,6 +106,13 @@ fn layout(rng: &mut StdRng, vsize: u64) -> Vec<Piece> {
         off += len;
     }
     out
+}
+
+/// Puts `v` in a random order (Fisher-Yates).
+fn shuffle<T>(v: &mut [T], rng: &mut Prng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i as u64 + 1) as usize);
+    }
 }
 
 /// The bytes `[0, vsize)` should hold after writing `pieces`.
@@ -183,17 +144,12 @@ fn small_opts() -> TargetOptions {
     }
 }
 
-fn read_range(path: &Path, start: u64, len: usize) -> Vec<u8> {
-    let f = File::open(path).expect("open for reading");
-    let mut v = vec![0u8; len];
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut v, start).expect("read back");
-    v
-}
-
+/// Writes `len` random bytes to `path` and returns them: stale data the
+/// tests compare byte for byte, so a write past the virtual size or a
+/// read-modify-write that merges the wrong old bytes shows (a constant fill
+/// such as `common::fill_file` would hide the latter).
 fn stale_file(path: &Path, len: u64, seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len as usize];
-    rng.fill_bytes(&mut v);
+    let v = Prng::new(seed).bytes(len as usize);
     std::fs::write(path, &v).expect("write stale data");
     v
 }
@@ -211,12 +167,12 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 #[test]
 fn file_random_order_extents_match() {
     for seed in 1..=4u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let vsize = rng.random_range((4u64 << 20)..(9u64 << 20)) | 1;
+        let mut rng = Prng::new(seed);
+        let vsize = ((4u64 << 20) + rng.below(5 << 20)) | 1;
         let mut pieces = layout(&mut rng, vsize);
         let want = expected(&pieces, vsize);
-        pieces.shuffle(&mut rng);
-        let dir = tempfile::tempdir().expect("tempdir");
+        shuffle(&mut pieces, &mut rng);
+        let dir = tempdir();
         let p = dir.path().join("disk.img");
         stale_file(&p, 12 << 20, seed + 100);
         let opts = if seed % 2 == 0 {
@@ -239,7 +195,7 @@ fn file_random_order_extents_match() {
 fn file_in_order_sparse_image_stays_sparse() {
     // 256 MiB virtual, 1 MiB of data at the start and 1 MiB at the end, the
     // rest reported as 64 KiB zero clusters (as a qcow2 decoder would).
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let p = dir.path().join("sparse.img");
     let vsize = 256u64 << 20;
     let mut t = Target::open(&p, &TargetOptions::default()).expect("open");
@@ -259,8 +215,8 @@ fn file_in_order_sparse_image_stays_sparse() {
         "allocated {} bytes",
         allocated(&p)
     );
-    assert_eq!(read_range(&p, vsize - 10, 10), vec![0x5A; 10]);
-    assert_eq!(read_range(&p, 100 << 20, 4096), vec![0; 4096]);
+    assert_eq!(read_at(&p, vsize - 10, 10), vec![0x5A; 10]);
+    assert_eq!(read_at(&p, 100 << 20, 4096), vec![0; 4096]);
 }
 
 // ---------- loop devices ----------
@@ -269,24 +225,24 @@ fn file_in_order_sparse_image_stays_sparse() {
 fn loop_random_order_extents_match_and_nothing_past_vsize_changes() {
     require_loop!("loop_random_order_extents_match_and_nothing_past_vsize_changes");
     for seed in 11..=13u64 {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         let backing = dir.path().join("backing.img");
         let dev_size = 8u64 << 20;
         let stale = stale_file(&backing, dev_size, seed);
-        let lo = LoopDev::attach(&backing);
-        let mut rng = StdRng::seed_from_u64(seed);
+        let lo = attach(&backing);
+        let mut rng = Prng::new(seed);
         // An odd virtual size: the last logical block is shared with stale bytes.
-        let vsize = dev_size - rng.random_range(1..5000u64);
+        let vsize = dev_size - (1 + rng.below(4999));
         let mut pieces = layout(&mut rng, vsize);
         let want = expected(&pieces, vsize);
-        pieces.shuffle(&mut rng);
+        shuffle(&mut pieces, &mut rng);
         let mut t = Target::open(&lo.dev, &small_opts()).expect("open device");
         assert_eq!(t.kind(), TargetKind::BlockDevice);
         assert_eq!(t.device_size(), Some(dev_size));
         t.set_virtual_size(vsize).expect("vsize");
         feed(&mut t, &pieces).expect("feed");
         t.finish().expect("finish");
-        let got = read_range(&lo.dev, 0, dev_size as usize);
+        let got = read_at(&lo.dev, 0, dev_size as usize);
         assert_eq!(
             first_diff(&got[..vsize as usize], &want),
             None,
@@ -303,13 +259,13 @@ fn loop_random_order_extents_match_and_nothing_past_vsize_changes() {
 #[test]
 fn loop_zero_extents_clear_stale_data_without_allocating() {
     require_loop!("loop_zero_extents_clear_stale_data_without_allocating");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let dev_size = 64u64 << 20;
     // Fully allocated, non-zero stale data.
     stale_file(&backing, dev_size, 7);
     nix::unistd::fsync(File::open(&backing).expect("open")).expect("fsync");
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
     t.set_virtual_size(dev_size).expect("vsize");
     let data = vec![0xC3u8; 1 << 20];
@@ -323,7 +279,7 @@ fn loop_zero_extents_clear_stale_data_without_allocating() {
     }
     let stats = t.finish().expect("finish");
     assert_eq!(stats.bytes_zeroed, dev_size - (1 << 20));
-    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let got = read_at(&lo.dev, 0, dev_size as usize);
     assert!(got[..1 << 20].iter().all(|&b| b == 0xC3));
     assert_eq!(
         got[1 << 20..].iter().position(|&b| b != 0),
@@ -342,13 +298,13 @@ fn loop_zero_extents_clear_stale_data_without_allocating() {
 #[test]
 fn loop_sparse_backing_file_stays_sparse() {
     require_loop!("loop_sparse_backing_file_stays_sparse");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("sparse-backing.img");
     let dev_size = 1u64 << 30;
     File::create(&backing)
         .and_then(|f| f.set_len(dev_size))
         .expect("sparse backing file");
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     for target_is_zero in [false, true] {
         let opts = TargetOptions {
             target_is_zero,
@@ -360,7 +316,7 @@ fn loop_sparse_backing_file_stays_sparse() {
         t.zero(0, 4096).expect("zero head");
         t.zero(4608, dev_size - 4608).expect("zero rest");
         t.finish().expect("finish");
-        assert_eq!(read_range(&lo.dev, 4000, 700)[96..608], [0x11u8; 512][..]);
+        assert_eq!(read_at(&lo.dev, 4000, 700)[96..608], [0x11u8; 512][..]);
         let alloc = allocated(&backing);
         assert!(
             alloc <= 1 << 20,
@@ -372,11 +328,11 @@ fn loop_sparse_backing_file_stays_sparse() {
 #[test]
 fn loop_too_large_is_refused_and_writes_nothing() {
     require_loop!("loop_too_large_is_refused_and_writes_nothing");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let dev_size = 8u64 << 20;
     let stale = stale_file(&backing, dev_size, 3);
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
     let err = t.set_virtual_size(dev_size + 512).expect_err("too large");
     assert!(
@@ -405,7 +361,7 @@ fn loop_too_large_is_refused_and_writes_nothing() {
     );
     drop(t);
     assert_eq!(
-        first_diff(&read_range(&lo.dev, 0, dev_size as usize), &stale),
+        first_diff(&read_at(&lo.dev, 0, dev_size as usize), &stale),
         None
     );
 }
@@ -413,11 +369,11 @@ fn loop_too_large_is_refused_and_writes_nothing() {
 #[test]
 fn loop_unknown_length_is_bounded_by_the_device() {
     require_loop!("loop_unknown_length_is_bounded_by_the_device");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let dev_size = 4u64 << 20;
     let stale = stale_file(&backing, dev_size, 5);
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
     t.data(0, &[9u8; 1000]).expect("in range");
     let err = t
@@ -429,7 +385,7 @@ fn loop_unknown_length_is_bounded_by_the_device() {
     let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
     t.data(0, &[9u8; 1000]).expect("data");
     t.finish().expect("finish");
-    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let got = read_at(&lo.dev, 0, dev_size as usize);
     assert!(got[..1000].iter().all(|&b| b == 9));
     assert_eq!(first_diff(&got[1000..], &stale[1000..]), None);
 }
@@ -438,7 +394,7 @@ fn loop_unknown_length_is_bounded_by_the_device() {
 
 #[test]
 fn no_odirect_filesystem_uses_buffered_writes() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     // ramfs refuses O_DIRECT (tmpfs accepts it since Linux 6.6).
@@ -456,11 +412,11 @@ fn no_odirect_filesystem_uses_buffered_writes() {
     };
     let sub = tempfile::tempdir_in(&base).expect("tempdir on the test filesystem");
     let p = sub.path().join("disk.img");
-    let mut rng = StdRng::seed_from_u64(21);
+    let mut rng = Prng::new(21);
     let vsize = (6u64 << 20) + 333;
     let mut pieces = layout(&mut rng, vsize);
     let want = expected(&pieces, vsize);
-    pieces.shuffle(&mut rng);
+    shuffle(&mut pieces, &mut rng);
     let mut t = Target::open(&p, &small_opts()).expect("open");
     t.set_virtual_size(vsize).expect("vsize");
     feed(&mut t, &pieces).expect("feed");
@@ -479,7 +435,7 @@ fn full_filesystem_error_is_surfaced() {
         println!("skipped full_filesystem_error_is_surfaced: not root (needs a tiny tmpfs)");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let _m = Mount::new("tmpfs", "size=1m", dir.path()).expect("mount tmpfs");
     let p = dir.path().join("disk.img");
     let mut t = Target::open(&p, &small_opts()).expect("open");
@@ -508,13 +464,13 @@ fn failing_block_device_error_is_surfaced() {
     require_loop!("failing_block_device_error_is_surfaced");
     // A loop device claiming 16 MiB over a sparse file on a 2 MiB tmpfs:
     // writes fail once the backing filesystem is full.
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let _m = Mount::new("tmpfs", "size=2m", dir.path()).expect("mount tmpfs");
     let backing = dir.path().join("backing.img");
     File::create(&backing)
         .and_then(|f| f.set_len(16 << 20))
         .expect("sparse backing");
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
     t.set_virtual_size(16 << 20).expect("fits the claimed size");
     let data = vec![0x42u8; 1 << 20];
@@ -534,7 +490,7 @@ fn failing_block_device_error_is_surfaced() {
 
 #[test]
 fn directory_target_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let err = Target::open(dir.path(), &TargetOptions::default())
         .err()
         .expect("a directory is not a target");
@@ -555,13 +511,13 @@ fn directory_target_is_refused() {
 
 /// A raw image with data, long zero runs, a lone non-zero byte and an odd size.
 fn raw_image(seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Prng::new(seed);
     let mut img = vec![0u8; (5 << 20) + 4321];
-    rng.fill_bytes(&mut img[..300_000]);
-    rng.fill_bytes(&mut img[(3 << 20)..(3 << 20) + 70_000]);
+    rng.fill(&mut img[..300_000]);
+    rng.fill(&mut img[(3 << 20)..(3 << 20) + 70_000]);
     img[(4 << 20) + 17] = 1;
     let n = img.len();
-    rng.fill_bytes(&mut img[n - 100..]);
+    rng.fill(&mut img[n - 100..]);
     img
 }
 
@@ -573,7 +529,7 @@ fn sector_padded(n: usize) -> usize {
 fn raw_stream_into_a_file_with_and_without_size() {
     let img = raw_image(31);
     for hint in [Some(img.len() as u64), None] {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         let p = dir.path().join("raw.img");
         stale_file(&p, 8 << 20, 32);
         let mut t = Target::open(&p, &TargetOptions::default()).expect("open");
@@ -593,14 +549,14 @@ fn raw_stream_into_a_file_with_and_without_size() {
 fn raw_stream_into_a_loop_device_over_stale_data() {
     require_loop!("raw_stream_into_a_loop_device_over_stale_data");
     let img = raw_image(33);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let stale = stale_file(&backing, 6 << 20, 34);
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
     streamdisk::format::raw::decode(&mut &img[..], Some(img.len() as u64), &mut t).expect("decode");
     t.finish().expect("finish");
-    let got = read_range(&lo.dev, 0, 6 << 20);
+    let got = read_at(&lo.dev, 0, 6 << 20);
     let padded = sector_padded(img.len());
     assert_eq!(first_diff(&got[..img.len()], &img), None);
     assert!(got[img.len()..padded].iter().all(|&b| b == 0));
@@ -612,11 +568,11 @@ fn raw_stream_into_a_loop_device_over_stale_data() {
 #[test]
 fn loop_with_4k_sectors_takes_512_byte_pieces() {
     require_loop!("loop_with_4k_sectors_takes_512_byte_pieces");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let dev_size = 8u64 << 20;
     let stale = stale_file(&backing, dev_size, 41);
-    let lo = match LoopDev::attach_with(&backing, &["--sector-size", "4096"]) {
+    let lo = match LoopDevice::attach_with(&backing, &["--sector-size", "4096"]) {
         Some(lo) => lo,
         None => {
             println!("skipped loop_with_4k_sectors_takes_512_byte_pieces: losetup --sector-size unsupported");
@@ -625,17 +581,17 @@ fn loop_with_4k_sectors_takes_512_byte_pieces() {
     };
     let mut t = Target::open(&lo.dev, &small_opts()).expect("open");
     assert_eq!(t.alignment(), 4096);
-    let mut rng = StdRng::seed_from_u64(42);
+    let mut rng = Prng::new(42);
     // A qcow2 with 512-byte clusters: the virtual size is a multiple of 512 only.
     let vsize = dev_size - 1536;
     let mut pieces = layout(&mut rng, vsize);
     let want = expected(&pieces, vsize);
-    pieces.shuffle(&mut rng);
+    shuffle(&mut pieces, &mut rng);
     t.set_virtual_size(vsize).expect("vsize");
     feed(&mut t, &pieces).expect("feed");
     let stats = t.finish().expect("finish");
     assert!(stats.partial_merges > 0);
-    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let got = read_at(&lo.dev, 0, dev_size as usize);
     assert_eq!(first_diff(&got[..vsize as usize], &want), None);
     assert_eq!(
         first_diff(&got[vsize as usize..], &stale[vsize as usize..]),
@@ -646,11 +602,11 @@ fn loop_with_4k_sectors_takes_512_byte_pieces() {
 #[test]
 fn loop_write_zeros_direct_and_wipe_edges() {
     require_loop!("loop_write_zeros_direct_and_wipe_edges");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("backing.img");
     let dev_size = 6u64 << 20;
     let stale = stale_file(&backing, dev_size, 43);
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     assert_eq!(
         streamdisk::target::block_device_size(&lo.dev).expect("size"),
         dev_size
@@ -658,7 +614,7 @@ fn loop_write_zeros_direct_and_wipe_edges() {
     // Preallocation of a blank disk smaller than the device, ending mid-sector.
     let len = (3 << 20) + 700;
     streamdisk::target::write_zeros_direct(&lo.dev, len).expect("zeros");
-    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let got = read_at(&lo.dev, 0, dev_size as usize);
     assert_eq!(got[..len as usize].iter().position(|&b| b != 0), None);
     assert_eq!(
         first_diff(&got[len as usize..], &stale[len as usize..]),
@@ -672,7 +628,7 @@ fn loop_write_zeros_direct_and_wipe_edges() {
     // Wipe: fill with data again, then only the edges become zeros.
     std::fs::write(&lo.dev, &stale).expect("refill");
     streamdisk::target::wipe_edges(&lo.dev).expect("wipe");
-    let got = read_range(&lo.dev, 0, dev_size as usize);
+    let got = read_at(&lo.dev, 0, dev_size as usize);
     let mib = 1usize << 20;
     assert_eq!(got[..mib].iter().position(|&b| b != 0), None);
     assert_eq!(
@@ -693,7 +649,7 @@ fn loop_write_zeros_direct_and_wipe_edges() {
 #[test]
 fn one_tib_sparse_image_on_a_loop_device_allocates_only_its_data() {
     require_loop!("one_tib_sparse_image_on_a_loop_device_allocates_only_its_data");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let backing = dir.path().join("huge.img");
     let vsize = 1u64 << 40;
     if File::create(&backing)
@@ -703,7 +659,7 @@ fn one_tib_sparse_image_on_a_loop_device_allocates_only_its_data() {
         println!("skipped one_tib_sparse_image...: the filesystem cannot hold a 1 TiB sparse file");
         return;
     }
-    let lo = LoopDev::attach(&backing);
+    let lo = attach(&backing);
     let mut t = Target::open(&lo.dev, &TargetOptions::default()).expect("open");
     t.set_virtual_size(vsize).expect("vsize");
     let data = vec![0x3Cu8; 4 << 20];
@@ -718,8 +674,8 @@ fn one_tib_sparse_image_on_a_loop_device_allocates_only_its_data() {
     t.data(off, &data).expect("tail");
     let stats = t.finish().expect("finish");
     assert_eq!(stats.bytes_zeroed, vsize - 2 * piece);
-    assert_eq!(read_range(&lo.dev, vsize - 16, 16), vec![0x3C; 16]);
-    assert_eq!(read_range(&lo.dev, vsize / 2, 4096), vec![0; 4096]);
+    assert_eq!(read_at(&lo.dev, vsize - 16, 16), vec![0x3C; 16]);
+    assert_eq!(read_at(&lo.dev, vsize / 2, 4096), vec![0; 4096]);
     drop(lo);
     let alloc = allocated(&backing);
     assert!(

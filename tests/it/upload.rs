@@ -512,7 +512,7 @@ fn sync_qcow2_with_curl_into_a_filesystem_volume() {
     let (img, raw) = sample_qcow2(work.path(), "disk.qcow2", 8 * MIB);
     let mut pod = Pod::new(&certs);
     pod.env("UPLOAD_IMAGE_SIZE", "16Mi");
-    let mut srv = pod.spawn();
+    let srv = pod.spawn();
     let (code, body) = srv.curl(None, &[], "/healthz");
     assert_eq!((code, body.as_str()), (200, "OK"));
     let (code, metrics) = srv.curl(None, &[], "/metrics");

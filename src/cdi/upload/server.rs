@@ -258,10 +258,16 @@ async fn connection(
         () = async {
             let _ = stop.wait_for(|s| *s).await;
         } => {
-            tokio::time::sleep(GRACE).await;
-            // Finishes a request in flight, closes an idle connection.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            // The connection keeps being served through the grace, so a
+            // request sent right after the last upload gets its 409.
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = tokio::time::sleep(GRACE) => {
+                    // Finishes a request in flight, closes an idle connection.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = served {

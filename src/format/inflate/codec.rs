@@ -9,6 +9,12 @@
 //! report how many input bytes they consumed, which lets the reorder window
 //! release exactly those bytes and keep the rest for a neighbour.
 //!
+//! A VMDK grain (zlib) follows QEMU's `uncompress()` instead: its marker gives
+//! the exact compressed size, the stream must reach its end marker (with a
+//! valid checksum) within those bytes, and it may decompress to *less* than
+//! the unit (the last grain of a disk whose size is not a multiple of the
+//! grain); [`Decompressor::unit_vec`] truncates the output to what it made.
+//!
 //! zlib-rs (flate2's backend here) is pure Rust and streaming: it accepts a
 //! deflate stream cut off once the unit is full (QEMU accepts those too),
 //! which a one-shot decoder such as libdeflate reports as an error.
@@ -106,21 +112,88 @@ impl Decompressor {
     }
 
     /// Fills `out` exactly from `input`; returns the input bytes consumed.
+    /// (For [`Codec::Zlib`] the stream must also end within `input`; use
+    /// [`Decompressor::unit_vec`] to accept a shorter output.)
     pub fn unit(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
         match self.codec {
-            Codec::Deflate | Codec::Zlib => self.deflate(input, out),
+            Codec::Deflate => self.deflate(input, out),
+            Codec::Zlib => {
+                let made = self.zlib_stream(input, out)?;
+                if made < out.len() {
+                    return Err(InflateError::Short {
+                        codec: "zlib",
+                        got: made,
+                        want: out.len(),
+                    });
+                }
+                Ok(input.len())
+            }
             Codec::Zstd => self.zstd(input, out),
         }
     }
 
-    fn deflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
-        let codec = if self.codec == Codec::Zlib {
-            "zlib"
-        } else {
-            "deflate"
-        };
+    /// Like [`Decompressor::unit`], but a [`Codec::Zlib`] stream may make
+    /// fewer bytes than `out` holds: `out` is truncated to them. The other
+    /// codecs fill `out` exactly, as with `unit`.
+    pub fn unit_vec(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, InflateError> {
+        match self.codec {
+            Codec::Zlib => {
+                let made = self.zlib_stream(input, out)?;
+                out.truncate(made);
+                Ok(input.len())
+            }
+            Codec::Deflate | Codec::Zstd => self.unit(input, out),
+        }
+    }
+
+    /// One whole zlib stream, as QEMU's `uncompress()` reads a VMDK grain:
+    /// it must end (checksum included) within `input` and make at most
+    /// `out.len()` bytes; bytes after its end are ignored. Returns the bytes
+    /// made.
+    fn zlib_stream(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
+        let codec = "zlib";
         let d = &mut self.inflate;
-        d.reset(self.codec == Codec::Zlib);
+        d.reset(true);
+        let (mut ip, mut op) = (0usize, 0usize);
+        loop {
+            let (i, o) = (
+                input.get(ip..).unwrap_or_default(),
+                out.get_mut(op..).unwrap_or_default(),
+            );
+            let (in0, out0) = (d.total_in(), d.total_out());
+            let st =
+                d.decompress(i, o, FlushDecompress::Finish)
+                    .map_err(|e| InflateError::Corrupt {
+                        codec,
+                        detail: e.to_string(),
+                    })?;
+            ip += (d.total_in() - in0) as usize;
+            op += (d.total_out() - out0) as usize;
+            if st == Status::StreamEnd {
+                return Ok(op);
+            }
+            let progressed = d.total_in() != in0 || d.total_out() != out0;
+            if progressed {
+                continue;
+            }
+            if op == out.len() {
+                // Room is gone and the stream goes on.
+                return Err(InflateError::Long {
+                    codec,
+                    want: out.len(),
+                });
+            }
+            return Err(InflateError::Corrupt {
+                codec,
+                detail: format!("the stream ends after {ip} bytes without its end marker"),
+            });
+        }
+    }
+
+    fn deflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, InflateError> {
+        let codec = "deflate";
+        let d = &mut self.inflate;
+        d.reset(false);
         let (mut ip, mut op) = (0usize, 0usize);
         loop {
             let (i, o) = (
@@ -208,27 +281,67 @@ mod tests {
     }
 
     #[test]
+    fn zlib_grains_follow_uncompress() {
+        let data = sample(65536);
+        let mut c = deflate(&data, true);
+        let n = c.len();
+        let mut d = Decompressor::new(Codec::Zlib).expect("d");
+        // Exact, and with bytes after the stream's end (ignored).
+        let mut out = vec![0u8; 65536];
+        assert_eq!(d.unit_vec(&c, &mut out), Ok(n));
+        assert_eq!(out, data);
+        c.extend_from_slice(&[0xAA; 300]);
+        let mut out = vec![0u8; 65536];
+        assert_eq!(d.unit_vec(&c, &mut out), Ok(n + 300));
+        assert_eq!(out, data);
+        // A short grain (the disk's last) is kept short.
+        let short = deflate(&data[..5000], true);
+        let mut out = vec![0u8; 65536];
+        assert_eq!(d.unit_vec(&short, &mut out), Ok(short.len()));
+        assert_eq!(out, &data[..5000]);
+        // ... but `unit` wants the unit full.
+        let mut out = vec![0u8; 65536];
+        assert!(matches!(
+            d.unit(&short, &mut out),
+            Err(InflateError::Short { got: 5000, .. })
+        ));
+        // Longer than the unit, cut before its end, a bad checksum: refused.
+        let mut out = vec![0u8; 60000];
+        assert!(matches!(
+            d.unit_vec(&c, &mut out),
+            Err(InflateError::Long { .. })
+        ));
+        let mut out = vec![0u8; 65536];
+        assert!(d.unit_vec(&c[..n - 4], &mut out).is_err());
+        let mut bad = c[..n].to_vec();
+        bad[n - 1] ^= 1;
+        let mut out = vec![0u8; 65536];
+        assert!(matches!(
+            d.unit_vec(&bad, &mut out),
+            Err(InflateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn deflate_exact_unit_with_trailing_bytes() {
-        for (codec, zlib) in [(Codec::Deflate, false), (Codec::Zlib, true)] {
-            let data = sample(65536);
-            let mut c = deflate(&data, zlib);
-            let n = c.len();
-            c.extend_from_slice(&[0xAA; 300]);
-            let mut d = Decompressor::new(codec).expect("d");
-            let mut out = vec![0u8; 65536];
-            assert_eq!(d.unit(&c, &mut out), Ok(n));
-            assert_eq!(out, data);
-            // Too short a stream, wrong size, garbage.
-            assert!(matches!(
-                d.unit(&deflate(&data[..1000], zlib), &mut out),
-                Err(InflateError::Short { got: 1000, .. })
-            ));
-            assert!(d.unit(&c[..n / 2], &mut out).is_err());
-            assert!(matches!(
-                d.unit(&[0xff; 100], &mut out),
-                Err(InflateError::Corrupt { .. })
-            ));
-        }
+        let data = sample(65536);
+        let mut c = deflate(&data, false);
+        let n = c.len();
+        c.extend_from_slice(&[0xAA; 300]);
+        let mut d = Decompressor::new(Codec::Deflate).expect("d");
+        let mut out = vec![0u8; 65536];
+        assert_eq!(d.unit(&c, &mut out), Ok(n));
+        assert_eq!(out, data);
+        // Too short a stream, wrong size, garbage.
+        assert!(matches!(
+            d.unit(&deflate(&data[..1000], false), &mut out),
+            Err(InflateError::Short { got: 1000, .. })
+        ));
+        assert!(d.unit(&c[..n / 2], &mut out).is_err());
+        assert!(matches!(
+            d.unit(&[0xff; 100], &mut out),
+            Err(InflateError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -238,7 +351,8 @@ mod tests {
         let mut d = Decompressor::new(Codec::Deflate).expect("d");
         assert!(d.unit(&deflate(&data, true), &mut out).is_err());
         let mut z = Decompressor::new(Codec::Zlib).expect("d");
-        assert!(z.unit(&deflate(&data, false), &mut out).is_err());
+        let mut v = vec![0u8; 4096];
+        assert!(z.unit_vec(&deflate(&data, false), &mut v).is_err());
     }
 
     #[test]

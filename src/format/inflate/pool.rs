@@ -34,7 +34,8 @@ pub struct Job {
     pub out: Vec<u8>,
 }
 
-/// A finished job: the unit in `out`, or why it failed.
+/// A finished job: the unit in `out` (for [`Codec::Zlib`], truncated to
+/// what the stream made), or why it failed.
 pub struct Done {
     /// The job, with its buffers.
     pub job: Job,
@@ -160,7 +161,7 @@ impl Pool {
         }
         if let Some(d) = self.inline.as_mut() {
             let mut job = job;
-            let result = d.unit(&job.input, &mut job.out);
+            let result = d.unit_vec(&job.input, &mut job.out);
             done.push(Done { job, result });
             return;
         }
@@ -216,7 +217,7 @@ fn worker(rx: &Queue, d: &mut Decompressor) {
             Err(_) => return,
         };
         let Ok((mut job, reply)) = next else { return };
-        let result = d.unit(&job.input, &mut job.out);
+        let result = d.unit_vec(&job.input, &mut job.out);
         if reply.send(Done { job, result }).is_err() {
             return;
         }

@@ -38,7 +38,8 @@ pub(super) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 pub(super) const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 pub(super) const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub(super) const INCOMPAT_EXTL2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = 0x1f;
+/// Every incompatible feature bit this reader knows.
+pub(super) const INCOMPAT_KNOWN: u64 = 0x1f;
 pub(super) const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 
 const EXT_END: u32 = 0;
@@ -90,47 +91,26 @@ pub struct Header {
     pub incompat_names: Vec<(u8, String)>,
 }
 
-/// Why a header could not be parsed yet or at all.
-#[derive(Debug)]
-pub enum HeaderError {
-    /// More bytes are needed (the header cluster is not complete).
-    NeedMore(usize),
-    Invalid(String),
-}
-
-impl From<HeaderError> for Qcow2Error {
-    fn from(e: HeaderError) -> Self {
-        match e {
-            HeaderError::NeedMore(n) => {
-                Qcow2Error::Invalid(format!("truncated header: need {n} bytes"))
-            }
-            HeaderError::Invalid(m) => Qcow2Error::Invalid(m),
-        }
-    }
-}
-
-fn inv(msg: impl Into<String>) -> HeaderError {
-    HeaderError::Invalid(msg.into())
+/// The bytes `b[start..end]`, or [`Qcow2Error::HeaderTruncated`] when `b`
+/// is shorter: a header given in pieces asks for more this way (the stream
+/// decoder keeps collecting until the first cluster is in).
+fn need(b: &[u8], start: usize, end: usize) -> Result<&[u8], Qcow2Error> {
+    b.get(start..end).ok_or(Qcow2Error::HeaderTruncated {
+        need: end as u64,
+        have: b.len() as u64,
+    })
 }
 
 /// Big-endian readers that report "need more" instead of panicking.
-fn be_u32(b: &[u8], off: usize) -> Result<u32, HeaderError> {
-    let end = off
-        .checked_add(4)
-        .ok_or_else(|| inv("header offset overflow"))?;
-    let s = b.get(off..end).ok_or(HeaderError::NeedMore(end))?;
+fn be_u32(b: &[u8], off: usize) -> Result<u32, Qcow2Error> {
     let mut a = [0u8; 4];
-    a.copy_from_slice(s);
+    a.copy_from_slice(need(b, off, off.saturating_add(4))?);
     Ok(u32::from_be_bytes(a))
 }
 
-fn be_u64(b: &[u8], off: usize) -> Result<u64, HeaderError> {
-    let end = off
-        .checked_add(8)
-        .ok_or_else(|| inv("header offset overflow"))?;
-    let s = b.get(off..end).ok_or(HeaderError::NeedMore(end))?;
+fn be_u64(b: &[u8], off: usize) -> Result<u64, Qcow2Error> {
     let mut a = [0u8; 8];
-    a.copy_from_slice(s);
+    a.copy_from_slice(need(b, off, off.saturating_add(8))?);
     Ok(u64::from_be_bytes(a))
 }
 
@@ -157,8 +137,9 @@ impl Header {
 
     /// Parses and validates the header from the start of the image. `head` may
     /// be shorter than a cluster: if it ends before the header, its extensions
-    /// or the backing file name, `NeedMore` says how many bytes are needed.
-    pub fn parse(head: &[u8]) -> Result<Header, HeaderError> {
+    /// or the backing file name, [`Qcow2Error::HeaderTruncated`] says how
+    /// many bytes are needed.
+    pub fn parse(head: &[u8]) -> Result<Header, Qcow2Error> {
         let mut h = Header::parse_raw(head)?;
         h.refuse_unsupported()?;
         h.validate()?;
@@ -166,22 +147,17 @@ impl Header {
     }
 
     /// Parses without refusing anything: fields, extensions, backing name.
-    pub fn parse_raw(head: &[u8]) -> Result<Header, HeaderError> {
-        let magic = head.get(0..4).ok_or(HeaderError::NeedMore(4))?;
-        if magic != QCOW2_MAGIC {
-            return Err(inv("bad magic: not a qcow2 image"));
+    pub fn parse_raw(head: &[u8]) -> Result<Header, Qcow2Error> {
+        if need(head, 0, 4)? != QCOW2_MAGIC {
+            return Err(Qcow2Error::BadMagic);
         }
         let version = be_u32(head, 4)?;
         if version != 2 && version != 3 {
-            return Err(inv(format!(
-                "unsupported version {version} (only 2 and 3 exist)"
-            )));
+            return Err(Qcow2Error::UnsupportedVersion(version));
         }
         let cluster_bits = be_u32(head, 20)?;
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-            return Err(inv(format!(
-                "cluster_bits {cluster_bits} out of range ({MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS})"
-            )));
+            return Err(Qcow2Error::ClusterBits(cluster_bits));
         }
         let cluster_size = 1u64 << cluster_bits;
         let mut h = Header {
@@ -217,21 +193,19 @@ impl Header {
             h.autoclear_features = be_u64(head, 88)?;
             h.refcount_order = be_u32(head, 96)?;
             h.header_length = be_u32(head, 100)?;
-            if h.header_length < 104 || h.header_length % 8 != 0 {
-                return Err(inv(format!(
-                    "header_length {} invalid (v3 needs at least 104, a multiple of 8)",
-                    h.header_length
-                )));
-            }
-            if u64::from(h.header_length) > cluster_size {
-                return Err(inv(format!(
-                    "header_length {} exceeds the cluster size",
-                    h.header_length
-                )));
+            if h.header_length < 104
+                || h.header_length % 8 != 0
+                || u64::from(h.header_length) > cluster_size
+            {
+                return Err(Qcow2Error::HeaderLength {
+                    len: h.header_length,
+                    cluster_size,
+                });
             }
             if h.header_length > 104 {
-                let b = head.get(104).ok_or(HeaderError::NeedMore(105))?;
-                h.compression_type_raw = *b;
+                if let [b] = need(head, 104, 105)? {
+                    h.compression_type_raw = *b;
+                }
             }
         }
         h.parse_extensions(head, cluster_size)?;
@@ -241,46 +215,40 @@ impl Header {
         Ok(h)
     }
 
-    fn read_backing_name(&self, head: &[u8], cluster_size: u64) -> Result<String, HeaderError> {
+    fn read_backing_name(&self, head: &[u8], cluster_size: u64) -> Result<String, Qcow2Error> {
         let off = self.backing_file_offset;
         let len = u64::from(self.backing_file_size);
-        let end = off
-            .checked_add(len)
-            .ok_or_else(|| inv("backing file name offset overflows"))?;
-        if len > 1023 || end > cluster_size {
+        match off.checked_add(len) {
+            Some(end) if len <= 1023 && end <= cluster_size => {
+                let name = need(head, to_usize(off)?, to_usize(end)?)?;
+                Ok(String::from_utf8_lossy(name).into_owned())
+            }
             // Still a backing file: name the problem even if the name is unreadable.
-            return Ok(format!("<unreadable name at offset {off}, {len} bytes>"));
+            _ => Ok(format!("<unreadable name at offset {off}, {len} bytes>")),
         }
-        let (s, e) = (to_usize(off)?, to_usize(end)?);
-        let name = head.get(s..e).ok_or(HeaderError::NeedMore(e))?;
-        Ok(String::from_utf8_lossy(name).into_owned())
     }
 
-    fn parse_extensions(&mut self, head: &[u8], cluster_size: u64) -> Result<(), HeaderError> {
+    fn parse_extensions(&mut self, head: &[u8], cluster_size: u64) -> Result<(), Qcow2Error> {
         let mut off = u64::from(self.header_length);
         loop {
-            let hdr_end = off
-                .checked_add(8)
-                .ok_or_else(|| inv("header extension overflow"))?;
+            let past = |ty| Qcow2Error::HeaderExtension { at: off, ty };
+            // Every offset here stays below the cluster size plus a u32, so
+            // the checked additions only guard against a bug.
+            let hdr_end = off.checked_add(8).ok_or(past(None))?;
             if hdr_end > cluster_size {
-                return Err(inv("header extensions run past the first cluster"));
+                return Err(past(None));
             }
-            let ty = be_u32(head, to_usize(off)?)?;
-            let len = be_u32(head, to_usize(off)? + 4)?;
+            let at = to_usize(off)?;
+            let ty = be_u32(head, at)?;
+            let len = be_u32(head, at.saturating_add(4))?;
             if ty == EXT_END {
                 return Ok(());
             }
             let data_end = hdr_end
                 .checked_add(u64::from(len))
-                .ok_or_else(|| inv("header extension overflow"))?;
-            if data_end > cluster_size {
-                return Err(inv(format!(
-                    "header extension 0x{ty:08x} runs past the first cluster"
-                )));
-            }
-            let data = head
-                .get(to_usize(hdr_end)?..to_usize(data_end)?)
-                .ok_or(HeaderError::NeedMore(to_usize(data_end)?))?;
+                .filter(|&e| e <= cluster_size)
+                .ok_or(past(Some(ty)))?;
+            let data = need(head, to_usize(hdr_end)?, to_usize(data_end)?)?;
             match ty {
                 EXT_BACKING_FORMAT => {
                     self.backing_format = Some(String::from_utf8_lossy(data).into_owned())
@@ -302,114 +270,103 @@ impl Header {
                 }
                 _ => {}
             }
-            let padded = u64::from(len)
+            off = u64::from(len)
                 .checked_add(7)
                 .map(|v| v & !7)
-                .ok_or_else(|| inv("header extension overflow"))?;
-            off = hdr_end
-                .checked_add(padded)
-                .ok_or_else(|| inv("header extension overflow"))?;
+                .and_then(|padded| hdr_end.checked_add(padded))
+                .ok_or(past(Some(ty)))?;
         }
     }
 
     /// Refuses the features a raw import cannot honour.
-    pub fn refuse_unsupported(&self) -> Result<(), HeaderError> {
+    pub fn refuse_unsupported(&self) -> Result<(), Qcow2Error> {
         if let Some(name) = &self.backing_file {
-            return Err(inv(format!(
-                "backing file '{name}' is not supported (the image is an overlay; flatten it with qemu-img convert first)"
-            )));
+            return Err(Qcow2Error::BackingFile { name: name.clone() });
         }
         match self.crypt_method {
             0 => {}
-            1 => return Err(inv("AES encryption is not supported")),
-            2 => return Err(inv("LUKS encryption is not supported")),
-            m => return Err(inv(format!("unknown encryption method {m}"))),
+            1 => return Err(Qcow2Error::Encrypted("AES")),
+            2 => return Err(Qcow2Error::Encrypted("LUKS")),
+            m => return Err(Qcow2Error::UnknownEncryption(m)),
         }
         if self.has_crypto_ext {
-            return Err(inv(
-                "encryption header extension present but the image claims no encryption",
-            ));
+            return Err(Qcow2Error::CryptoExtension);
         }
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(inv(format!(
-                "unknown incompatible feature bits {}",
-                self.describe_bits(unknown)
-            )));
+            return Err(Qcow2Error::UnknownIncompatible {
+                bits: unknown,
+                names: self.describe_bits(unknown),
+            });
         }
         if self.incompatible_features & INCOMPAT_DATA_FILE != 0 || self.external_data_file.is_some()
         {
             let name = self.external_data_file.as_deref().unwrap_or("<unnamed>");
-            return Err(inv(format!("external data file '{name}' is not supported")));
+            return Err(Qcow2Error::ExternalDataFile {
+                name: name.to_string(),
+            });
         }
         Ok(())
     }
 
     /// The structural checks that make the decoder's arithmetic safe.
-    pub fn validate(&mut self) -> Result<(), HeaderError> {
+    pub fn validate(&mut self) -> Result<(), Qcow2Error> {
         let cs = self.cluster_size();
         if self.incompatible_features & INCOMPAT_COMPRESSION != 0 {
             if self.header_length <= 104 {
-                return Err(inv(
-                    "compression type bit set but header has no compression_type field",
-                ));
+                return Err(Qcow2Error::CompressionFieldMissing);
             }
             self.compression_type = match self.compression_type_raw {
                 1 => CompressionType::Zstd,
-                0 => return Err(inv("compression type bit set but compression_type is 0")),
-                t => return Err(inv(format!("unknown compression type {t}"))),
+                0 => {
+                    return Err(Qcow2Error::CompressionTypeMismatch { raw: 0, bit: true });
+                }
+                t => return Err(Qcow2Error::UnknownCompressionType(t)),
             };
         } else if self.compression_type_raw != 0 {
-            return Err(inv(format!(
-                "compression_type {} set without the compression type feature bit",
-                self.compression_type_raw
-            )));
+            return Err(Qcow2Error::CompressionTypeMismatch {
+                raw: self.compression_type_raw,
+                bit: false,
+            });
         }
         if self.extended_l2() && self.cluster_bits < 14 {
-            return Err(inv("extended L2 entries need clusters of at least 16 KiB"));
+            return Err(Qcow2Error::ExtendedL2Clusters { cluster_size: cs });
         }
         if self.refcount_order > 6 {
-            return Err(inv(format!(
-                "refcount_order {} out of range (0..=6)",
-                self.refcount_order
-            )));
+            return Err(Qcow2Error::RefcountOrder(self.refcount_order));
         }
         if self.virtual_size > MAX_VIRTUAL_SIZE {
-            return Err(inv(format!("absurd virtual size {}", self.virtual_size)));
+            return Err(Qcow2Error::VirtualSize(self.virtual_size));
         }
         // L1 geometry: each L1 entry maps one L2 table's worth of guest space.
         let needed = self.l1_entries_needed();
         if u64::from(self.l1_size) < needed {
-            return Err(inv(format!(
-                "L1 table too small: {} entries for a virtual size needing {needed}",
-                self.l1_size
-            )));
+            return Err(Qcow2Error::L1TooSmall {
+                entries: self.l1_size,
+                needed,
+            });
         }
         let l1_bytes = u64::from(self.l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(inv(format!(
-                "L1 table of {} entries is too large",
-                self.l1_size
-            )));
+            return Err(Qcow2Error::L1TooLarge {
+                entries: self.l1_size,
+            });
         }
         if self.l1_size > 0 {
             check_table_offset("L1 table", self.l1_table_offset, l1_bytes, cs)?;
         }
         if self.refcount_table_clusters == 0 {
-            return Err(inv("refcount table has no clusters"));
+            return Err(Qcow2Error::RefcountTableEmpty);
         }
         let rt_bytes = u64::from(self.refcount_table_clusters)
             .checked_mul(cs)
-            .ok_or_else(|| inv("refcount table size overflows"))?;
-        if rt_bytes > MAX_REFTABLE_BYTES.max(cs) {
-            return Err(inv(format!(
-                "refcount table of {} clusters is too large",
-                self.refcount_table_clusters
-            )));
-        }
+            .filter(|&b| b <= MAX_REFTABLE_BYTES.max(cs))
+            .ok_or(Qcow2Error::RefcountTableTooLarge {
+                clusters: self.refcount_table_clusters,
+            })?;
         check_table_offset("refcount table", self.refcount_table_offset, rt_bytes, cs)?;
         if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(inv(format!("too many snapshots ({})", self.nb_snapshots)));
+            return Err(Qcow2Error::TooManySnapshots(self.nb_snapshots));
         }
         if self.nb_snapshots > 0 {
             check_table_offset("snapshot table", self.snapshots_offset, 1, cs)?;
@@ -424,7 +381,12 @@ impl Header {
                 self.refcount_table_offset + rt_bytes,
             );
             if a0 < b1 && b0 < a1 {
-                return Err(inv("L1 table overlaps the refcount table"));
+                return Err(Qcow2Error::Overlap {
+                    what: "L1 table",
+                    at: a0,
+                    other: "refcount table",
+                    other_at: b0,
+                });
             }
         }
         Ok(())
@@ -446,7 +408,9 @@ impl Header {
         self.virtual_size.div_ceil(self.l2_span())
     }
 
-    fn describe_bits(&self, bits: u64) -> String {
+    /// The incompatible feature bits set in `bits`, each with its name from
+    /// the image's feature name table when it has one: `["40 (foo)", "41"]`.
+    pub(super) fn feature_bit_names(&self, bits: u64) -> Vec<String> {
         (0u8..64)
             .filter(|b| bits & (1u64 << b) != 0)
             .map(
@@ -455,8 +419,11 @@ impl Header {
                     None => b.to_string(),
                 },
             )
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect()
+    }
+
+    fn describe_bits(&self, bits: u64) -> String {
+        self.feature_bit_names(bits).join(", ")
     }
 
     /// A normalized version-3 copy of this header that qcow2-rs's
@@ -494,19 +461,24 @@ impl Header {
     /// qcow2-rs's view of the image geometry, built from the normalized copy.
     pub fn qcow2rs_info(&self) -> Result<Qcow2Info, Qcow2Error> {
         let buf = self.normalized_for_qcow2rs();
-        let hdr = Qcow2Header::from_buf(&buf)
-            .map_err(|e| Qcow2Error::Invalid(format!("header rejected by qcow2-rs: {e}")))?;
+        let hdr = Qcow2Header::from_buf(&buf).map_err(|source| Qcow2Error::Qcow2Rs {
+            what: "header",
+            source,
+        })?;
         // Slices of 512 bytes (bits 9) for the L2/refcount caches we never use:
         // qcow2-rs's default derives them with `cluster_bits - 12`, which
         // underflows for clusters smaller than 4 KiB.
         let params = Qcow2DevParams::new(9, Some((9, 4096)), Some((9, 4096)), true, false);
-        Qcow2Info::new(&hdr, &params)
-            .map_err(|e| Qcow2Error::Invalid(format!("geometry rejected by qcow2-rs: {e}")))
+        Qcow2Info::new(&hdr, &params).map_err(|source| Qcow2Error::Qcow2Rs {
+            what: "geometry",
+            source,
+        })
     }
 }
 
-fn to_usize(v: u64) -> Result<usize, HeaderError> {
-    usize::try_from(v).map_err(|_| inv("offset does not fit in memory"))
+/// Offsets inside the header cluster (at most 2 MiB) as `usize`.
+fn to_usize(v: u64) -> Result<usize, Qcow2Error> {
+    usize::try_from(v).map_err(|_| Qcow2Error::Internal("a header offset does not fit in usize"))
 }
 
 pub(super) fn align_up(v: u64, a: u64) -> u64 {
@@ -514,20 +486,21 @@ pub(super) fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a).saturating_mul(a)
 }
 
-fn check_table_offset(what: &str, off: u64, len: u64, cs: u64) -> Result<(), HeaderError> {
+fn check_table_offset(what: &'static str, off: u64, len: u64, cs: u64) -> Result<(), Qcow2Error> {
     if off == 0 {
-        return Err(inv(format!("{what} at offset 0 overlaps the header")));
+        return Err(Qcow2Error::Overlap {
+            what,
+            at: 0,
+            other: "image header",
+            other_at: 0,
+        });
     }
     if off % cs != 0 {
-        return Err(inv(format!(
-            "{what} offset 0x{off:x} is not cluster aligned"
-        )));
+        return Err(Qcow2Error::Unaligned { what, offset: off });
     }
     match off.checked_add(len) {
         Some(end) if end <= MAX_HOST_OFFSET => Ok(()),
-        _ => Err(inv(format!(
-            "{what} offset 0x{off:x} is past any possible end"
-        ))),
+        _ => Err(Qcow2Error::OutOfRange { what, offset: off }),
     }
 }
 
@@ -559,40 +532,224 @@ mod tests {
         assert!(h.qcow2rs_info().is_ok());
     }
 
+    /// `v3_header` with `patch` applied, parsed.
+    fn parse_patched(patch: impl FnOnce(&mut Vec<u8>)) -> Result<Header, Qcow2Error> {
+        let mut b = v3_header();
+        patch(&mut b);
+        Header::parse(&b)
+    }
+
+    fn put32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn put64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    }
+
     #[test]
     fn refusals_name_the_problem() {
-        let mut b = v3_header();
-        b[32..36].copy_from_slice(&2u32.to_be_bytes());
-        let e = format!("{:?}", Header::parse(&b).unwrap_err());
-        assert!(e.contains("LUKS"), "{e}");
+        let e = parse_patched(|b| put32(b, 32, 2));
+        assert!(matches!(e, Err(Qcow2Error::Encrypted("LUKS"))), "{e:?}");
+        let e = parse_patched(|b| put32(b, 32, 7));
+        assert!(matches!(e, Err(Qcow2Error::UnknownEncryption(7))), "{e:?}");
 
-        let mut b = v3_header();
-        b[8..16].copy_from_slice(&512u64.to_be_bytes());
-        b[16..20].copy_from_slice(&8u32.to_be_bytes());
-        b[512..520].copy_from_slice(b"base.img");
-        let e = format!("{:?}", Header::parse(&b).unwrap_err());
-        assert!(e.contains("base.img"), "{e}");
+        let e = parse_patched(|b| {
+            put64(b, 8, 512);
+            put32(b, 16, 8);
+            b[512..520].copy_from_slice(b"base.img");
+        });
+        assert!(
+            matches!(&e, Err(Qcow2Error::BackingFile { name }) if name == "base.img"),
+            "{e:?}"
+        );
+        // A name that cannot be read is still a backing file.
+        let e = parse_patched(|b| {
+            put64(b, 8, u64::MAX - 2);
+            put32(b, 16, 8);
+        });
+        assert!(
+            matches!(&e, Err(Qcow2Error::BackingFile { name }) if name.contains("unreadable")),
+            "{e:?}"
+        );
 
-        let mut b = v3_header();
-        b[20..24].copy_from_slice(&22u32.to_be_bytes());
-        assert!(format!("{:?}", Header::parse(&b).unwrap_err()).contains("cluster_bits"));
+        let e = parse_patched(|b| put32(b, 20, 22));
+        assert!(matches!(e, Err(Qcow2Error::ClusterBits(22))), "{e:?}");
+        let e = parse_patched(|b| put32(b, 4, 4));
+        assert!(matches!(e, Err(Qcow2Error::UnsupportedVersion(4))), "{e:?}");
+        let e = parse_patched(|b| b[0] = b'X');
+        assert!(matches!(e, Err(Qcow2Error::BadMagic)), "{e:?}");
 
-        let mut b = v3_header();
-        b[72..80].copy_from_slice(&(1u64 << 40).to_be_bytes());
-        assert!(format!("{:?}", Header::parse(&b).unwrap_err()).contains("40"));
+        let e = parse_patched(|b| put64(b, 72, 1 << 40));
+        assert!(
+            matches!(&e, Err(Qcow2Error::UnknownIncompatible { bits, names })
+                if *bits == 1 << 40 && names == "40"),
+            "{e:?}"
+        );
 
-        let mut b = v3_header();
-        b[40..48].copy_from_slice(&((3u64 << 16) + 512).to_be_bytes());
-        assert!(format!("{:?}", Header::parse(&b).unwrap_err()).contains("aligned"));
+        let e = parse_patched(|b| put64(b, 40, (3 << 16) + 512));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Unaligned {
+                    what: "L1 table",
+                    offset: 0x30200
+                })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put64(b, 48, 0));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Overlap {
+                    what: "refcount table",
+                    other: "image header",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put64(b, 40, 1 << 16));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Overlap {
+                    what: "L1 table",
+                    other: "refcount table",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put64(b, 40, 1 << 56));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::OutOfRange {
+                    what: "L1 table",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put32(b, 36, 1));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::L1TooSmall {
+                    entries: 1,
+                    needed: 2
+                })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put64(b, 24, u64::MAX));
+        assert!(matches!(e, Err(Qcow2Error::VirtualSize(u64::MAX))), "{e:?}");
+        let e = parse_patched(|b| put32(b, 100, 100));
+        assert!(
+            matches!(e, Err(Qcow2Error::HeaderLength { len: 100, .. })),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put32(b, 56, 0));
+        assert!(matches!(e, Err(Qcow2Error::RefcountTableEmpty)), "{e:?}");
+        let e = parse_patched(|b| put32(b, 56, u32::MAX));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::RefcountTableTooLarge { clusters: u32::MAX })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put32(b, 96, 7));
+        assert!(matches!(e, Err(Qcow2Error::RefcountOrder(7))), "{e:?}");
+    }
+
+    #[test]
+    fn compression_type_and_feature_bit_must_agree() {
+        let e = parse_patched(|b| put64(b, 72, INCOMPAT_COMPRESSION));
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::CompressionTypeMismatch { raw: 0, bit: true })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| b[104] = 1);
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::CompressionTypeMismatch { raw: 1, bit: false })
+            ),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| {
+            put64(b, 72, INCOMPAT_COMPRESSION);
+            b[104] = 9;
+        });
+        assert!(
+            matches!(e, Err(Qcow2Error::UnknownCompressionType(9))),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| {
+            put64(b, 72, INCOMPAT_COMPRESSION);
+            put32(b, 100, 104);
+        });
+        assert!(
+            matches!(e, Err(Qcow2Error::CompressionFieldMissing)),
+            "{e:?}"
+        );
+        let h = parse_patched(|b| {
+            put64(b, 72, INCOMPAT_COMPRESSION);
+            b[104] = 1;
+        })
+        .expect("zstd");
+        assert_eq!(h.compression_type, CompressionType::Zstd);
+    }
+
+    #[test]
+    fn header_extensions_must_fit_the_first_cluster() {
+        // An extension whose data runs past the cluster.
+        let e = parse_patched(|b| {
+            put32(b, 112, 0x1234_5678);
+            put32(b, 116, 65536);
+        });
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::HeaderExtension {
+                    at: 112,
+                    ty: Some(0x1234_5678)
+                })
+            ),
+            "{e:?}"
+        );
+        // Extensions chained up to the end of the cluster, no end marker.
+        let e = parse_patched(|b| {
+            let mut at = 112;
+            while at + 8 <= b.len() {
+                put32(b, at, 0x1234_5678);
+                put32(b, at + 4, 8);
+                at += 16;
+            }
+        });
+        assert!(
+            matches!(e, Err(Qcow2Error::HeaderExtension { ty: None, .. })),
+            "{e:?}"
+        );
+        let e = parse_patched(|b| put32(b, 112, 0x0537_be77));
+        assert!(matches!(e, Err(Qcow2Error::CryptoExtension)), "{e:?}");
     }
 
     #[test]
     fn short_buffers_ask_for_more() {
         let b = v3_header();
         for n in [0, 3, 10, 50, 100] {
+            let e = Header::parse(&b[..n]);
             assert!(
-                matches!(Header::parse(&b[..n]), Err(HeaderError::NeedMore(_))),
-                "{n}"
+                matches!(e, Err(Qcow2Error::HeaderTruncated { need, have })
+                    if have == n as u64 && need > have),
+                "{n}: {e:?}"
             );
         }
         assert!(Header::parse(&b[..120]).is_ok());

@@ -5,8 +5,8 @@
 //! failing on them, so that `info` can show why an import would be refused.
 
 use super::header::{
-    cluster_size_hint, CompressionType, Header, HeaderError, COMPAT_LAZY_REFCOUNTS, FIXED_PREFIX,
-    INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2,
+    cluster_size_hint, CompressionType, Header, COMPAT_LAZY_REFCOUNTS, FIXED_PREFIX,
+    INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, INCOMPAT_KNOWN,
 };
 use super::Qcow2Error;
 
@@ -69,7 +69,7 @@ pub struct ImageInfo {
 /// Reads the header cluster (or a prefix of it holding the header and its
 /// extensions) into an [`ImageInfo`].
 pub fn probe(head: &[u8]) -> Result<ImageInfo, Qcow2Error> {
-    let (h, unknown) = parse_lenient(head)?;
+    let h = parse_lenient(head)?;
     let encryption = match h.crypt_method {
         0 => "none".to_string(),
         1 => "aes".to_string(),
@@ -96,35 +96,21 @@ pub fn probe(head: &[u8]) -> Result<ImageInfo, Qcow2Error> {
         l1_entries: h.l1_size,
         refcount_order: h.refcount_order,
         header_length: h.header_length,
-        unknown_incompatible_bits: unknown,
+        unknown_incompatible_bits: h.feature_bit_names(h.incompatible_features & !INCOMPAT_KNOWN),
     })
 }
 
 /// Parses a header while tolerating the refusable features: they are
 /// reported, not errors. Structural problems still fail.
-fn parse_lenient(head: &[u8]) -> Result<(Header, Vec<String>), Qcow2Error> {
-    let mut h = Header::parse_raw(head).map_err(|e| match e {
-        HeaderError::NeedMore(n) => Qcow2Error::Invalid(format!(
-            "truncated header: need {n} bytes, have {}",
-            head.len()
-        )),
-        HeaderError::Invalid(m) => Qcow2Error::Invalid(m),
-    })?;
-    let unknown_bits = h.incompatible_features & !0x1f;
-    let mut unknown = Vec::new();
-    for b in (0u8..64).filter(|b| unknown_bits & (1u64 << b) != 0) {
-        match h.incompat_names.iter().find(|(n, _)| *n == b) {
-            Some((_, name)) => unknown.push(format!("{b} ({name})")),
-            None => unknown.push(b.to_string()),
-        }
-    }
+fn parse_lenient(head: &[u8]) -> Result<Header, Qcow2Error> {
+    let mut h = Header::parse_raw(head)?;
     // The structural checks run on a copy without the refusable features.
     let mut check = h.clone();
-    check.incompatible_features &= 0x1f & !INCOMPAT_DATA_FILE;
+    check.incompatible_features &= INCOMPAT_KNOWN & !INCOMPAT_DATA_FILE;
     check.external_data_file = None;
-    check.validate().map_err(Qcow2Error::from)?;
+    check.validate()?;
     h.compression_type = check.compression_type;
-    Ok((h, unknown))
+    Ok(h)
 }
 
 /// The header as `qemu-img info --output json` reports it.

@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::Qcow2Error;
+
 /// Memory the mapping state may use, in bytes (estimated per entry).
 pub const MAPPING_BUDGET: usize = 8 << 20;
 /// Estimated bytes per entry, BTreeMap overhead included.
@@ -160,7 +162,7 @@ impl MapState {
         &mut self,
         key: (u64, u64),
         r: CompressedRegion,
-    ) -> Result<(), String> {
+    ) -> Result<(), Qcow2Error> {
         self.compressed_bytes += r.buf.len();
         if let Some(old) = self.compressed.insert(key, r) {
             self.compressed_bytes -= old.buf.len();
@@ -181,7 +183,7 @@ impl MapState {
         &mut self,
         key: &(u64, u64),
         bytes: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), Qcow2Error> {
         self.compressed_bytes += bytes.len();
         self.check_budget()?;
         if let Some(r) = self.compressed.get_mut(key) {
@@ -190,66 +192,89 @@ impl MapState {
         Ok(())
     }
 
-    pub(super) fn check_budget(&self) -> Result<(), String> {
+    pub(super) fn check_budget(&self) -> Result<(), Qcow2Error> {
         let u = self.usage();
         if u > self.budget {
-            return Err(format!(
-                "mapping state needs more than its budget of {} MiB ({} pending extents, {} compressed clusters, {} L2 tables): the image is too fragmented for streaming",
-                self.budget >> 20,
-                self.plain.len(),
-                self.compressed.len(),
-                self.l2_tables.len()
-            ));
+            return Err(Qcow2Error::MappingBudget {
+                budget: self.budget,
+                extents: self.plain.len(),
+                compressed: self.compressed.len(),
+                l2_tables: self.l2_tables.len(),
+            });
         }
         Ok(())
     }
 
     /// Refuses `[a, b)` if it overlaps the header, L1, refcount table or an L2 table.
-    pub(super) fn check_metadata(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_metadata(
+        &self,
+        a: u64,
+        b: u64,
+        what: &'static str,
+    ) -> Result<(), Qcow2Error> {
+        let overlap = |other, other_at| Qcow2Error::Overlap {
+            what,
+            at: a,
+            other,
+            other_at,
+        };
         for &(s, e, name) in &self.fixed {
             if a < e && s < b {
-                return Err(format!("{what} at 0x{a:x} overlaps the {name}"));
+                return Err(overlap(name, s));
             }
         }
         let cs = self.cluster_size;
         if let Some(&t) = self.l2_tables.range(..b).next_back() {
             if t.saturating_add(cs) > a {
-                return Err(format!(
-                    "{what} at 0x{a:x} overlaps the L2 table at 0x{t:x}"
-                ));
+                return Err(overlap("L2 table", t));
             }
         }
         Ok(())
     }
 
     /// Refuses `[a, b)` if it overlaps a pending plain region.
-    pub(super) fn check_plain(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_plain(&self, a: u64, b: u64, what: &'static str) -> Result<(), Qcow2Error> {
         if let Some((&s, r)) = self.plain.range(..b).next_back() {
             if r.end > a {
-                return Err(format!(
-                    "{what} at 0x{a:x} overlaps {} at 0x{s:x}",
-                    describe(&r.kind)
-                ));
+                return Err(Qcow2Error::Overlap {
+                    what,
+                    at: a,
+                    other: describe(&r.kind),
+                    other_at: s,
+                });
             }
         }
         Ok(())
     }
 
     /// Refuses `[a, b)` if it overlaps a pending compressed cluster.
-    pub(super) fn check_compressed(&self, a: u64, b: u64, what: &str) -> Result<(), String> {
+    pub(super) fn check_compressed(
+        &self,
+        a: u64,
+        b: u64,
+        what: &'static str,
+    ) -> Result<(), Qcow2Error> {
         let lo = a.saturating_sub(self.max_compressed);
         for (&(s, _), r) in self.compressed.range((lo, 0)..(b, 0)) {
             if r.end > a && s < b {
-                return Err(format!(
-                    "{what} at 0x{a:x} overlaps a compressed cluster at 0x{s:x}"
-                ));
+                return Err(Qcow2Error::Overlap {
+                    what,
+                    at: a,
+                    other: "compressed cluster",
+                    other_at: s,
+                });
             }
         }
         Ok(())
     }
 
     /// Inserts a data run, merging with the run that ends where it starts.
-    pub(super) fn insert_data(&mut self, host: u64, end: u64, guest: u64) -> Result<(), String> {
+    pub(super) fn insert_data(
+        &mut self,
+        host: u64,
+        end: u64,
+        guest: u64,
+    ) -> Result<(), Qcow2Error> {
         self.check_plain(host, end, "data cluster")?;
         self.check_compressed(host, end, "data cluster")?;
         if let Some((&s, r)) = self.plain.range_mut(..host).next_back() {
@@ -270,7 +295,12 @@ impl MapState {
         self.check_budget()
     }
 
-    pub(super) fn insert_table(&mut self, host: u64, end: u64, kind: Plain) -> Result<(), String> {
+    pub(super) fn insert_table(
+        &mut self,
+        host: u64,
+        end: u64,
+        kind: Plain,
+    ) -> Result<(), Qcow2Error> {
         self.check_plain(host, end, describe(&kind))?;
         self.check_compressed(host, end, describe(&kind))?;
         self.plain.insert(host, PlainRegion { end, kind });
@@ -352,12 +382,46 @@ mod tests {
             m.insert_data(h, h + 65536, i * 65536).expect("insert");
         }
         assert_eq!(m.plain.len(), 1, "one run for contiguous clusters");
-        assert!(m
-            .insert_data(0x100000 + 65536 * 5, 0x100000 + 65536 * 6, 0)
-            .is_err());
+        let e = m.insert_data(0x100000 + 65536 * 5, 0x100000 + 65536 * 6, 0);
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Overlap {
+                    what: "data cluster",
+                    at: 0x150000,
+                    other: "data cluster",
+                    other_at: 0x100000
+                })
+            ),
+            "{e:?}"
+        );
         m.l2_tables.insert(0x900000);
-        assert!(m.check_metadata(0x900000, 0x910000, "data").is_err());
+        let e = m.check_metadata(0x900000, 0x910000, "data");
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Overlap {
+                    other: "L2 table",
+                    other_at: 0x900000,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
         assert!(m.check_metadata(0x910000, 0x920000, "data").is_ok());
+        m.fixed.push((0, 65536, "image header"));
+        let e = m.check_metadata(100, 65636, "compressed cluster");
+        assert!(
+            matches!(
+                e,
+                Err(Qcow2Error::Overlap {
+                    what: "compressed cluster",
+                    other: "image header",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -372,6 +436,17 @@ mod tests {
                 break;
             }
         }
-        assert!(err.expect("budget error").contains("budget"));
+        let err = err.expect("budget error");
+        assert!(
+            matches!(
+                err,
+                Qcow2Error::MappingBudget {
+                    budget: 6400,
+                    compressed: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

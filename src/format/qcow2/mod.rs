@@ -7,40 +7,24 @@
 mod driver;
 mod emit;
 mod entry;
+mod error;
 mod header;
 mod info;
 mod map;
 pub(crate) mod stream;
 
-use std::io::{self, BufRead};
+use std::io::BufRead;
 
-use crate::format::plan::PlanError;
-use crate::format::{ExtentSink, FormatError, SinkError};
+use crate::format::{ExtentSink, FormatError};
 use crate::io::RangeRead;
 
 pub use crate::format::plan::{PlanOptions, SpillPolicy};
 pub use crate::format::DecodeReport;
 pub use driver::decoder;
+pub use error::{BitmapProblem, Qcow2Error};
 pub use header::CompressionType;
 pub use info::{image_info_of, probe, probe_len, ImageInfo, PROBE_MAX_BYTES};
 pub use map::MAPPING_BUDGET;
-
-/// Why a qcow2 stream was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum Qcow2Error {
-    /// The image is invalid, hostile, truncated or uses an unsupported feature.
-    #[error("{0}")]
-    Invalid(String),
-    /// The planner could not hold what the layout needs.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    /// Reading the stream failed.
-    #[error("reading the image")]
-    Read(#[source] io::Error),
-    /// The sink (target) failed.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-}
 
 /// Decodes a qcow2 stream into `sink`.
 ///
