@@ -10,9 +10,9 @@ use streamdisk::source::Connections;
 
 use crate::report::ProgressMode;
 
-/// Stream a disk image (qcow2 or raw, optionally gzip/xz/zstd/bzip2-compressed,
-/// or a disk of an OVA) from HTTP(S), a file or stdin onto a block device or
-/// file in one pass, with O_DIRECT writes and memory that does not grow with the image. Formats it
+/// Stream a disk image (qcow2, VMDK, VHD, VHDX, VDI or raw, optionally
+/// gzip/xz/zstd/bzip2-compressed, or a disk of an OVA) from HTTP(S), a
+/// registry, a file or stdin onto a block device or file in one pass, with O_DIRECT writes and memory that does not grow with the image. Formats it
 /// recognises and does not decode are refused by name, never copied as raw.
 #[derive(Debug, Parser)]
 #[command(name = "streamdisk", version, propagate_version = true)]
