@@ -26,7 +26,8 @@ usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
   --rounds N         rounds of the interleaved commands (default 3, at least 3 for a report)
   --bin PATH         streamdisk binary to measure (default: cargo build --release, target/release/streamdisk)
   --peers-only       measure only the peers (for working on the harness without streamdisk)
-  --groups LIST      comma-separated subset of: mixed,zlib,xz,sparse,l1end,scaling,throttled
+  --groups LIST      comma-separated subset of: mixed,zlib,xz,sparse,l1end,scaling,throttled,
+                     formats,registry,upload (default: all)
   --publish          copy the summary, results and figures into docs/ (docs/bench for --full,
                      docs/bench-quick for --quick)
   --rebuild          rebuild the images even when cached ones match
@@ -81,7 +82,8 @@ need_tools() {
     local missing="" t
     for t in qemu-img:qemu-utils qemu-io:qemu-utils nginx:nginx-light nbdkit:nbdkit curl:curl \
              xz:xz-utils mkfs.ext4:e2fsprogs debootstrap:debootstrap losetup:mount \
-             blkdiscard:util-linux /usr/bin/time:time ss:iproute2 openssl:openssl; do
+             blkdiscard:util-linux /usr/bin/time:time ss:iproute2 openssl:openssl \
+             docker-registry:docker-registry python3:python3 gzip:gzip; do
         command -v "${t%%:*}" >/dev/null || missing="$missing ${t#*:}"
     done
     [ -e /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-curl-plugin.so ] \
@@ -103,12 +105,14 @@ if [ "$MODE" = quick ]; then
     SPARSE_V=$((1024 * G)); SPARSE_DATA=$((256 * M))
     L1_BASE=$((256 * M)); L1_GROW=$((768 * M))
     THROTTLE_V=$((48 * M)); THROTTLE_RATE=1m; TIMEOUT=600
+    MID=$((512 * M))
 else
     MIXED=$((8 * G)); SCALE="$((1 * G)) $((4 * G)) $((16 * G))"
     ROOTFS_FS=$((3 * G)); ROOTFS_DATA=$((1 * G))
     SPARSE_V=$((1024 * G)); SPARSE_DATA=$((1 * G))
     L1_BASE=$((1 * G)); L1_GROW=$((7 * G))
     THROTTLE_V=$((80 * M)); THROTTLE_RATE=512k; TIMEOUT=1800
+    MID=$((4 * G))
 fi
 DISK_RESERVE_BYTES=$((5 * G))
 SCALE_NOTE=""
@@ -120,11 +124,15 @@ disk_need() {
     local s max=0 sum=0
     for s in $SCALE $MIXED; do sum=$((sum + s * 3 / 8)); [ $((s * 3 / 8)) -gt $max ] && max=$((s * 3 / 8)); done
     sum=$((sum + L1_BASE * 3 / 8 + 2 * SPARSE_DATA + ROOTFS_DATA * 2))
+    # formats, registry, upload: the 4 GiB mixed image and its VHDX, VDI and gzip layer forms,
+    # the registry's copy of the layer, a VMDK of a filesystem and that filesystem while it is
+    # built.
+    sum=$((sum + MID * 3 / 8 * 5 + MID))
     echo $((sum + 2 * max + 2 * G))
 }
 scale_down() {
     MIXED=$((MIXED / 2)); ROOTFS_FS=$((ROOTFS_FS / 2)); ROOTFS_DATA=$((ROOTFS_DATA / 2))
-    SPARSE_DATA=$((SPARSE_DATA / 2)); L1_BASE=$((L1_BASE / 2)); L1_GROW=$((L1_GROW / 2))
+    SPARSE_DATA=$((SPARSE_DATA / 2)); L1_BASE=$((L1_BASE / 2)); L1_GROW=$((L1_GROW / 2)); MID=$((MID / 2))
     local s n=""; for s in $SCALE; do n="$n $((s / 2))"; done; SCALE=${n# }
 }
 
@@ -140,9 +148,11 @@ RUNTMP=$(mktemp -d /tmp/streamdisk-bench.XXXXXX)
 LOOPS=()
 cleanup() {
     nginx_stop
+    registry_stop
+    [ -n "${CLIENT_CG:-}" ] && rmdir "$CLIENT_CG" 2>/dev/null
     local l
     for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
-    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"
+    rm -f "$DEVDIR"/*.img "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"
     rm -rf "$RUNTMP"
 }
 trap cleanup EXIT
@@ -231,6 +241,27 @@ if want_group scaling; then
         SCALE_NAMES="$SCALE_NAMES $n"
     done
 fi
+# Issues 14, 15 and 17: the other formats, the registry and the upload server, on a 4 GiB
+# mixed image (1.5 GB stored) and a streamOptimized VMDK of a real filesystem.
+if want_group formats || want_group registry || want_group upload; then
+    build_mixed "$IMGDIR/mixed4.qcow2" "$MID"
+fi
+if want_group formats; then
+    build_vmdk_rootfs "$IMGDIR/rootfs.vmdk" "$MID" $((MID / 3))
+    [ "$ROOTFS_KIND" = synthetic ] && warn "the VMDK holds a SYNTHETIC file tree, not a real root filesystem (debootstrap failed)"
+    add_image fmt-vmdk "$IMGDIR/rootfs.vmdk" vmdk "" "" "streamOptimized, $ROOTFS_KIND"
+    build_converted "$IMGDIR/mixed4.qcow2" vhdx "$IMGDIR/mixed4.vhdx"
+    add_image fmt-vhdx "$IMGDIR/mixed4.vhdx" vhdx
+    build_converted "$IMGDIR/mixed4.qcow2" vdi "$IMGDIR/mixed4.vdi"
+    add_image fmt-vdi "$IMGDIR/mixed4.vdi" vdi
+fi
+if want_group registry; then
+    build_containerdisk_layer "$IMGDIR/mixed4.qcow2" "$IMGDIR/mixed4-layer.tar.gz"
+    add_image reg-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "containerDisk, one gzip layer, from docker-registry"
+fi
+if want_group upload; then
+    add_image up-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "uploaded with curl -T over TLS"
+fi
 # The throttled comparison (issue 5) has a small image of its own, served slowly: nginx's
 # limit_rate is per request and lets each request send one second's worth at once, so each
 # 4 MiB range segment must take several seconds for that burst not to flatter N connections.
@@ -254,8 +285,16 @@ if want_group scaling; then
     for n in $SCALE_NAMES; do plan scaling "$n" img $(sd streamdisk) qemu-local cdi-http dd; done
 fi
 want_group throttled && plan throttled throttled slow $(sd streamdisk streamdisk-c4) cdi-http
+if want_group formats; then
+    for n in fmt-vmdk fmt-vhdx fmt-vdi; do plan formats "$n" img $(sd streamdisk) qemu-local; done
+fi
+want_group registry && plan registry reg-mixed reg $(sd streamdisk) cdi-registry gunzip-floor
+want_group upload && plan upload up-mixed upload $(sd streamdisk) cdi-upload
 
-# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH).
+# variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH, and for
+# the registry and upload locations BLOB_URL, UPORT, UCERT, UKEY, CLIENT_CG, UPSTANDIN).
+# The upload client (curl -T) runs in a cgroup of its own, CLIENT_CG: it stands for the user's
+# machine, so neither its page cache nor its TLS work is charged to the server measured.
 # The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
@@ -265,7 +304,18 @@ variant_limit() {
     esac
 }
 # shellcheck disable=SC2016
-variant_cmd() {
+variant_cmd() { # variant location
+    local client='(echo "$BASHPID" > "$CLIENT_CG/cgroup.procs"; exec curl -sfk -o /dev/null -T "$IMG" "$URL")'
+    local wait_port='for i in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$UPORT") 2>/dev/null && break; sleep 0.05; done'
+    case $1/${2:-img} in
+        streamdisk/reg) echo 'exec "$SD" convert --insecure "$URL" "$DEV"'; return ;;
+        streamdisk/upload)
+            echo '"$SD" upload-server --listen "127.0.0.1:$UPORT" --cert "$UCERT" --key "$UKEY" "$DEV" & srv=$!; '"$wait_port"'; '"$client"' || { kill $srv; wait $srv; exit 1; }; wait $srv'
+            return ;;
+        cdi-upload/*)
+            echo 'python3 "$UPSTANDIN" "$UPORT" "$UCERT" "$UKEY" "$SCRATCH/tmpimage" & srv=$!; '"$wait_port"'; '"$client"' || { kill $srv; wait $srv; exit 1; }; wait $srv && qemu-img convert -t writeback -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync'
+            return ;;
+    esac
     case $1 in
         streamdisk|streamdisk@*) echo 'exec "$SD" convert "$URL" "$DEV"' ;;
         streamdisk-c1) echo 'exec "$SD" convert --connections 1 "$URL" "$DEV"' ;;
@@ -278,6 +328,11 @@ variant_cmd() {
         dd) echo 'exec dd if="$IMG" of="$DEV" bs=4M iflag=direct oflag=direct' ;;
         http-floor) echo 'exec curl -sf -o /dev/null "$URL"' ;;
         xz-pipe) echo 'set -o pipefail; curl -sf "$URL" | xz -dc | dd of="$DEV" bs=4M iflag=fullblock oflag=direct' ;;
+        # containers/image's path in CDI: the layer through gunzip and tar onto scratch, then
+        # qemu-img through the page cache, then sync.
+        cdi-registry) echo 'set -o pipefail; mkdir -p "$SCRATCH/reg" && curl -sf "$BLOB_URL" | gzip -dc | tar -x -C "$SCRATCH/reg" && qemu-img convert -t writeback -p -O raw "$SCRATCH/reg/disk/disk.qcow2" "$DEV" && sync' ;;
+        # What decompressing the layer costs on its own: one gzip stream is one thread.
+        gunzip-floor) echo 'set -o pipefail; curl -sf "$BLOB_URL" | gzip -dc > /dev/null' ;;
         *) die "unknown variant $1" ;;
     esac
 }
@@ -300,7 +355,24 @@ mkdir -p "$RUNTMP/docroot"
 for name in "${!IMG_FILE[@]}"; do ln -sf "${IMG_FILE[$name]}" "$RUNTMP/docroot/$(basename "${IMG_FILE[$name]}")"; done
 rate=$THROTTLE_RATE
 nginx_start "$RUNTMP/docroot" "$rate"
-url_of() { echo "http://127.0.0.1:$PORT/$2/$(basename "${IMG_FILE[$1]}")"; }
+url_of() {
+    case $2 in
+        reg) echo "docker://127.0.0.1:$RPORT/bench/mixed4:latest" ;;
+        upload) echo "https://127.0.0.1:$UPORT/v1beta1/upload" ;;
+        *) echo "http://127.0.0.1:$PORT/$2/$(basename "${IMG_FILE[$1]}")" ;;
+    esac
+}
+export UPORT="" BLOB_URL="" UCERT="$RUNTMP/upload.crt" UKEY="$RUNTMP/upload.key" CLIENT_CG="" \
+    UPSTANDIN="$HERE/lib/upload_standin.py"
+if want_group registry; then
+    registry_start
+    registry_push_containerdisk bench/mixed4:latest "$IMGDIR/mixed4-layer.tar.gz"
+    BLOB_URL="http://127.0.0.1:$RPORT/v2/bench/mixed4/blobs/$REGISTRY_LAYER_DIGEST"
+fi
+if want_group upload; then
+    upload_certs "$RUNTMP"
+    CLIENT_CG=$(cg_fixture client 1024)
+fi
 
 reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || true; }
 
@@ -309,8 +381,8 @@ reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || t
 # then streamdisk, then qemu-img compare of the device range [0, virtual size) with the source
 # image, byte for byte. The 1 TiB image is compared through the loop device's backing file,
 # whose holes qemu-img skips, instead of reading 1 TiB through the device.
-verify_one() { # image variant url
-    local name=$1 v=$2 url=$3 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} k off n=16 src lg
+verify_one() { # image variant url location
+    local name=$1 v=$2 url=$3 loc=$4 dev=${IMG_DEV[$1]} vs=${IMG_VSIZE[$1]} k off n=16 src lg
     lg="$OUT/logs/verify-$name-$v.log"
     head -c $((4 * M)) /dev/zero | tr '\0' 'Z' > "$RUNTMP/stripe"
     reset_dev "$dev"
@@ -319,7 +391,7 @@ verify_one() { # image variant url
         dd if="$RUNTMP/stripe" of="$dev" bs=4M seek="$off" oflag=direct conv=notrunc status=none 2>/dev/null
     done
     dd if="$RUNTMP/stripe" of="$dev" bs=4M seek=$(( (vs - 4 * M) / (4 * M) )) oflag=direct status=none 2>/dev/null
-    local cmd; cmd=$(variant_cmd "$v")
+    local cmd; cmd=$(variant_cmd "$v" "$loc")
     if ! SD="$SD_BIN" URL="$url" IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH="$SCRATCH" \
         timeout "$TIMEOUT" bash -c "$cmd" > "$lg" 2>&1; then
         IMG_VERIFY[$name]="FAILED: $v exited non-zero ($(tail -n1 "$lg" | cut -c1-160))"
@@ -348,7 +420,8 @@ if [ -z "$PEERS_ONLY" ]; then
         [ -n "${VERIFIED_VARIANT[$name/$v]:-}" ] && continue
         VERIFIED_VARIANT[$name/$v]=1
         prev=${IMG_VERIFY[$name]}
-        verify_one "$name" "$v" "$(url_of "$name" "$loc")"
+        UPORT=$(free_port)
+        verify_one "$name" "$v" "$(url_of "$name" "$loc")" "$loc"
         # keep a failure visible when a later variant of the same image passes
         case $prev in FAILED*) IMG_VERIFY[$name]="$prev; ${IMG_VERIFY[$name]}" ;; esac
     done
@@ -405,13 +478,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for line in "${order[@]}"; do
         read -r g name loc v <<< "$line"
         run_id=$((run_id + 1)); done_n=$((done_n + 1))
-        dev=${IMG_DEV[$name]}; limit=$(variant_limit "$v"); cmd=$(variant_cmd "$v")
-        reset_dev "$dev"; rm -f "$SCRATCH/tmpimage"
+        dev=${IMG_DEV[$name]}; limit=$(variant_limit "$v"); cmd=$(variant_cmd "$v" "$loc")
+        UPORT=$(free_port)
+        reset_dev "$dev"; rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"
         tag=$(printf '%04d-%s-%s' "$run_id" "$name" "$v")
         export SD="$SD_BIN" URL; URL=$(url_of "$name" "$loc")
         export IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH
         cg_run "$limit" "$tag" "$OUT/samples/$tag.csv" "$OUT/logs/$tag.log" "$TIMEOUT" -- bash -c "$cmd"
-        rm -f "$SCRATCH/tmpimage"; reset_dev "$dev"
+        rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"; reset_dev "$dev"
         printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"%s"\n' "$run_id" "$r" "$g" "$name" "$v" \
             "$limit" "$R_RC" "$R_WALL" "$R_USER" "$R_SYS" \
             "$(awk -v a="$R_USER" -v b="$R_SYS" 'BEGIN{printf "%.2f", a + b}')" \
@@ -425,6 +499,7 @@ done
 log "measurement took $(awk -v a="$bench_start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b - a}') s"
 
 nginx_stop
+registry_stop
 
 # ---------------------------------------------------------------- report
 if [ -n "$REPORT_BIN" ]; then

@@ -162,15 +162,12 @@ get_rootfs_tar() {
     rm -rf "$d"
 }
 
-# build_rootfs RAW ZLIB XZ FSSIZE DATA: an ext4 filesystem of FSSIZE bytes holding copies of the
-# root filesystem until about DATA bytes are used (copies of real files still compress like real
-# files: qcow2 compresses each cluster on its own). Then a zlib-compressed qcow2 of it and a
-# raw.xz of it. The raw file stays: it is the reference for verifying the raw.xz import.
-build_rootfs() {
-    local raw=$1 zq=$2 xzf=$3 fssize=$4 data=$5
+# build_ext4 RAW FSSIZE DATA: an ext4 filesystem of FSSIZE bytes holding copies of the root
+# filesystem until about DATA bytes are used (copies of real files still compress like real
+# files: qcow2 compresses each cluster on its own, VMDK each grain).
+build_ext4() {
+    local raw=$1 fssize=$2 data=$3
     get_rootfs_tar
-    local stamp="rootfs v1 $fssize $data $ROOTFS_KIND"
-    if is_current "$raw" "$stamp" && is_current "$zq" "$stamp" && is_current "$xzf" "$stamp"; then return 0; fi
     local tarsz copies stage="$raw.stage.tmp" i
     tarsz=$(stat -c %s "$CACHE/rootfs.tar")
     copies=$(( data / tarsz )); [ "$copies" -ge 1 ] || copies=1
@@ -179,7 +176,7 @@ build_rootfs() {
         fssize=$(( (copies * tarsz * 3 / 2 + 64 * 1048576) / 1048576 * 1048576 ))
         warn "the root filesystem image is enlarged to $(human "$fssize") to hold $copies copy of the root filesystem"
     fi
-    log "building the root filesystem images: ext4 of $(human "$fssize") with $copies copies of a $ROOTFS_KIND root filesystem ($(human "$tarsz") each)"
+    log "building a root filesystem image: ext4 of $(human "$fssize") with $copies copies of a $ROOTFS_KIND root filesystem ($(human "$tarsz") each)"
     rm -rf "$stage"; mkdir -p "$stage"
     for ((i = 1; i <= copies; i++)); do
         mkdir "$stage/copy$i"
@@ -190,6 +187,17 @@ build_rootfs() {
         || die "mkfs.ext4 -d failed (filesystem too small for $copies copies?)"
     rm -rf "$stage"
     mv "$raw.tmp" "$raw"
+}
+
+# build_rootfs RAW ZLIB XZ FSSIZE DATA: the ext4 image of build_ext4, then a zlib-compressed
+# qcow2 of it and a raw.xz of it. The raw file stays: it is the reference for verifying the
+# raw.xz import.
+build_rootfs() {
+    local raw=$1 zq=$2 xzf=$3 fssize=$4 data=$5
+    get_rootfs_tar
+    local stamp="rootfs v1 $fssize $data $ROOTFS_KIND"
+    if is_current "$raw" "$stamp" && is_current "$zq" "$stamp" && is_current "$xzf" "$stamp"; then return 0; fi
+    build_ext4 "$raw" "$fssize" "$data"
     log "compressing: qemu-img convert -c (zlib)"
     qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib "$raw" "$zq.tmp"
     mv "$zq.tmp" "$zq"
@@ -197,6 +205,49 @@ build_rootfs() {
     xz -6 -T0 -c "$raw" > "$xzf.tmp"
     mv "$xzf.tmp" "$xzf"
     echo "$stamp" > "$raw.stamp"; echo "$stamp" > "$zq.stamp"; echo "$stamp" > "$xzf.stamp"
+}
+
+# build_vmdk_rootfs OUT FSSIZE DATA: a streamOptimized VMDK (deflate-compressed grains, as
+# VMware exports and OVAs carry them) of an ext4 root filesystem image of FSSIZE bytes.
+build_vmdk_rootfs() {
+    local out=$1 fssize=$2 data=$3
+    get_rootfs_tar
+    local stamp="vmdk-rootfs v1 $fssize $data $ROOTFS_KIND"
+    is_current "$out" "$stamp" && return 0
+    build_ext4 "$out.raw.tmp" "$fssize" "$data"
+    log "converting to a streamOptimized VMDK"
+    qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$out.raw.tmp" "$out.tmp"
+    rm -f "$out.raw.tmp"
+    mv "$out.tmp" "$out"
+    echo "$stamp" > "$out.stamp"
+}
+
+# build_converted SRC FMT OUT: SRC (qcow2) in qemu-img's FMT with its default options
+# (uncompressed, dynamic: VHDX and VDI as qemu-img and Hyper-V / VirtualBox write them).
+build_converted() {
+    local src=$1 fmt=$2 out=$3 stamp
+    stamp="converted v1 $fmt $(cat "$src.stamp" 2>/dev/null)"
+    is_current "$out" "$stamp" && return 0
+    log "converting $(basename "$src") to $fmt"
+    qemu-img convert -f qcow2 -O "$fmt" "$src" "$out.tmp"
+    mv "$out.tmp" "$out"
+    echo "$stamp" > "$out.stamp"
+}
+
+# build_containerdisk_layer QCOW2 OUT: a gzip tar layer holding QCOW2 as disk/disk.qcow2
+# (owner 107, as CDI's containerDisk images have it), compressed with gzip -6 (what buildah
+# and podman write by default).
+build_containerdisk_layer() {
+    local src=$1 out=$2 stamp stage="$out.stage.tmp"
+    stamp="containerdisk v1 $(cat "$src.stamp" 2>/dev/null)"
+    is_current "$out" "$stamp" && return 0
+    log "building a containerDisk layer of $(basename "$src") (tar, gzip -6)"
+    rm -rf "$stage"; mkdir -p "$stage/disk"
+    ln "$src" "$stage/disk/disk.qcow2" 2>/dev/null || cp "$src" "$stage/disk/disk.qcow2"
+    tar -C "$stage" --owner=107 --group=107 --numeric-owner -cf - disk | gzip -6 > "$out.tmp"
+    rm -rf "$stage"
+    mv "$out.tmp" "$out"
+    echo "$stamp" > "$out.stamp"
 }
 
 # Bytes of guest data an image stores (qemu-img map: allocated data extents).

@@ -99,3 +99,111 @@ nginx_stop() {
         NGINX_CG=""
     fi
 }
+
+# ---------------------------------------------------------------- registry
+# Debian's docker-registry (the CNCF distribution registry) on loopback, plain http, storage
+# under $WORK/registry so a pushed image survives between runs. Like nginx it runs in a memory
+# cgroup of its own: it is the fixture, and its page cache is not the importer's.
+REGISTRY_PID=""
+REGISTRY_CG=""
+RPORT=""
+
+registry_start() {
+    local dir="$RUNTMP/registry" try
+    mkdir -p "$dir" "$WORK/registry"
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        RPORT=$((20000 + RANDOM % 40000))
+        ss -Hltn "sport = :$RPORT" 2>/dev/null | grep -q . && continue
+        cat > "$dir/config.yml" <<CONF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$RPORT
+CONF
+        [ -n "$REGISTRY_CG" ] || REGISTRY_CG=$(cg_fixture registry "$NGINX_MEM_MIB")
+        (echo "$BASHPID" > "$REGISTRY_CG/cgroup.procs" \
+            && exec docker-registry serve "$dir/config.yml") > "$dir/registry.log" 2>&1 &
+        REGISTRY_PID=$!
+        local i
+        for i in $(seq 1 50); do
+            curl -sf "http://127.0.0.1:$RPORT/v2/" > /dev/null 2>&1 && {
+                log "docker-registry (pid $REGISTRY_PID, memory cgroup limited to $NGINX_MEM_MIB MiB) on http://127.0.0.1:$RPORT"
+                return 0
+            }
+            kill -0 "$REGISTRY_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$REGISTRY_PID" 2>/dev/null; REGISTRY_PID=""
+    done
+    die "docker-registry did not start; see $dir/registry.log"
+}
+
+registry_stop() {
+    [ -n "$REGISTRY_PID" ] && { kill "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null; }
+    REGISTRY_PID=""
+    if [ -n "$REGISTRY_CG" ]; then
+        local i
+        for i in 1 2 3 4 5 6 7 8 9 10; do rmdir "$REGISTRY_CG" 2>/dev/null && break; sleep 0.2; done
+        REGISTRY_CG=""
+    fi
+}
+
+# registry_blob REPO FILE MEDIA: uploads FILE as a blob (monolithic PUT) unless the registry
+# has it; prints its digest.
+registry_blob() {
+    local repo=$1 file=$2 d loc sep
+    d="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
+    if ! curl -sfI "http://127.0.0.1:$RPORT/v2/$repo/blobs/$d" > /dev/null; then
+        loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$RPORT/v2/$repo/blobs/uploads/" \
+            | awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')
+        [ -n "$loc" ] || die "registry: no upload location for $repo"
+        case $loc in http*) ;; *) loc="http://127.0.0.1:$RPORT$loc" ;; esac
+        sep='?'; [[ $loc == *'?'* ]] && sep='&'
+        curl -sf -X PUT -H "Content-Type: application/octet-stream" -T "$file" "$loc${sep}digest=$d" > /dev/null \
+            || die "registry: upload of $(basename "$file") failed"
+    fi
+    echo "$d"
+}
+
+# registry_push_containerdisk REPO:TAG LAYER: a one-layer OCI image (the gzip layer of
+# build_containerdisk_layer) with a config naming KUBEVIRT_IO_* labels as CDI's images do.
+registry_push_containerdisk() {
+    local ref=$1 layer=$2 repo=${1%:*} tag=${1##*:} cfg="$RUNTMP/config.json" man="$RUNTMP/manifest.json"
+    local diff ld cd
+    diff="sha256:$(gzip -dc "$layer" | sha256sum | cut -d' ' -f1)"
+    printf '{"architecture":"amd64","os":"linux","config":{"Env":["KUBEVIRT_IO_OS=linux"]},"rootfs":{"type":"layers","diff_ids":["%s"]}}' "$diff" > "$cfg"
+    ld=$(registry_blob "$repo" "$layer")
+    cd=$(registry_blob "$repo" "$cfg")
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%d}]}' \
+        "$cd" "$(stat -c %s "$cfg")" "$ld" "$(stat -c %s "$layer")" > "$man"
+    curl -sf -X PUT -H "Content-Type: application/vnd.oci.image.manifest.v1+json" -T "$man" \
+        "http://127.0.0.1:$RPORT/v2/$repo/manifests/$tag" > /dev/null || die "registry: manifest push failed"
+    REGISTRY_LAYER_DIGEST=$ld
+    log "pushed $ref: layer $ld ($(human "$(stat -c %s "$layer")"))"
+}
+
+# ---------------------------------------------------------------- upload
+# free_port: a loopback TCP port nobody listens on.
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return 0; }
+    done
+}
+
+# upload_certs DIR: a self-signed server certificate for 127.0.0.1 (the client skips
+# verification: what is measured is the transfer, not the PKI).
+upload_certs() {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$1/upload.key" -out "$1/upload.crt" 2>/dev/null \
+        || die "openssl could not make the upload certificate"
+}

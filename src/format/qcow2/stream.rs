@@ -25,17 +25,11 @@ use super::map::{describe, CompressedRegion, MapState, Plain, TableCursor};
 use super::Qcow2Error;
 
 /// On a seekable source, the missing tables are fetched once this much is
-/// held, even when the window could take more.
-///
-/// Held bytes are not only data waiting for its table: qemu's compressed
-/// writer leaves unused tails between compressed clusters, and such garbage
-/// can only be dropped once every table has been seen. On a real Debian rootfs
-/// (`qemu-img convert -c`, 3 GiB virtual, 6 L2 tables) the garbage grew
-/// steadily to the full 4 MiB window, 377 pieces spread over the file, and
-/// pushed the process's peak to 27 MiB. Fetching the few missing tables at
-/// 1 MiB costs a handful of range requests, completes the mapping, and
-/// empties the window for the rest of the stream: peak 24 MiB, same speed.
-/// Non-seekable sources keep the whole window before they spill.
+/// held, even when the window could take more: held bytes include the unused
+/// tails qemu's compressed writer leaves between clusters, which can only be
+/// dropped once every table is known, so fetching the few missing tables early
+/// keeps the window nearly empty. Non-seekable sources keep the whole window
+/// before they spill. Measurements: BENCHMARKS.md, "Tuning".
 const FETCH_AT: usize = 1 << 20;
 
 /// Decoder settings.
