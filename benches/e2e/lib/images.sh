@@ -238,7 +238,8 @@ build_converted() {
 # (owner 107, as CDI's containerDisk images have it), compressed with gzip -6 (what buildah
 # and podman write by default).
 build_containerdisk_layer() {
-    local src=$1 out=$2 stamp stage="$out.stage.tmp"
+    local src=$1 out=$2 stamp stage
+    stage="$out.stage.tmp"
     stamp="containerdisk v1 $(cat "$src.stamp" 2>/dev/null)"
     is_current "$out" "$stamp" && return 0
     log "building a containerDisk layer of $(basename "$src") (tar, gzip -6)"
