@@ -1,22 +1,31 @@
 //! The write side: an `O_DIRECT` block device or regular file, fed extents.
 //!
-//! The target is the [`ExtentSink`] at the end of the pipeline. It copies data
-//! into a fixed pool of aligned buffers, coalesces contiguous extents into large
-//! writes with a bounded number in flight, turns zero extents into holes or
-//! device zeroing, and `fdatasync`s before reporting success.
+//! [`Target`] is the [`ExtentSink`] at the end of the pipeline. It copies
+//! data into a bounded pool of aligned buffers, coalesces contiguous extents
+//! into large writes with a bounded number in flight, turns zero extents into
+//! holes or device zeroing, and `fdatasync`s before reporting success.
 //!
-//! Modules, one concern each:
-//! - [`pool`]: aligned buffers and the fixed pool (the memory bound);
-//! - [`device`]: block-device ioctls (size, logical block size, zeroing);
-//! - [`mod@file`]: opening with `O_DIRECT` (or the buffered fallback) and alignment;
-//! - [`zeroing`]: coalescing zero ranges and the device zeroing strategy;
-//! - [`writer`]: the threads that keep several `pwrite`s in flight;
-//! - [`partial`]: blocks filled piece by piece (unaligned extents);
-//! - [`pacing`]: bounded dirty page cache for buffered writes;
-//! - `assemble`: how extents become runs, partial blocks and zero ranges;
-//! - [`wipe`]: whole-range zero writes and edge wiping for the CDI pod mode.
+//! Three layers, like the read side's source, decoder and sink:
+//! - [`Target`] (this module): the sink's contract. Range checks against the
+//!   virtual size or the device, the size check ([`SinkError::TooLarge`]),
+//!   the failure latch, statistics, and following the [`Pace`]; then it
+//!   forwards each extent to the assembler with the back end as its device.
+//! - `assemble`: the sans-IO assembler. Extents in, actions out (write a
+//!   filled buffer, write a block, zero a range, read a block to merge
+//!   into), with the runs, the inline gaps, the partial blocks and the zero
+//!   run it holds in between. No system calls, so its tests run on byte
+//!   vectors. [`partial`] is its cache of blocks filled piece by piece.
+//! - `backend`: the I/O back end carrying the actions out. It owns the
+//!   file, the buffer [`pool`] (the memory bound), the [`writer`] threads,
+//!   the device [`zeroing`] strategy, the buffered-mode [`pacing`] and the
+//!   final sync.
+//!
+//! And around them: [`device`] (block-device ioctls), [`mod@file`] (opening
+//! with `O_DIRECT` or the buffered fallback, and the alignment) and [`wipe`]
+//! (whole-range zero writes and edge wiping for the CDI pod mode).
 
 mod assemble;
+mod backend;
 // The block-device ioctls have no safe wrapper.
 #[allow(unsafe_code)]
 pub(crate) mod device;
@@ -32,10 +41,8 @@ pub(crate) mod wipe;
 pub(crate) mod writer;
 pub(crate) mod zeroing;
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::format::{ExtentSink, SinkError};
 use crate::pace::Pace;
@@ -43,11 +50,8 @@ use crate::pace::Pace;
 pub use device::size_of_path as block_device_size;
 pub use wipe::{wipe_edges, write_zeros_direct};
 
-use crate::io::ZeroRun;
-use partial::PartialCache;
-use pool::{AlignedBuf, BufferPool};
-use writer::WritePipeline;
-use zeroing::DeviceZeroer;
+use assemble::{Assembler, Geometry};
+use backend::Backend;
 
 /// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
 /// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
@@ -153,17 +157,13 @@ const MIN_BUFFER: usize = 64 << 10;
 const MAX_BUFFER: usize = 64 << 20;
 const MAX_QUEUE_DEPTH: usize = 64;
 
-/// In buffered mode, force writeback and drop pages after this many bytes.
-const PACING_INTERVAL: u64 = 16 << 20;
-
-/// An open target.
+/// An open target: the sink in front of the assembler and the back end.
 pub struct Target {
     path: PathBuf,
-    file: Arc<File>,
-    kind: TargetKind,
-    align: usize,
-    direct: bool,
-    device_size: Option<u64>,
+    /// Extents in, actions out.
+    assembler: Assembler,
+    /// Carries the actions out.
+    backend: Backend,
     /// `TargetOptions::available`.
     available: Option<u64>,
     vsize: Option<u64>,
@@ -171,25 +171,15 @@ pub struct Target {
     started: bool,
     /// End of the highest byte covered by any extent (sizes files of unknown length).
     high_water: u64,
-    pool: BufferPool,
     /// The depth to lower to once the input side sets the pace, until used.
     paced_depth: Option<usize>,
-    writers: Option<WritePipeline>,
-    run: Option<assemble::Run>,
-    /// Zero bytes reported right after the current run, not yet placed.
-    gap: u64,
-    cache: PartialCache,
-    /// One aligned block for read-modify-write.
-    scratch: AlignedBuf,
-    zero_ranges: ZeroRun,
-    /// `None` when zero ranges need no action (files, `target_is_zero`).
-    zeroer: Option<DeviceZeroer>,
-    pacer: Option<pacing::Pacer>,
-    stats: WriteStats,
-    /// Set by the first failed call; every later call and `finish` report it.
-    failed: Option<String>,
     /// Followed to lower the write depth (see [`Target::follow`]).
     pace: Option<Pace>,
+    stats: WriteStats,
+    /// Set by the first failed call; every later call and `finish` report it.
+    /// Kept here rather than in the back end because range and size errors,
+    /// which no system call sees, must latch too.
+    failed: Option<String>,
 }
 
 impl Target {
@@ -212,74 +202,59 @@ impl Target {
             Depth::Auto => (DEFAULT_QUEUE_DEPTH, Some(PACED_QUEUE_DEPTH)),
             Depth::Fixed(n) => (n.clamp(1, MAX_QUEUE_DEPTH), None),
         };
-        let file = Arc::new(opened.file);
-        let pool = BufferPool::new(depth + 1, buffer_size, align);
-        let writers = WritePipeline::new(
-            Arc::clone(&file),
-            depth,
-            pool.returner(),
-            buffer_size,
+        let geometry = Geometry {
             align,
-        )
-        .map_err(|e| ctx("starting writer threads for", e))?;
-        // The partial-block budget: one buffer's worth of blocks, within sane bounds.
-        let partial_blocks = (buffer_size / align).clamp(16, 4096);
-        let zeroer = (opened.kind == TargetKind::BlockDevice && !opts.target_is_zero)
-            .then(DeviceZeroer::default);
+            limit: opened.device_size.unwrap_or(u64::MAX),
+            // A file truncated at open reads as holes; with `target_is_zero`
+            // the device already reads as zeros.
+            zero_ranges: opened.kind == TargetKind::BlockDevice && !opts.target_is_zero,
+            // The partial-block budget: one buffer's worth of blocks, within sane bounds.
+            partial_blocks: (buffer_size / align).clamp(16, 4096),
+        };
+        let backend = Backend::new(opened, buffer_size, depth)
+            .map_err(|e| ctx("starting writer threads for", e))?;
         Ok(Target {
             path: path.to_path_buf(),
-            file,
-            kind: opened.kind,
-            align,
-            direct: opened.direct,
-            device_size: opened.device_size,
+            assembler: Assembler::new(geometry),
+            stats: WriteStats {
+                direct_io: backend.direct(),
+                ..WriteStats::default()
+            },
+            backend,
             available: opts.available,
             vsize: None,
             started: false,
             high_water: 0,
-            pool,
             paced_depth,
-            writers: Some(writers),
-            run: None,
-            gap: 0,
-            cache: PartialCache::new(align, partial_blocks),
-            scratch: AlignedBuf::new(align, align),
-            zero_ranges: ZeroRun::new(),
-            zeroer,
-            pacer: (!opened.direct).then(|| pacing::Pacer::new(PACING_INTERVAL)),
-            stats: WriteStats {
-                direct_io: opened.direct,
-                ..WriteStats::default()
-            },
-            failed: None,
             pace: None,
+            failed: None,
         })
     }
 
     /// Writes that may be in flight now (the pool's limit less the buffer
     /// being filled).
     pub fn write_depth(&self) -> usize {
-        self.pool.limit().saturating_sub(1)
+        self.backend.depth()
     }
 
     /// Block device or file.
     pub fn kind(&self) -> TargetKind {
-        self.kind
+        self.backend.kind()
     }
 
     /// The alignment of every write (logical block size; at least 4096 for files).
     pub fn alignment(&self) -> usize {
-        self.align
+        self.backend.align()
     }
 
     /// False when the target refused `O_DIRECT`.
     pub fn direct_io(&self) -> bool {
-        self.direct
+        self.backend.direct()
     }
 
     /// A block device's size in bytes.
     pub fn device_size(&self) -> Option<u64> {
-        self.device_size
+        self.backend.device_size()
     }
 
     /// Flushes everything and `fdatasync`s. Success means every byte is stable.
@@ -295,25 +270,13 @@ impl Target {
         if let Some(msg) = &self.failed {
             return Err(io::Error::other(format!("an earlier write failed: {msg}")));
         }
-        let r = self.flush_all();
-        let writers = self.writers.take();
+        let flushed = self.assembler.finish(&mut self.backend);
         // Join the writers even after a flush error, and prefer their error:
         // it is the earlier one.
-        let joined = match writers {
-            Some(w) => w.shutdown(),
-            None => Ok(()),
-        };
-        joined?;
-        r?;
-        if self.kind == TargetKind::File {
-            // O_DIRECT rounded the last block up; the file ends exactly here.
-            let len = self.vsize.unwrap_or(self.high_water);
-            self.file.set_len(len)?;
-        }
-        nix::unistd::fdatasync(&*self.file).map_err(io::Error::from)?;
-        if !self.direct {
-            pacing::writeback_and_drop(&self.file)?;
-        }
+        self.backend.shutdown()?;
+        flushed?;
+        self.backend.sync(self.vsize.unwrap_or(self.high_water))?;
+        self.stats.partial_merges = self.assembler.merges();
         Ok(self.stats.clone())
     }
 
@@ -332,9 +295,9 @@ impl Target {
         err
     }
 
-    /// Runs a write-side step, naming the target in its error.
-    fn io(&mut self, f: impl FnOnce(&mut Self) -> io::Result<()>) -> Result<(), SinkError> {
-        f(self).map_err(|e| SinkError::io(format!("writing {}", self.path.display()), e))
+    /// Names the target in a write-side error.
+    fn io_error(&self, e: io::Error) -> SinkError {
+        SinkError::io(format!("writing {}", self.path.display()), e)
     }
 
     /// Once the input side sets the pace, keep fewer writes in flight
@@ -346,7 +309,7 @@ impl Target {
                     depth,
                     "the input side sets the pace: fewer writes in flight, memory left to the input"
                 );
-                self.pool.lower_limit(depth + 1);
+                self.backend.lower_depth(depth);
             }
         }
     }
@@ -359,7 +322,9 @@ impl Target {
     /// The end of the writable range: the virtual size, else a block device's
     /// end, else unbounded (a raw file of unknown length).
     fn limit(&self) -> u64 {
-        self.vsize.or(self.device_size).unwrap_or(u64::MAX)
+        self.vsize
+            .or(self.backend.device_size())
+            .unwrap_or(u64::MAX)
     }
 
     /// Checks that `[offset, offset+len)` lies inside the writable range.
@@ -379,6 +344,12 @@ impl Target {
             }),
         }
     }
+
+    /// Notes a non-empty, in-range extent ending at `end`.
+    fn received(&mut self, end: u64) {
+        self.started = true;
+        self.high_water = self.high_water.max(end);
+    }
 }
 
 impl ExtentSink for Target {
@@ -387,7 +358,7 @@ impl ExtentSink for Target {
         if self.started || self.vsize.is_some_and(|v| v != size) {
             return Err(self.fail(SinkError::LateSize(size)));
         }
-        let available = match (self.device_size, self.available) {
+        let available = match (self.backend.device_size(), self.available) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -396,8 +367,8 @@ impl ExtentSink for Target {
                 return Err(self.fail(SinkError::TooLarge { size, available }));
             }
         }
-        if self.kind == TargetKind::File {
-            if let Err(e) = self.file.set_len(size) {
+        if self.backend.kind() == TargetKind::File {
+            if let Err(e) = self.backend.set_len(size) {
                 let e = SinkError::io(format!("resizing {}", self.path.display()), e);
                 return Err(self.fail(e));
             }
@@ -409,18 +380,41 @@ impl ExtentSink for Target {
     fn data(&mut self, guest_offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.check_failed()?;
         self.follow_pace();
-        let r = self
-            .check_range(guest_offset, data.len() as u64)
-            .and_then(|()| self.io(|t| t.accept_data(guest_offset, data)));
-        r.map_err(|e| self.fail(e))
+        let len = data.len() as u64;
+        if let Err(e) = self.check_range(guest_offset, len) {
+            return Err(self.fail(e));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.received(guest_offset + len);
+        self.stats.bytes_written = self.stats.bytes_written.saturating_add(len);
+        match self.assembler.data(guest_offset, data, &mut self.backend) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = self.io_error(e);
+                Err(self.fail(e))
+            }
+        }
     }
 
     fn zero(&mut self, guest_offset: u64, len: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        let r = self
-            .check_range(guest_offset, len)
-            .and_then(|()| self.io(|t| t.accept_zero(guest_offset, len)));
-        r.map_err(|e| self.fail(e))
+        if let Err(e) = self.check_range(guest_offset, len) {
+            return Err(self.fail(e));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.received(guest_offset + len);
+        self.stats.bytes_zeroed = self.stats.bytes_zeroed.saturating_add(len);
+        match self.assembler.zero(guest_offset, len, &mut self.backend) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = self.io_error(e);
+                Err(self.fail(e))
+            }
+        }
     }
 }
 

@@ -117,7 +117,7 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
 /// Zeroes `[from, to)` inside the block at `block`, keeping its other bytes.
 fn rmw_zero(opened: &Opened, block: u64, from: u64, to: u64) -> io::Result<()> {
     let mut buf = AlignedBuf::new(opened.align, opened.align);
-    super::assemble::read_block(&opened.file, block, buf.as_mut_slice())?;
+    super::backend::read_block(&opened.file, block, buf.as_mut_slice())?;
     let a = usize::try_from(from - block).map_err(io::Error::other)?;
     let b = usize::try_from(to - block).map_err(io::Error::other)?;
     if let Some(r) = buf.as_mut_slice().get_mut(a..b) {
