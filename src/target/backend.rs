@@ -1,27 +1,38 @@
 //! The I/O back end: carries out the assembler's actions on the open target.
 //!
-//! It owns everything that touches the kernel: the file or device, the
-//! buffer pool and the writer threads its buffers circulate through, the
+//! It owns everything that touches the kernel: the file or device (opened
+//! with `O_DIRECT`, or buffered where that is refused), the buffer pool and
+//! the writer threads its buffers circulate through, the write depth, the
 //! device zeroing strategy, the synchronous block reads and writes of
 //! read-modify-write, the buffered-mode pacing, and the final `fdatasync`.
-//! What to write, and when, is the assembler's business
-//! ([`super::assemble`]); the back end only makes it happen, in order.
+//! What to write, and when, is the plan's business ([`super::plan`]); the
+//! back end only makes it happen, in order, and is the one place that knows
+//! a regular file from a block device.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::assemble::{Action, Device};
-use super::file::Opened;
+use super::depth::{Depth, DepthPolicy};
+use super::file::{self, FileMode};
 use super::pacing::{self, Pacer};
 use super::pool::{AlignedBuf, BufferPool};
 use super::writer::{Job, Payload, WritePipeline};
 use super::zeroing::DeviceZeroer;
-use super::TargetKind;
+use super::{TargetError, TargetKind};
+use crate::pace::Pace;
 
 /// In buffered mode, force writeback and drop pages after this many bytes.
 const PACING_INTERVAL: u64 = 16 << 20;
+
+/// The largest and smallest buffer sizes accepted; outside this range the
+/// value is clamped (tiny buffers make syscalls dominate, huge ones break the
+/// memory budget).
+const MIN_BUFFER: usize = 64 << 10;
+const MAX_BUFFER: usize = 64 << 20;
 
 fn internal(msg: &str) -> io::Error {
     io::Error::other(format!("internal writer error: {msg}"))
@@ -41,17 +52,40 @@ pub(crate) struct Backend {
     zeroer: DeviceZeroer,
     /// Bounds the page cache when `O_DIRECT` was refused.
     pacer: Option<Pacer>,
+    /// How many writes may be in flight, and when that is lowered.
+    depth: DepthPolicy,
 }
 
 impl Backend {
-    /// Starts `depth` writer threads on `opened`, with a pool of `depth + 1`
-    /// buffers of `buffer_size` bytes (allocated as they are first needed).
-    pub(crate) fn new(opened: Opened, buffer_size: usize, depth: usize) -> io::Result<Self> {
-        let file = Arc::new(opened.file);
+    /// Opens `path` (creating or truncating a regular file) and starts the
+    /// writer threads: as many as `depth` allows, with a pool of one more
+    /// buffer than that, of about `buffer_size` bytes each (clamped, and
+    /// rounded up to the alignment), allocated as they are first needed.
+    pub(crate) fn open(path: &Path, buffer_size: usize, depth: Depth) -> Result<Self, TargetError> {
+        let ctx = |what: &str, source: io::Error| TargetError::Io {
+            context: format!("{what} {}", path.display()),
+            source,
+        };
+        let opened = file::open(path, FileMode::Replace).map_err(|e| ctx("opening", e))?;
+        if !opened.direct {
+            tracing::warn!(
+                path = %path.display(),
+                "the target does not support O_DIRECT; using buffered writes with periodic writeback to bound the page cache"
+            );
+        }
         let align = opened.align;
-        let pool = BufferPool::new(depth + 1, buffer_size, align);
-        let writers =
-            WritePipeline::new(Arc::clone(&file), depth, pool.returner(), buffer_size, align)?;
+        let buffer_size = round_up_usize(buffer_size.clamp(MIN_BUFFER, MAX_BUFFER), align);
+        let depth = DepthPolicy::new(depth);
+        let file = Arc::new(opened.file);
+        let pool = BufferPool::new(depth.initial() + 1, buffer_size, align);
+        let writers = WritePipeline::new(
+            Arc::clone(&file),
+            depth.initial(),
+            pool.returner(),
+            buffer_size,
+            align,
+        )
+        .map_err(|e| ctx("starting writer threads for", e))?;
         Ok(Backend {
             file,
             kind: opened.kind,
@@ -62,6 +96,7 @@ impl Backend {
             writers: Some(writers),
             zeroer: DeviceZeroer::default(),
             pacer: (!opened.direct).then(|| Pacer::new(PACING_INTERVAL)),
+            depth,
         })
     }
 
@@ -85,18 +120,35 @@ impl Backend {
         self.device_size
     }
 
+    /// Size of every write buffer.
+    pub(crate) fn buffer_size(&self) -> usize {
+        self.pool.buffer_size()
+    }
+
     /// Writes that may be in flight now (the pool's limit less the buffer
     /// being filled).
     pub(crate) fn depth(&self) -> usize {
         self.pool.limit().saturating_sub(1)
     }
 
-    /// Keeps at most `depth` writes in flight from now on (never raises it).
-    pub(crate) fn lower_depth(&self, depth: usize) {
-        self.pool.lower_limit(depth + 1);
+    /// Lowers the write depth once `pace` says the input side sets the pace.
+    pub(crate) fn follow(&mut self, pace: Pace) {
+        self.depth.follow(pace);
     }
 
-    /// Sets a regular file's length.
+    /// Once the input side sets the pace, keep fewer writes in flight (see
+    /// [`Pace`]); asked on every data extent, one atomic load.
+    pub(crate) fn follow_pace(&mut self) {
+        if let Some(depth) = self.depth.lower_now() {
+            tracing::debug!(
+                depth,
+                "the input side sets the pace: fewer writes in flight, memory left to the input"
+            );
+            self.pool.lower_limit(depth + 1);
+        }
+    }
+
+    /// Gives a regular file its length (when the plan says so).
     pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
@@ -110,12 +162,13 @@ impl Backend {
         }
     }
 
-    /// Makes every write stable: a file gets its final length (`O_DIRECT`
-    /// rounded its last block up), then `fdatasync`, then (buffered mode) the
-    /// written pages leave the page cache.
-    pub(crate) fn sync(&self, file_len: u64) -> io::Result<()> {
-        if self.kind == TargetKind::File {
-            self.file.set_len(file_len)?;
+    /// Makes every write stable: a file gets its final length `len` when
+    /// there is one (`O_DIRECT` rounded its last block up), then
+    /// `fdatasync`, then (buffered mode) the written pages leave the page
+    /// cache.
+    pub(crate) fn sync(&self, len: Option<u64>) -> io::Result<()> {
+        if let Some(len) = len {
+            self.file.set_len(len)?;
         }
         nix::unistd::fdatasync(&*self.file).map_err(io::Error::from)?;
         if !self.direct {
@@ -193,9 +246,8 @@ impl Device for Backend {
 
     fn read_block(&mut self, offset: u64, dst: &mut [u8]) -> io::Result<()> {
         self.settle(offset, offset.saturating_add(dst.len() as u64));
-        read_block(&self.file, offset, dst).map_err(|e| {
-            io::Error::new(e.kind(), format!("reading block at offset {offset}: {e}"))
-        })
+        read_block(&self.file, offset, dst)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading block at offset {offset}: {e}")))
     }
 }
 
@@ -214,4 +266,8 @@ pub(crate) fn read_block(file: &File, offset: u64, dst: &mut [u8]) -> io::Result
         rest.fill(0);
     }
     Ok(())
+}
+
+fn round_up_usize(n: usize, align: usize) -> usize {
+    n.div_ceil(align).saturating_mul(align)
 }

@@ -5,27 +5,29 @@
 //! into large writes with a bounded number in flight, turns zero extents into
 //! holes or device zeroing, and `fdatasync`s before reporting success.
 //!
-//! Three layers, like the read side's source, decoder and sink:
-//! - [`Target`] (this module): the sink's contract. Range checks against the
-//!   virtual size or the device, the size check ([`SinkError::TooLarge`]),
-//!   the failure latch, statistics, and following the [`Pace`]; then it
-//!   forwards each extent to the assembler with the back end as its device.
-//! - `assemble`: the sans-IO assembler. Extents in, actions out (write a
+//! It is a thin composition of two parts, the way the read side is a source
+//! and a sans-IO decoder:
+//! - `plan`: what to write, with no I/O. The virtual size and the size
+//!   check ([`SinkError::TooLarge`]), the range check of every extent (so
+//!   nothing is written outside `[0, virtual size)`), the target's length,
+//!   the counts; and `assemble`, which turns extents into actions (write a
 //!   filled buffer, write a block, zero a range, read a block to merge
-//!   into), with the runs, the inline gaps, the partial blocks and the zero
-//!   run it holds in between. No system calls, so its tests run on byte
-//!   vectors. [`partial`] is its cache of blocks filled piece by piece.
-//! - `backend`: the I/O back end carrying the actions out. It owns the
-//!   file, the buffer [`pool`] (the memory bound), the [`writer`] threads,
-//!   the device [`zeroing`] strategy, the buffered-mode [`pacing`] and the
-//!   final sync.
+//!   into), holding runs, inline gaps, [`partial`] blocks and a zero run in
+//!   between. Its tests run on byte vectors.
+//! - `backend`: how to write it. Opening the file or device ([`mod@file`],
+//!   with `O_DIRECT` or the buffered fallback; [`device`] ioctls), the buffer
+//!   [`pool`] (the memory bound), the [`writer`] threads and the write
+//!   `depth`, the device [`zeroing`] strategy, the buffered-mode [`pacing`]
+//!   and the final sync.
 //!
-//! And around them: [`device`] (block-device ioctls), [`mod@file`] (opening
-//! with `O_DIRECT` or the buffered fallback, and the alignment) and [`wipe`]
-//! (whole-range zero writes and edge wiping for the CDI pod mode).
+//! [`Target`] itself adds what belongs to the sink's contract as a whole:
+//! the failure latch, and the target's path in every error. [`wipe`] holds
+//! the whole-range zero writes and edge wiping of the CDI pod mode.
 
 mod assemble;
 mod backend;
+mod depth;
+mod plan;
 // The block-device ioctls have no safe wrapper.
 #[allow(unsafe_code)]
 pub(crate) mod device;
@@ -50,35 +52,14 @@ use crate::pace::Pace;
 pub use device::size_of_path as block_device_size;
 pub use wipe::{wipe_edges, write_zeros_direct};
 
-use assemble::{Assembler, Geometry};
+pub use depth::{Depth, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
+
 use backend::Backend;
+use plan::{Plan, Refused, Setup};
 
 /// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
 /// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
 pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
-
-/// Writes in flight by default: the end-to-end import wants about 8 MiB in
-/// flight to ride out the bursts of one network stream and of the device
-/// (BENCHMARKS.md, "Tuning"). It costs memory only when writes set the
-/// pace: the pool allocates lazily and reuses the last buffer returned.
-pub const DEFAULT_QUEUE_DEPTH: usize = 8;
-
-/// Writes in flight once the input side sets the pace or smooths it itself
-/// (see [`Pace`]): decompression leaves the writer waiting anyway and its
-/// workers want the memory; a segmented download delivers evenly and its
-/// read-ahead wants the memory (BENCHMARKS.md, "Tuning").
-pub const PACED_QUEUE_DEPTH: usize = 4;
-
-/// How many writes may be in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Depth {
-    /// [`DEFAULT_QUEUE_DEPTH`], lowered to [`PACED_QUEUE_DEPTH`] once the
-    /// input side sets the pace.
-    #[default]
-    Auto,
-    /// Exactly this many, throughout.
-    Fixed(usize),
-}
 
 /// Writer settings: the memory budget of the write side.
 #[derive(Debug, Clone)]
@@ -150,83 +131,41 @@ pub enum TargetError {
     },
 }
 
-/// The largest and smallest buffer sizes accepted; outside this range the
-/// value is clamped (tiny buffers make syscalls dominate, huge ones break the
-/// memory budget).
-const MIN_BUFFER: usize = 64 << 10;
-const MAX_BUFFER: usize = 64 << 20;
-const MAX_QUEUE_DEPTH: usize = 64;
-
-/// An open target: the sink in front of the assembler and the back end.
+/// An open target: the sink in front of the plan and the back end.
 pub struct Target {
+    /// Named in every error.
     path: PathBuf,
-    /// Extents in, actions out.
-    assembler: Assembler,
-    /// Carries the actions out.
+    /// What to write: sizes, ranges, and the assembler.
+    plan: Plan,
+    /// Writes it.
     backend: Backend,
-    /// `TargetOptions::available`.
-    available: Option<u64>,
-    vsize: Option<u64>,
-    /// An extent has been received (the virtual size can no longer change).
-    started: bool,
-    /// End of the highest byte covered by any extent (sizes files of unknown length).
-    high_water: u64,
-    /// The depth to lower to once the input side sets the pace, until used.
-    paced_depth: Option<usize>,
-    /// Followed to lower the write depth (see [`Target::follow`]).
-    pace: Option<Pace>,
-    stats: WriteStats,
     /// Set by the first failed call; every later call and `finish` report it.
-    /// Kept here rather than in the back end because range and size errors,
-    /// which no system call sees, must latch too.
+    /// Kept here rather than in the plan or the back end because failures of
+    /// both, contract and I/O, must latch.
     failed: Option<String>,
 }
 
 impl Target {
     /// Opens (creating or truncating a regular file) the target.
     pub fn open(path: &Path, opts: &TargetOptions) -> Result<Self, TargetError> {
-        let ctx = |what: &str, source: io::Error| TargetError::Io {
-            context: format!("{what} {}", path.display()),
-            source,
-        };
-        let opened = file::open(path, file::FileMode::Replace).map_err(|e| ctx("opening", e))?;
-        if !opened.direct {
-            tracing::warn!(
-                path = %path.display(),
-                "the target does not support O_DIRECT; using buffered writes with periodic writeback to bound the page cache"
-            );
-        }
-        let align = opened.align;
-        let buffer_size = round_up_usize(opts.buffer_size.clamp(MIN_BUFFER, MAX_BUFFER), align);
-        let (depth, paced_depth) = match opts.depth {
-            Depth::Auto => (DEFAULT_QUEUE_DEPTH, Some(PACED_QUEUE_DEPTH)),
-            Depth::Fixed(n) => (n.clamp(1, MAX_QUEUE_DEPTH), None),
-        };
-        let geometry = Geometry {
+        let backend = Backend::open(path, opts.buffer_size, opts.depth)?;
+        let align = backend.align();
+        let kind = backend.kind();
+        let plan = Plan::new(Setup {
             align,
-            limit: opened.device_size.unwrap_or(u64::MAX),
+            device_size: backend.device_size(),
+            available: opts.available,
+            resizable: kind == TargetKind::File,
             // A file truncated at open reads as holes; with `target_is_zero`
             // the device already reads as zeros.
-            zero_ranges: opened.kind == TargetKind::BlockDevice && !opts.target_is_zero,
+            zero_ranges: kind == TargetKind::BlockDevice && !opts.target_is_zero,
             // The partial-block budget: one buffer's worth of blocks, within sane bounds.
-            partial_blocks: (buffer_size / align).clamp(16, 4096),
-        };
-        let backend = Backend::new(opened, buffer_size, depth)
-            .map_err(|e| ctx("starting writer threads for", e))?;
+            partial_blocks: (backend.buffer_size() / align).clamp(16, 4096),
+        });
         Ok(Target {
             path: path.to_path_buf(),
-            assembler: Assembler::new(geometry),
-            stats: WriteStats {
-                direct_io: backend.direct(),
-                ..WriteStats::default()
-            },
+            plan,
             backend,
-            available: opts.available,
-            vsize: None,
-            started: false,
-            high_water: 0,
-            paced_depth,
-            pace: None,
             failed: None,
         })
     }
@@ -257,6 +196,11 @@ impl Target {
         self.backend.device_size()
     }
 
+    /// Lowers the write depth once `pace` says the input side sets the pace.
+    pub fn follow(&mut self, pace: Pace) {
+        self.backend.follow(pace);
+    }
+
     /// Flushes everything and `fdatasync`s. Success means every byte is stable.
     pub fn finish(mut self) -> Result<WriteStats, TargetError> {
         let result = self.finish_inner();
@@ -270,14 +214,15 @@ impl Target {
         if let Some(msg) = &self.failed {
             return Err(io::Error::other(format!("an earlier write failed: {msg}")));
         }
-        let flushed = self.assembler.finish(&mut self.backend);
+        let flushed = self.plan.finish(&mut self.backend);
         // Join the writers even after a flush error, and prefer their error:
         // it is the earlier one.
         self.backend.shutdown()?;
-        flushed?;
-        self.backend.sync(self.vsize.unwrap_or(self.high_water))?;
-        self.stats.partial_merges = self.assembler.merges();
-        Ok(self.stats.clone())
+        self.backend.sync(flushed?)?;
+        Ok(WriteStats {
+            direct_io: self.backend.direct(),
+            ..self.plan.stats()
+        })
     }
 
     fn check_failed(&self) -> Result<(), SinkError> {
@@ -295,131 +240,46 @@ impl Target {
         err
     }
 
-    /// Names the target in a write-side error.
-    fn io_error(&self, e: io::Error) -> SinkError {
-        SinkError::io(format!("writing {}", self.path.display()), e)
-    }
-
-    /// Once the input side sets the pace, keep fewer writes in flight
-    /// (see [`Pace`]); checked on every data extent, one atomic load.
-    fn follow_pace(&mut self) {
-        if self.paced_depth.is_some() && self.pace.as_ref().is_some_and(Pace::input_paced) {
-            if let Some(depth) = self.paced_depth.take() {
-                tracing::debug!(
-                    depth,
-                    "the input side sets the pace: fewer writes in flight, memory left to the input"
-                );
-                self.backend.lower_depth(depth);
-            }
-        }
-    }
-
-    /// Lowers the write depth once `pace` says the input side sets the pace.
-    pub fn follow(&mut self, pace: Pace) {
-        self.pace = Some(pace);
-    }
-
-    /// The end of the writable range: the virtual size, else a block device's
-    /// end, else unbounded (a raw file of unknown length).
-    fn limit(&self) -> u64 {
-        self.vsize
-            .or(self.backend.device_size())
-            .unwrap_or(u64::MAX)
-    }
-
-    /// Checks that `[offset, offset+len)` lies inside the writable range.
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), SinkError> {
-        let limit = self.limit();
-        match offset.checked_add(len) {
-            Some(end) if end <= limit => Ok(()),
-            end => Err(SinkError::OutOfRange {
-                start: offset,
-                end: end.unwrap_or(u64::MAX),
-                limit,
-                what: if self.vsize.is_some() {
-                    "the virtual size"
-                } else {
-                    "the end of the block device"
-                },
-            }),
-        }
-    }
-
-    /// Notes a non-empty, in-range extent ending at `end`.
-    fn received(&mut self, end: u64) {
-        self.started = true;
-        self.high_water = self.high_water.max(end);
+    /// Latches a refused extent, naming the target in an I/O error.
+    fn refused(&mut self, r: Refused) -> SinkError {
+        let e = match r {
+            Refused::Contract(e) => e,
+            Refused::Io(e) => SinkError::io(format!("writing {}", self.path.display()), e),
+        };
+        self.fail(e)
     }
 }
 
 impl ExtentSink for Target {
     fn set_virtual_size(&mut self, size: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        if self.started || self.vsize.is_some_and(|v| v != size) {
-            return Err(self.fail(SinkError::LateSize(size)));
-        }
-        let available = match (self.backend.device_size(), self.available) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let resize = match self.plan.set_virtual_size(size) {
+            Ok(resize) => resize,
+            Err(e) => return Err(self.fail(e)),
         };
-        if let Some(available) = available {
-            if size > available {
-                return Err(self.fail(SinkError::TooLarge { size, available }));
-            }
-        }
-        if self.backend.kind() == TargetKind::File {
-            if let Err(e) = self.backend.set_len(size) {
+        if let Some(len) = resize {
+            if let Err(e) = self.backend.set_len(len) {
                 let e = SinkError::io(format!("resizing {}", self.path.display()), e);
                 return Err(self.fail(e));
             }
         }
-        self.vsize = Some(size);
         Ok(())
     }
 
     fn data(&mut self, guest_offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.check_failed()?;
-        self.follow_pace();
-        let len = data.len() as u64;
-        if let Err(e) = self.check_range(guest_offset, len) {
-            return Err(self.fail(e));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        self.received(guest_offset + len);
-        self.stats.bytes_written = self.stats.bytes_written.saturating_add(len);
-        match self.assembler.data(guest_offset, data, &mut self.backend) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = self.io_error(e);
-                Err(self.fail(e))
-            }
-        }
+        self.backend.follow_pace();
+        self.plan
+            .data(guest_offset, data, &mut self.backend)
+            .map_err(|r| self.refused(r))
     }
 
     fn zero(&mut self, guest_offset: u64, len: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        if let Err(e) = self.check_range(guest_offset, len) {
-            return Err(self.fail(e));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        self.received(guest_offset + len);
-        self.stats.bytes_zeroed = self.stats.bytes_zeroed.saturating_add(len);
-        match self.assembler.zero(guest_offset, len, &mut self.backend) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = self.io_error(e);
-                Err(self.fail(e))
-            }
-        }
+        self.plan
+            .zero(guest_offset, len, &mut self.backend)
+            .map_err(|r| self.refused(r))
     }
-}
-
-fn round_up_usize(n: usize, align: usize) -> usize {
-    n.div_ceil(align).saturating_mul(align)
 }
 
 #[cfg(test)]

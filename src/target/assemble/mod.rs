@@ -2,9 +2,11 @@
 //!
 //! The write-side twin of the decoders. A decoder turns image bytes into
 //! extents and hands them to an [`crate::format::ExtentSink`]; the assembler
-//! turns extents into aligned writes and hands them to a [`Device`]. It makes
-//! no system call itself, so it runs the same against the I/O back end
-//! ([`super::backend::Backend`]) and against a byte vector in its tests.
+//! (driven by [`super::plan::Plan`], which checks each extent first) turns
+//! extents into aligned writes and hands them to a [`Device`]. It makes no
+//! system call itself, so it runs the same against the I/O back end
+//! ([`super::backend::Backend`]) and against a byte vector (`memory`) in its
+//! tests.
 //!
 //! Data is copied into a *run*: one buffer covering a contiguous, aligned
 //! range of the target. Contiguous extents keep filling the run; a full run
@@ -33,6 +35,8 @@ use super::partial::{Block, PartialCache, Src};
 use super::pool::AlignedBuf;
 use crate::io::ZeroRun;
 
+#[cfg(test)]
+pub(crate) mod memory;
 #[cfg(test)]
 mod tests;
 
