@@ -7,41 +7,26 @@
 //!
 //! It is a thin composition of two parts, the way the read side is a source
 //! and a sans-IO decoder:
-//! - `plan`: what to write, with no I/O. The virtual size and the size
+//! - `plan/`: what to write, with no I/O. The virtual size and the size
 //!   check ([`SinkError::TooLarge`]), the range check of every extent (so
 //!   nothing is written outside `[0, virtual size)`), the target's length,
-//!   the counts; and `assemble`, which turns extents into actions (write a
-//!   filled buffer, write a block, zero a range, read a block to merge
-//!   into), holding runs, inline gaps, [`partial`] blocks and a zero run in
+//!   the counts; and its assembler, which turns extents into actions (write
+//!   a filled buffer, write a block, zero a range, read a block to merge
+//!   into), holding runs, inline gaps, partial blocks and a zero run in
 //!   between. Its tests run on byte vectors.
-//! - `backend`: how to write it. Opening the file or device ([`mod@file`],
-//!   with `O_DIRECT` or the buffered fallback; [`device`] ioctls), the buffer
-//!   [`pool`] (the memory bound), the [`writer`] threads and the write
-//!   `depth`, the device [`zeroing`] strategy, the buffered-mode [`pacing`]
-//!   and the final sync.
+//! - `backend/`: how to write it. Opening the file or device (with
+//!   `O_DIRECT` or the buffered fallback; the block-device ioctls), the
+//!   buffer [`pool`] (the memory bound), the writer threads and the write
+//!   depth, the device zeroing strategy, the buffered-mode pacing and the
+//!   final sync. It is the one part that knows a file from a block device.
 //!
 //! [`Target`] itself adds what belongs to the sink's contract as a whole:
-//! the failure latch, and the target's path in every error. [`wipe`] holds
+//! the failure latch, and the target's path in every error. `wipe` holds
 //! the whole-range zero writes and edge wiping of the CDI pod mode.
 
-mod assemble;
 mod backend;
-mod depth;
 mod plan;
-// The block-device ioctls have no safe wrapper.
-#[allow(unsafe_code)]
-pub(crate) mod device;
-// `statx` by raw system call (see `file_alignment`).
-#[allow(unsafe_code)]
-pub(crate) mod file;
-// `sync_file_range`, which nix does not wrap.
-#[allow(unsafe_code)]
-pub(crate) mod pacing;
-pub(crate) mod partial;
-pub mod pool;
 pub(crate) mod wipe;
-pub(crate) mod writer;
-pub(crate) mod zeroing;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -49,10 +34,10 @@ use std::path::{Path, PathBuf};
 use crate::format::{ExtentSink, SinkError};
 use crate::pace::Pace;
 
-pub use device::size_of_path as block_device_size;
+pub use backend::depth::{Depth, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
+pub use backend::device::size_of_path as block_device_size;
+pub use backend::pool;
 pub use wipe::{wipe_edges, write_zeros_direct};
-
-pub use depth::{Depth, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
 
 use backend::Backend;
 use plan::{Plan, Refused, Setup};

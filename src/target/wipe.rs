@@ -12,9 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::file::{self, FileMode, Opened};
-use super::pool::AlignedBuf;
-use super::writer::WritePipeline;
+use super::backend::file::{self, FileMode, Opened};
+use super::backend::pool::AlignedBuf;
+use super::backend::writer::WritePipeline;
 use super::{TargetError, TargetKind};
 
 /// Bytes zeroed at each edge by [`wipe_edges`].
@@ -104,7 +104,7 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
     }
     let file = Arc::new(opened.file.try_clone()?);
     // No pool buffers circulate here: only zero jobs, so the returner is idle.
-    let idle = super::pool::BufferPool::new(1, 0, opened.align);
+    let idle = super::backend::pool::BufferPool::new(1, 0, opened.align);
     let writers = WritePipeline::new(file, ZERO_THREADS, idle.returner(), ZERO_BUF, opened.align)?;
     writers.submit_zeros(first_full, last_full)?;
     writers.shutdown()?;

@@ -1,7 +1,7 @@
 //! The plan on byte vectors: sizes, ranges and the target's length.
 
+use super::memory::MemDevice;
 use super::*;
-use crate::target::assemble::memory::MemDevice;
 
 const ALIGN: usize = 512;
 const BUF: usize = 8 * ALIGN;

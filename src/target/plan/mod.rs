@@ -4,8 +4,9 @@
 //! the kernel: how large the target may be, which byte ranges an extent may
 //! touch, what the target's length must be, and, through its
 //! [`Assembler`], which aligned writes and zero operations carry the
-//! extents out. The only way out is a [`Device`], so the whole plan runs
-//! against a byte vector in its tests as it runs against the back end.
+//! extents out (with [`partial`], its cache of blocks filled piece by
+//! piece). The only way out is a [`Device`], so the whole plan runs against
+//! a byte vector (`memory`) in its tests as it runs against the back end.
 //!
 //! The invariant it keeps: nothing is written outside `[0, virtual size)`.
 //! Every extent is checked against the virtual size (or, before it is
@@ -16,9 +17,16 @@
 
 use std::io;
 
-use super::assemble::{Assembler, Device, Geometry};
+mod assemble;
+#[cfg(test)]
+mod memory;
+pub(crate) mod partial;
+
+pub(crate) use assemble::{Action, Device};
+
 use super::WriteStats;
 use crate::format::SinkError;
+use assemble::{Assembler, Geometry};
 
 /// What the plan must know about the target when it is opened.
 #[derive(Debug, Clone, Copy)]

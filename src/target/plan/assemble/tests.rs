@@ -1,7 +1,7 @@
 //! The assembler on byte vectors: what extents become, and that the result
 //! holds exactly the extents' bytes.
 
-use super::memory::{MemDevice, Op};
+use super::super::memory::{MemDevice, Op};
 use super::*;
 use crate::testing::Prng;
 

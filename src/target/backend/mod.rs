@@ -1,13 +1,30 @@
-//! The I/O back end: carries out the assembler's actions on the open target.
+//! The I/O back end: carries out the plan's actions on the open target.
 //!
-//! It owns everything that touches the kernel: the file or device (opened
-//! with `O_DIRECT`, or buffered where that is refused), the buffer pool and
-//! the writer threads its buffers circulate through, the write depth, the
-//! device zeroing strategy, the synchronous block reads and writes of
-//! read-modify-write, the buffered-mode pacing, and the final `fdatasync`.
-//! What to write, and when, is the plan's business ([`super::plan`]); the
-//! back end only makes it happen, in order, and is the one place that knows
-//! a regular file from a block device.
+//! It owns everything that touches the kernel, one concern a module:
+//! [`mod@file`] opens the target (`O_DIRECT`, or buffered where that is
+//! refused) and finds its alignment; [`device`] holds the block-device
+//! ioctls; [`pool`] the aligned buffers (the memory bound); [`writer`] the
+//! threads keeping several writes in flight, as many as [`depth`] allows;
+//! [`zeroing`] the device zeroing strategy; [`pacing`] the bounded page
+//! cache of buffered writes. [`Backend`] ties them together, adds the
+//! synchronous block reads and writes of read-modify-write and the final
+//! `fdatasync`. What to write, and when, is the plan's business
+//! ([`super::plan`]); the back end only makes it happen, in order, and is
+//! the one place that knows a regular file from a block device.
+
+pub(crate) mod depth;
+// The block-device ioctls have no safe wrapper.
+#[allow(unsafe_code)]
+pub(crate) mod device;
+// `statx` by raw system call (see `file_alignment`).
+#[allow(unsafe_code)]
+pub(crate) mod file;
+// `sync_file_range`, which nix does not wrap.
+#[allow(unsafe_code)]
+pub(crate) mod pacing;
+pub mod pool;
+pub(crate) mod writer;
+pub(crate) mod zeroing;
 
 use std::fs::File;
 use std::io;
@@ -15,15 +32,15 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::assemble::{Action, Device};
-use super::depth::{Depth, DepthPolicy};
-use super::file::{self, FileMode};
-use super::pacing::{self, Pacer};
-use super::pool::{AlignedBuf, BufferPool};
-use super::writer::{Job, Payload, WritePipeline};
-use super::zeroing::DeviceZeroer;
+use super::plan::{Action, Device};
 use super::{TargetError, TargetKind};
 use crate::pace::Pace;
+use depth::{Depth, DepthPolicy};
+use file::FileMode;
+use pacing::Pacer;
+use pool::{AlignedBuf, BufferPool};
+use writer::{Job, Payload, WritePipeline};
+use zeroing::DeviceZeroer;
 
 /// In buffered mode, force writeback and drop pages after this many bytes.
 const PACING_INTERVAL: u64 = 16 << 20;

@@ -2,10 +2,10 @@
 //!
 //! The write-side twin of the decoders. A decoder turns image bytes into
 //! extents and hands them to an [`crate::format::ExtentSink`]; the assembler
-//! (driven by [`super::plan::Plan`], which checks each extent first) turns
+//! (driven by [`super::Plan`], which checks each extent first) turns
 //! extents into aligned writes and hands them to a [`Device`]. It makes no
 //! system call itself, so it runs the same against the I/O back end
-//! ([`super::backend::Backend`]) and against a byte vector (`memory`) in its
+//! ([`crate::target::backend::Backend`]) and against a byte vector (`memory`) in its
 //! tests.
 //!
 //! Data is copied into a *run*: one buffer covering a contiguous, aligned
@@ -32,11 +32,9 @@
 use std::io;
 
 use super::partial::{Block, PartialCache, Src};
-use super::pool::AlignedBuf;
+use crate::io::AlignedBuf;
 use crate::io::ZeroRun;
 
-#[cfg(test)]
-pub(crate) mod memory;
 #[cfg(test)]
 mod tests;
 
