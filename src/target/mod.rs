@@ -21,9 +21,11 @@
 //!   final sync. It is the one part that knows a file from a block device.
 //!
 //! [`Target`] itself adds what belongs to the sink's contract as a whole:
-//! the failure latch, and the target's path in every error. `wipe` holds
-//! the whole-range zero writes and edge wiping of the CDI pod mode.
+//! the failure latch, and the target's path in every error. `api` holds the
+//! types both parts share with callers (options, kind, stats, errors), and
+//! `wipe` the whole-range zero writes and edge wiping of the CDI pod mode.
 
+mod api;
 mod backend;
 mod plan;
 pub(crate) mod wipe;
@@ -34,87 +36,16 @@ use std::path::{Path, PathBuf};
 use crate::format::{ExtentSink, SinkError};
 use crate::pace::Pace;
 
-pub use backend::depth::{Depth, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
+pub use api::{
+    Depth, TargetError, TargetKind, TargetOptions, WriteStats, DEFAULT_BUFFER_SIZE,
+    DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH,
+};
 pub use backend::device::size_of_path as block_device_size;
 pub use backend::pool;
 pub use wipe::{wipe_edges, write_zeros_direct};
 
 use backend::Backend;
 use plan::{Plan, Refused, Setup};
-
-/// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
-/// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
-pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
-
-/// Writer settings: the memory budget of the write side.
-#[derive(Debug, Clone)]
-pub struct TargetOptions {
-    /// The target already reads as zeros: skip zero extents entirely.
-    pub target_is_zero: bool,
-    /// Size of each aligned write buffer.
-    pub buffer_size: usize,
-    /// Writes in flight (and buffers in the pool beyond the one being filled).
-    pub depth: Depth,
-    /// Refuse images larger than this (bytes), in addition to a block device's size.
-    pub available: Option<u64>,
-}
-
-impl Default for TargetOptions {
-    fn default() -> Self {
-        TargetOptions {
-            target_is_zero: false,
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            depth: Depth::Auto,
-            available: None,
-        }
-    }
-}
-
-/// What kind of target was opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    /// A block device.
-    BlockDevice,
-    /// A regular file.
-    File,
-}
-
-/// What the writer did, for logs and reports.
-#[derive(Debug, Clone, Default)]
-pub struct WriteStats {
-    /// Bytes received as data extents.
-    pub bytes_written: u64,
-    /// Bytes received as zero extents.
-    pub bytes_zeroed: u64,
-    /// False when the target refused `O_DIRECT` and buffered writes were used.
-    pub direct_io: bool,
-    /// Partial blocks merged with the target's contents (read-modify-write).
-    pub partial_merges: u64,
-}
-
-/// Target-side failures outside the sink calls (opening, finishing, wiping).
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    /// The image does not fit.
-    #[error(
-        "the image's virtual size ({size} bytes) is larger than the target ({available} bytes)"
-    )]
-    TooLarge {
-        /// The size asked for.
-        size: u64,
-        /// What the target holds.
-        available: u64,
-    },
-    /// A system call failed.
-    #[error("{context}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// An open target: the sink in front of the plan and the back end.
 pub struct Target {

@@ -12,10 +12,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::api::{TargetError, TargetKind};
 use super::backend::file::{self, FileMode, Opened};
 use super::backend::pool::AlignedBuf;
 use super::backend::writer::WritePipeline;
-use super::{TargetError, TargetKind};
 
 /// Bytes zeroed at each edge by [`wipe_edges`].
 pub(crate) const EDGE: u64 = 1 << 20;

@@ -6,33 +6,11 @@
 //! so the memory goes where it helps.
 
 use crate::pace::Pace;
-
-/// Writes in flight by default: the end-to-end import wants about 8 MiB in
-/// flight to ride out the bursts of one network stream and of the device
-/// (BENCHMARKS.md, "Tuning"). It costs memory only when writes set the
-/// pace: the pool allocates lazily and reuses the last buffer returned.
-pub const DEFAULT_QUEUE_DEPTH: usize = 8;
-
-/// Writes in flight once the input side sets the pace or smooths it itself
-/// (see [`Pace`]): decompression leaves the writer waiting anyway and its
-/// workers want the memory; a segmented download delivers evenly and its
-/// read-ahead wants the memory (BENCHMARKS.md, "Tuning").
-pub const PACED_QUEUE_DEPTH: usize = 4;
+use crate::target::api::{Depth, DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH};
 
 /// The most writes in flight a fixed depth is clamped to: beyond it the
 /// device gains nothing and the pool would break the memory budget.
 const MAX_QUEUE_DEPTH: usize = 64;
-
-/// How many writes may be in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Depth {
-    /// [`DEFAULT_QUEUE_DEPTH`], lowered to [`PACED_QUEUE_DEPTH`] once the
-    /// input side sets the pace.
-    #[default]
-    Auto,
-    /// Exactly this many, throughout.
-    Fixed(usize),
-}
 
 /// The depth chosen at open, and the lowering still to come.
 #[derive(Debug)]

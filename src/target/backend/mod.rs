@@ -32,10 +32,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::api::{Depth, TargetError, TargetKind};
 use super::plan::{Action, Device};
-use super::{TargetError, TargetKind};
 use crate::pace::Pace;
-use depth::{Depth, DepthPolicy};
+use depth::DepthPolicy;
 use file::FileMode;
 use pacing::Pacer;
 use pool::{AlignedBuf, BufferPool};

@@ -24,7 +24,7 @@ pub(crate) mod partial;
 
 pub(crate) use assemble::{Action, Device};
 
-use super::WriteStats;
+use super::api::WriteStats;
 use crate::format::SinkError;
 use assemble::{Assembler, Geometry};
 
