@@ -20,7 +20,7 @@ use crate::io::ZeroRun;
 /// 1 MiB scans far faster than any disk; BENCHMARKS.md, "Tuning").
 /// What decides it is the writer: it writes zero gaps of up to 64 KiB between
 /// data as zeros inside one large write anyway (see
-/// `target::assemble::INLINE_GAP`), so finer granules only add sink calls,
+/// `target::plan::assemble::INLINE_GAP`), so finer granules only add sink calls,
 /// while at 1 MiB a real image's mostly-empty regions (one dirty 4 KiB block
 /// per MiB is common after `mkfs`) would no longer be seen as zero.
 pub const ZERO_GRANULE: usize = 64 << 10;

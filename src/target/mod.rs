@@ -1,285 +1,120 @@
 //! The write side: an `O_DIRECT` block device or regular file, fed extents.
 //!
-//! The target is the [`ExtentSink`] at the end of the pipeline. It copies data
-//! into a fixed pool of aligned buffers, coalesces contiguous extents into large
-//! writes with a bounded number in flight, turns zero extents into holes or
-//! device zeroing, and `fdatasync`s before reporting success.
+//! [`Target`] is the [`ExtentSink`] at the end of the pipeline. It copies
+//! data into a bounded pool of aligned buffers, coalesces contiguous extents
+//! into large writes with a bounded number in flight, turns zero extents into
+//! holes or device zeroing, and `fdatasync`s before reporting success.
 //!
-//! Modules, one concern each:
-//! - [`pool`]: aligned buffers and the fixed pool (the memory bound);
-//! - [`device`]: block-device ioctls (size, logical block size, zeroing);
-//! - [`mod@file`]: opening with `O_DIRECT` (or the buffered fallback) and alignment;
-//! - [`zeroing`]: coalescing zero ranges and the device zeroing strategy;
-//! - [`writer`]: the threads that keep several `pwrite`s in flight;
-//! - [`partial`]: blocks filled piece by piece (unaligned extents);
-//! - [`pacing`]: bounded dirty page cache for buffered writes;
-//! - `assemble`: how extents become runs, partial blocks and zero ranges;
-//! - [`wipe`]: whole-range zero writes and edge wiping for the CDI pod mode.
+//! It is a thin composition of two parts, the way the read side is a source
+//! and a sans-IO decoder:
+//! - `plan/`: what to write, with no I/O. The virtual size and the size
+//!   check ([`SinkError::TooLarge`]), the range check of every extent (so
+//!   nothing is written outside `[0, virtual size)`), the target's length,
+//!   the counts; and its assembler, which turns extents into actions (write
+//!   a filled buffer, write a block, zero a range, read a block to merge
+//!   into), holding runs, inline gaps, partial blocks and a zero run in
+//!   between. Its tests run on byte vectors.
+//! - `backend/`: how to write it. Opening the file or device (with
+//!   `O_DIRECT` or the buffered fallback; the block-device ioctls), the
+//!   buffer [`pool`] (the memory bound), the writer threads and the write
+//!   depth, the device zeroing strategy, the buffered-mode pacing and the
+//!   final sync. It is the one part that knows a file from a block device.
+//!
+//! [`Target`] itself adds what belongs to the sink's contract as a whole:
+//! the failure latch, and the target's path in every error. `api` holds the
+//! types both parts share with callers (options, kind, stats, errors), and
+//! `wipe` the whole-range zero writes and edge wiping of the CDI pod mode.
 
-mod assemble;
-// The block-device ioctls have no safe wrapper.
-#[allow(unsafe_code)]
-pub(crate) mod device;
-// `statx` by raw system call (see `file_alignment`).
-#[allow(unsafe_code)]
-pub(crate) mod file;
-// `sync_file_range`, which nix does not wrap.
-#[allow(unsafe_code)]
-pub(crate) mod pacing;
-pub(crate) mod partial;
-pub mod pool;
+mod api;
+mod backend;
+mod plan;
 pub(crate) mod wipe;
-pub(crate) mod writer;
-pub(crate) mod zeroing;
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::format::{ExtentSink, SinkError};
 use crate::pace::Pace;
 
-pub use device::size_of_path as block_device_size;
+pub use api::{
+    Depth, TargetError, TargetKind, TargetOptions, WriteStats, DEFAULT_BUFFER_SIZE,
+    DEFAULT_QUEUE_DEPTH, PACED_QUEUE_DEPTH,
+};
+pub use backend::device::size_of_path as block_device_size;
+pub use backend::pool;
 pub use wipe::{wipe_edges, write_zeros_direct};
 
-use crate::io::ZeroRun;
-use partial::PartialCache;
-use pool::{AlignedBuf, BufferPool};
-use writer::WritePipeline;
-use zeroing::DeviceZeroer;
+use backend::Backend;
+use plan::{Plan, Refused, Setup};
 
-/// Default size of each aligned write buffer: from 1 MiB up, buffer sizes
-/// measure the same, and 1 MiB keeps the pool small (BENCHMARKS.md, "Tuning").
-pub const DEFAULT_BUFFER_SIZE: usize = 1 << 20;
-
-/// Writes in flight by default: the end-to-end import wants about 8 MiB in
-/// flight to ride out the bursts of one network stream and of the device
-/// (BENCHMARKS.md, "Tuning"). It costs memory only when writes set the
-/// pace: the pool allocates lazily and reuses the last buffer returned.
-pub const DEFAULT_QUEUE_DEPTH: usize = 8;
-
-/// Writes in flight once the input side sets the pace or smooths it itself
-/// (see [`Pace`]): decompression leaves the writer waiting anyway and its
-/// workers want the memory; a segmented download delivers evenly and its
-/// read-ahead wants the memory (BENCHMARKS.md, "Tuning").
-pub const PACED_QUEUE_DEPTH: usize = 4;
-
-/// How many writes may be in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Depth {
-    /// [`DEFAULT_QUEUE_DEPTH`], lowered to [`PACED_QUEUE_DEPTH`] once the
-    /// input side sets the pace.
-    #[default]
-    Auto,
-    /// Exactly this many, throughout.
-    Fixed(usize),
-}
-
-/// Writer settings: the memory budget of the write side.
-#[derive(Debug, Clone)]
-pub struct TargetOptions {
-    /// The target already reads as zeros: skip zero extents entirely.
-    pub target_is_zero: bool,
-    /// Size of each aligned write buffer.
-    pub buffer_size: usize,
-    /// Writes in flight (and buffers in the pool beyond the one being filled).
-    pub depth: Depth,
-    /// Refuse images larger than this (bytes), in addition to a block device's size.
-    pub available: Option<u64>,
-}
-
-impl Default for TargetOptions {
-    fn default() -> Self {
-        TargetOptions {
-            target_is_zero: false,
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            depth: Depth::Auto,
-            available: None,
-        }
-    }
-}
-
-/// What kind of target was opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    /// A block device.
-    BlockDevice,
-    /// A regular file.
-    File,
-}
-
-/// What the writer did, for logs and reports.
-#[derive(Debug, Clone, Default)]
-pub struct WriteStats {
-    /// Bytes received as data extents.
-    pub bytes_written: u64,
-    /// Bytes received as zero extents.
-    pub bytes_zeroed: u64,
-    /// False when the target refused `O_DIRECT` and buffered writes were used.
-    pub direct_io: bool,
-    /// Partial blocks merged with the target's contents (read-modify-write).
-    pub partial_merges: u64,
-}
-
-/// Target-side failures outside the sink calls (opening, finishing, wiping).
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    /// The image does not fit.
-    #[error(
-        "the image's virtual size ({size} bytes) is larger than the target ({available} bytes)"
-    )]
-    TooLarge {
-        /// The size asked for.
-        size: u64,
-        /// What the target holds.
-        available: u64,
-    },
-    /// A system call failed.
-    #[error("{context}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// The largest and smallest buffer sizes accepted; outside this range the
-/// value is clamped (tiny buffers make syscalls dominate, huge ones break the
-/// memory budget).
-const MIN_BUFFER: usize = 64 << 10;
-const MAX_BUFFER: usize = 64 << 20;
-const MAX_QUEUE_DEPTH: usize = 64;
-
-/// In buffered mode, force writeback and drop pages after this many bytes.
-const PACING_INTERVAL: u64 = 16 << 20;
-
-/// An open target.
+/// An open target: the sink in front of the plan and the back end.
 pub struct Target {
+    /// Named in every error.
     path: PathBuf,
-    file: Arc<File>,
-    kind: TargetKind,
-    align: usize,
-    direct: bool,
-    device_size: Option<u64>,
-    /// `TargetOptions::available`.
-    available: Option<u64>,
-    vsize: Option<u64>,
-    /// An extent has been received (the virtual size can no longer change).
-    started: bool,
-    /// End of the highest byte covered by any extent (sizes files of unknown length).
-    high_water: u64,
-    pool: BufferPool,
-    /// The depth to lower to once the input side sets the pace, until used.
-    paced_depth: Option<usize>,
-    writers: Option<WritePipeline>,
-    run: Option<assemble::Run>,
-    /// Zero bytes reported right after the current run, not yet placed.
-    gap: u64,
-    cache: PartialCache,
-    /// One aligned block for read-modify-write.
-    scratch: AlignedBuf,
-    zero_ranges: ZeroRun,
-    /// `None` when zero ranges need no action (files, `target_is_zero`).
-    zeroer: Option<DeviceZeroer>,
-    pacer: Option<pacing::Pacer>,
-    stats: WriteStats,
+    /// What to write: sizes, ranges, and the assembler.
+    plan: Plan,
+    /// Writes it.
+    backend: Backend,
     /// Set by the first failed call; every later call and `finish` report it.
+    /// Kept here rather than in the plan or the back end because failures of
+    /// both, contract and I/O, must latch.
     failed: Option<String>,
-    /// Followed to lower the write depth (see [`Target::follow`]).
-    pace: Option<Pace>,
 }
 
 impl Target {
     /// Opens (creating or truncating a regular file) the target.
     pub fn open(path: &Path, opts: &TargetOptions) -> Result<Self, TargetError> {
-        let ctx = |what: &str, source: io::Error| TargetError::Io {
-            context: format!("{what} {}", path.display()),
-            source,
-        };
-        let opened = file::open(path, file::FileMode::Replace).map_err(|e| ctx("opening", e))?;
-        if !opened.direct {
-            tracing::warn!(
-                path = %path.display(),
-                "the target does not support O_DIRECT; using buffered writes with periodic writeback to bound the page cache"
-            );
-        }
-        let align = opened.align;
-        let buffer_size = round_up_usize(opts.buffer_size.clamp(MIN_BUFFER, MAX_BUFFER), align);
-        let (depth, paced_depth) = match opts.depth {
-            Depth::Auto => (DEFAULT_QUEUE_DEPTH, Some(PACED_QUEUE_DEPTH)),
-            Depth::Fixed(n) => (n.clamp(1, MAX_QUEUE_DEPTH), None),
-        };
-        let file = Arc::new(opened.file);
-        let pool = BufferPool::new(depth + 1, buffer_size, align);
-        let writers = WritePipeline::new(
-            Arc::clone(&file),
-            depth,
-            pool.returner(),
-            buffer_size,
+        let backend = Backend::open(path, opts.buffer_size, opts.depth)?;
+        let align = backend.align();
+        let kind = backend.kind();
+        let plan = Plan::new(Setup {
             align,
-        )
-        .map_err(|e| ctx("starting writer threads for", e))?;
-        // The partial-block budget: one buffer's worth of blocks, within sane bounds.
-        let partial_blocks = (buffer_size / align).clamp(16, 4096);
-        let zeroer = (opened.kind == TargetKind::BlockDevice && !opts.target_is_zero)
-            .then(DeviceZeroer::default);
+            device_size: backend.device_size(),
+            available: opts.available,
+            resizable: kind == TargetKind::File,
+            // A file truncated at open reads as holes; with `target_is_zero`
+            // the device already reads as zeros.
+            zero_ranges: kind == TargetKind::BlockDevice && !opts.target_is_zero,
+            // The partial-block budget: one buffer's worth of blocks, within sane bounds.
+            partial_blocks: (backend.buffer_size() / align).clamp(16, 4096),
+        });
         Ok(Target {
             path: path.to_path_buf(),
-            file,
-            kind: opened.kind,
-            align,
-            direct: opened.direct,
-            device_size: opened.device_size,
-            available: opts.available,
-            vsize: None,
-            started: false,
-            high_water: 0,
-            pool,
-            paced_depth,
-            writers: Some(writers),
-            run: None,
-            gap: 0,
-            cache: PartialCache::new(align, partial_blocks),
-            scratch: AlignedBuf::new(align, align),
-            zero_ranges: ZeroRun::new(),
-            zeroer,
-            pacer: (!opened.direct).then(|| pacing::Pacer::new(PACING_INTERVAL)),
-            stats: WriteStats {
-                direct_io: opened.direct,
-                ..WriteStats::default()
-            },
+            plan,
+            backend,
             failed: None,
-            pace: None,
         })
     }
 
     /// Writes that may be in flight now (the pool's limit less the buffer
     /// being filled).
     pub fn write_depth(&self) -> usize {
-        self.pool.limit().saturating_sub(1)
+        self.backend.depth()
     }
 
     /// Block device or file.
     pub fn kind(&self) -> TargetKind {
-        self.kind
+        self.backend.kind()
     }
 
     /// The alignment of every write (logical block size; at least 4096 for files).
     pub fn alignment(&self) -> usize {
-        self.align
+        self.backend.align()
     }
 
     /// False when the target refused `O_DIRECT`.
     pub fn direct_io(&self) -> bool {
-        self.direct
+        self.backend.direct()
     }
 
     /// A block device's size in bytes.
     pub fn device_size(&self) -> Option<u64> {
-        self.device_size
+        self.backend.device_size()
+    }
+
+    /// Lowers the write depth once `pace` says the input side sets the pace.
+    pub fn follow(&mut self, pace: Pace) {
+        self.backend.follow(pace);
     }
 
     /// Flushes everything and `fdatasync`s. Success means every byte is stable.
@@ -295,26 +130,15 @@ impl Target {
         if let Some(msg) = &self.failed {
             return Err(io::Error::other(format!("an earlier write failed: {msg}")));
         }
-        let r = self.flush_all();
-        let writers = self.writers.take();
+        let flushed = self.plan.finish(&mut self.backend);
         // Join the writers even after a flush error, and prefer their error:
         // it is the earlier one.
-        let joined = match writers {
-            Some(w) => w.shutdown(),
-            None => Ok(()),
-        };
-        joined?;
-        r?;
-        if self.kind == TargetKind::File {
-            // O_DIRECT rounded the last block up; the file ends exactly here.
-            let len = self.vsize.unwrap_or(self.high_water);
-            self.file.set_len(len)?;
-        }
-        nix::unistd::fdatasync(&*self.file).map_err(io::Error::from)?;
-        if !self.direct {
-            pacing::writeback_and_drop(&self.file)?;
-        }
-        Ok(self.stats.clone())
+        self.backend.shutdown()?;
+        self.backend.sync(flushed?)?;
+        Ok(WriteStats {
+            direct_io: self.backend.direct(),
+            ..self.plan.stats()
+        })
     }
 
     fn check_failed(&self) -> Result<(), SinkError> {
@@ -332,100 +156,46 @@ impl Target {
         err
     }
 
-    /// Runs a write-side step, naming the target in its error.
-    fn io(&mut self, f: impl FnOnce(&mut Self) -> io::Result<()>) -> Result<(), SinkError> {
-        f(self).map_err(|e| SinkError::io(format!("writing {}", self.path.display()), e))
-    }
-
-    /// Once the input side sets the pace, keep fewer writes in flight
-    /// (see [`Pace`]); checked on every data extent, one atomic load.
-    fn follow_pace(&mut self) {
-        if self.paced_depth.is_some() && self.pace.as_ref().is_some_and(Pace::input_paced) {
-            if let Some(depth) = self.paced_depth.take() {
-                tracing::debug!(
-                    depth,
-                    "the input side sets the pace: fewer writes in flight, memory left to the input"
-                );
-                self.pool.lower_limit(depth + 1);
-            }
-        }
-    }
-
-    /// Lowers the write depth once `pace` says the input side sets the pace.
-    pub fn follow(&mut self, pace: Pace) {
-        self.pace = Some(pace);
-    }
-
-    /// The end of the writable range: the virtual size, else a block device's
-    /// end, else unbounded (a raw file of unknown length).
-    fn limit(&self) -> u64 {
-        self.vsize.or(self.device_size).unwrap_or(u64::MAX)
-    }
-
-    /// Checks that `[offset, offset+len)` lies inside the writable range.
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), SinkError> {
-        let limit = self.limit();
-        match offset.checked_add(len) {
-            Some(end) if end <= limit => Ok(()),
-            end => Err(SinkError::OutOfRange {
-                start: offset,
-                end: end.unwrap_or(u64::MAX),
-                limit,
-                what: if self.vsize.is_some() {
-                    "the virtual size"
-                } else {
-                    "the end of the block device"
-                },
-            }),
-        }
+    /// Latches a refused extent, naming the target in an I/O error.
+    fn refused(&mut self, r: Refused) -> SinkError {
+        let e = match r {
+            Refused::Contract(e) => e,
+            Refused::Io(e) => SinkError::io(format!("writing {}", self.path.display()), e),
+        };
+        self.fail(e)
     }
 }
 
 impl ExtentSink for Target {
     fn set_virtual_size(&mut self, size: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        if self.started || self.vsize.is_some_and(|v| v != size) {
-            return Err(self.fail(SinkError::LateSize(size)));
-        }
-        let available = match (self.device_size, self.available) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let resize = match self.plan.set_virtual_size(size) {
+            Ok(resize) => resize,
+            Err(e) => return Err(self.fail(e)),
         };
-        if let Some(available) = available {
-            if size > available {
-                return Err(self.fail(SinkError::TooLarge { size, available }));
-            }
-        }
-        if self.kind == TargetKind::File {
-            if let Err(e) = self.file.set_len(size) {
+        if let Some(len) = resize {
+            if let Err(e) = self.backend.set_len(len) {
                 let e = SinkError::io(format!("resizing {}", self.path.display()), e);
                 return Err(self.fail(e));
             }
         }
-        self.vsize = Some(size);
         Ok(())
     }
 
     fn data(&mut self, guest_offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.check_failed()?;
-        self.follow_pace();
-        let r = self
-            .check_range(guest_offset, data.len() as u64)
-            .and_then(|()| self.io(|t| t.accept_data(guest_offset, data)));
-        r.map_err(|e| self.fail(e))
+        self.backend.follow_pace();
+        self.plan
+            .data(guest_offset, data, &mut self.backend)
+            .map_err(|r| self.refused(r))
     }
 
     fn zero(&mut self, guest_offset: u64, len: u64) -> Result<(), SinkError> {
         self.check_failed()?;
-        let r = self
-            .check_range(guest_offset, len)
-            .and_then(|()| self.io(|t| t.accept_zero(guest_offset, len)));
-        r.map_err(|e| self.fail(e))
+        self.plan
+            .zero(guest_offset, len, &mut self.backend)
+            .map_err(|r| self.refused(r))
     }
-}
-
-fn round_up_usize(n: usize, align: usize) -> usize {
-    n.div_ceil(align).saturating_mul(align)
 }
 
 #[cfg(test)]

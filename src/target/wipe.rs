@@ -12,10 +12,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::file::{self, FileMode, Opened};
-use super::pool::AlignedBuf;
-use super::writer::WritePipeline;
-use super::{TargetError, TargetKind};
+use super::api::{TargetError, TargetKind};
+use super::backend::file::{self, FileMode, Opened};
+use super::backend::pool::AlignedBuf;
+use super::backend::writer::WritePipeline;
 
 /// Bytes zeroed at each edge by [`wipe_edges`].
 pub(crate) const EDGE: u64 = 1 << 20;
@@ -104,7 +104,7 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
     }
     let file = Arc::new(opened.file.try_clone()?);
     // No pool buffers circulate here: only zero jobs, so the returner is idle.
-    let idle = super::pool::BufferPool::new(1, 0, opened.align);
+    let idle = super::backend::pool::BufferPool::new(1, 0, opened.align);
     let writers = WritePipeline::new(file, ZERO_THREADS, idle.returner(), ZERO_BUF, opened.align)?;
     writers.submit_zeros(first_full, last_full)?;
     writers.shutdown()?;
@@ -117,7 +117,7 @@ fn zero_span(opened: &Opened, start: u64, end: u64) -> io::Result<()> {
 /// Zeroes `[from, to)` inside the block at `block`, keeping its other bytes.
 fn rmw_zero(opened: &Opened, block: u64, from: u64, to: u64) -> io::Result<()> {
     let mut buf = AlignedBuf::new(opened.align, opened.align);
-    super::assemble::read_block(&opened.file, block, buf.as_mut_slice())?;
+    super::backend::read_block(&opened.file, block, buf.as_mut_slice())?;
     let a = usize::try_from(from - block).map_err(io::Error::other)?;
     let b = usize::try_from(to - block).map_err(io::Error::other)?;
     if let Some(r) = buf.as_mut_slice().get_mut(a..b) {

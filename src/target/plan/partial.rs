@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::pool::AlignedBuf;
+use crate::io::AlignedBuf;
 
 /// Bytes to place into a block: a slice, or that many zeros.
 #[derive(Debug, Clone, Copy)]

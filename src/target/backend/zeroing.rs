@@ -1,9 +1,11 @@
-//! Zero ranges: coalescing them, and the block-device zeroing strategy.
+//! The block-device zeroing strategy.
 //!
 //! A sparse image reports zeros cluster by cluster (16 million calls for a
-//! 1 TiB qcow2 with 64 KiB clusters). The target joins contiguous ranges in a
-//! [`crate::io::ZeroRun`] so that only one syscall is issued per run of
-//! zeros, which is what makes zero handling cost nothing on sparse images.
+//! 1 TiB qcow2 with 64 KiB clusters). The assembler joins contiguous ranges
+//! in a [`crate::io::ZeroRun`], so that the back end gets one range per run
+//! of zeros; this module picks how each such range is zeroed (punching a
+//! hole, `BLKZEROOUT`, or writing zeros) and remembers what the device
+//! accepts, which is what makes zero handling cost nothing on sparse images.
 
 use std::fs::File;
 use std::io;

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::device;
-use super::TargetKind;
+use crate::target::api::TargetKind;
 
 /// Files are always written in units of at least this many bytes: it is the
 /// page size, and the smallest alignment every local filesystem accepts for
