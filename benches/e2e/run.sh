@@ -98,6 +98,7 @@ need_tools() {
 }
 
 # ---------------------------------------------------------------- sizes
+want_group() { [ -z "$GROUPS_ARG" ] || [[ ",$GROUPS_ARG," == *",$1,"* ]]; }
 G=$((1024 * 1024 * 1024)) M=$((1024 * 1024))
 if [ "$MODE" = quick ]; then
     MIXED=$((512 * M)); SCALE="$((64 * M)) $((256 * M)) $((1 * G))"
@@ -121,13 +122,18 @@ SCALE_NOTE=""
 # compressed forms, plus at the same time one CDI scratch copy and one device's worth of data
 # (every device is emptied with blkdiscard after each command).
 disk_need() {
-    local s max=0 sum=0
-    for s in $SCALE $MIXED; do sum=$((sum + s * 3 / 8)); [ $((s * 3 / 8)) -gt $max ] && max=$((s * 3 / 8)); done
-    sum=$((sum + L1_BASE * 3 / 8 + 2 * SPARSE_DATA + ROOTFS_DATA * 2))
-    # formats, registry, upload: the 4 GiB mixed image and its VHDX, VDI and gzip layer forms,
-    # the registry's copy of the layer, a VMDK of a filesystem and that filesystem while it is
-    # built.
-    sum=$((sum + MID * 3 / 8 * 5 + MID))
+    local s max=0 sum=0 sizes=""
+    want_group scaling && sizes="$SCALE"
+    want_group mixed && sizes="$sizes $MIXED"
+    { want_group formats || want_group registry || want_group upload; } && sizes="$sizes $MID"
+    for s in $sizes; do sum=$((sum + s * 3 / 8)); [ $((s * 3 / 8)) -gt $max ] && max=$((s * 3 / 8)); done
+    want_group l1end && sum=$((sum + L1_BASE * 3 / 8))
+    want_group sparse && sum=$((sum + 2 * SPARSE_DATA))
+    { want_group zlib || want_group xz; } && sum=$((sum + ROOTFS_DATA * 2))
+    # formats, registry, upload: the VHDX, VDI and gzip layer forms of the 4 GiB mixed image,
+    # the registry's copy of the layer, a VMDK of a filesystem and that filesystem while it
+    # is built.
+    { want_group formats || want_group registry || want_group upload; } && sum=$((sum + MID * 3 / 8 * 4 + MID))
     echo $((sum + 2 * max + 2 * G))
 }
 scale_down() {
@@ -208,7 +214,6 @@ fi
 
 # ---------------------------------------------------------------- images
 make_pools
-want_group() { [ -z "$GROUPS_ARG" ] || [[ ",$GROUPS_ARG," == *",$1,"* ]]; }
 
 # name -> "file format vsize" ; the reference a verification compares with
 declare -A IMG_FILE IMG_FMT IMG_REF IMG_REF_FMT IMG_NOTE
