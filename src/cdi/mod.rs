@@ -208,6 +208,11 @@ fn run_with(
                 "Unable to connect to {s} data source: the {s} source is not supported yet by streamdisk (supported: http, registry, none)"
             ))
         }
+        SourceKind::S3 | SourceKind::Gcs => {
+            return Outcome::Failed(format!(
+                "Unable to connect to {source_raw} data source: pod mode for {source_raw} is not wired yet"
+            ))
+        }
         SourceKind::Http | SourceKind::None | SourceKind::Registry => {}
     }
 
