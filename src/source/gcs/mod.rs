@@ -136,6 +136,13 @@ impl GcsSource {
         })
     }
 
+    /// [`Self::parse_pod`]'s `gs://BUCKET/OBJECT` and the endpoint its
+    /// `http(s)` form names, for the pod to hand to the source options.
+    pub(crate) fn pod_parts(s: &str) -> Result<(String, Option<String>), SourceError> {
+        let src = Self::parse_pod(s)?;
+        Ok((src.object.display(), src.endpoint))
+    }
+
     /// The media download URL on `endpoint`.
     fn url(&self, endpoint: &str) -> Result<String, GcsError> {
         let bad = |reason: String| GcsError::BadEndpoint {

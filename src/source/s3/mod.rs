@@ -60,11 +60,6 @@ impl S3Source {
             object: Object::parse(s)?,
         })
     }
-
-    /// A source for a bucket and key found elsewhere (CDI's endpoint).
-    pub(crate) fn new(object: Object) -> S3Source {
-        S3Source { object }
-    }
 }
 
 /// How one import reaches the object.
