@@ -27,6 +27,7 @@ mod ova;
 mod poller;
 mod qcow2_decoder;
 mod registry;
+mod s3;
 mod server_selftest;
 mod size_detection;
 mod source_http;

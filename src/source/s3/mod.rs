@@ -156,13 +156,18 @@ fn explain(e: SourceError, object: &str, plan: &Plan) -> SourceError {
         || cause.contains("PermanentRedirect")
         || cause.contains("IllegalLocationConstraint");
     let anonymous = plan.credentials.keys.is_none();
+    // S3 answers 400 to some credential problems (a session token it does
+    // not know, an expired one, an unknown key on some services).
+    let bad_credentials = ["InvalidToken", "ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch"]
+        .iter()
+        .any(|c| cause.contains(&format!(": {c}")));
     let err = match code {
         "301" | "400" if wrong_region => S3Error::WrongRegion {
             object: object.to_string(),
             region: plan.region.clone(),
             cause,
         },
-        "401" | "403" => S3Error::AccessDenied {
+        "401" | "403" | "400" if code != "400" || bad_credentials => S3Error::AccessDenied {
             object: object.to_string(),
             cause,
             credentials: plan.credentials.described.clone(),
