@@ -165,6 +165,8 @@ pub struct Proxy {
     pub connections: Arc<AtomicUsize>,
     /// The first connection was dropped.
     pub dropped: Arc<AtomicBool>,
+    /// Requests answered 401 for want of a valid bearer token.
+    pub rejected: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -174,7 +176,13 @@ impl Proxy {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicBool::new(false));
-        let (h, c, d) = (Arc::clone(&heads), Arc::clone(&connections), Arc::clone(&dropped));
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let (h, c, d, r) = (
+            Arc::clone(&heads),
+            Arc::clone(&connections),
+            Arc::clone(&dropped),
+            Arc::clone(&rejected),
+        );
         thread::spawn(move || {
             let ProxyRules {
                 drop_after,
@@ -198,10 +206,15 @@ impl Proxy {
                     }
                 }
                 let limit = if n == 0 { drop_after } else { None };
-                let (h, d, bearer, drop_done) =
-                    (Arc::clone(&h), Arc::clone(&d), bearer.clone(), Arc::clone(&drop_done));
+                let (h, d, r, bearer, drop_done) = (
+                    Arc::clone(&h),
+                    Arc::clone(&d),
+                    Arc::clone(&r),
+                    bearer.clone(),
+                    Arc::clone(&drop_done),
+                );
                 thread::spawn(move || {
-                    serve(client, upstream, limit, &h, &d, bearer.as_deref());
+                    serve(client, upstream, limit, &h, &d, &r, bearer.as_deref());
                     let (lock, cv) = &*drop_done;
                     *lock.lock().expect("lock") = true;
                     cv.notify_all();
@@ -213,6 +226,7 @@ impl Proxy {
             heads,
             connections,
             dropped,
+            rejected,
         }
     }
 
@@ -254,6 +268,7 @@ fn serve(
     limit: Option<u64>,
     heads: &Mutex<Vec<String>>,
     dropped: &AtomicBool,
+    rejected: &AtomicUsize,
     bearer: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
 ) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -303,6 +318,7 @@ fn serve(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(accept);
             if !ok {
+                rejected.fetch_add(1, Ordering::SeqCst);
                 let body = r#"{"error":{"code":401,"message":"Invalid Credentials"}}"#;
                 let resp = format!(
                     "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

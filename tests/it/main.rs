@@ -20,6 +20,7 @@ mod cdi;
 mod cdi_registry;
 mod convert;
 mod fuzz_regressions;
+mod gcs;
 mod image_server;
 mod interrupt;
 mod layouts;
