@@ -331,7 +331,10 @@ mod tests {
         .expect("valid");
         assert_eq!(c.source, SourceKind::S3);
         assert_eq!(SourceKind::parse("gcs"), SourceKind::Gcs);
-        assert_eq!(SourceKind::parse("vddk"), SourceKind::Unsupported("vddk".into()));
+        assert_eq!(
+            SourceKind::parse("vddk"),
+            SourceKind::Unsupported("vddk".into())
+        );
         assert_eq!(c.overhead, 0.0);
         assert_eq!(c.basic_auth, None);
         assert!(!c.insecure_tls);
@@ -348,7 +351,10 @@ mod tests {
         assert!(bad("STREAMDISK_RESOLVE", "host-without-address"));
         let c = PodConfig::from_vars(&vars(&[
             ("PREALLOCATION", "false"),
-            ("STREAMDISK_RESOLVE", "b.s3.test=127.0.0.1:9000, other=[::1]:80"),
+            (
+                "STREAMDISK_RESOLVE",
+                "b.s3.test=127.0.0.1:9000, other=[::1]:80",
+            ),
         ]))
         .expect("resolve");
         assert_eq!(c.resolve.len(), 2);

@@ -154,17 +154,28 @@ mod tests {
     #[test]
     fn s3_endpoints_become_locators() {
         let mut http = HttpOptions::default();
-        let c = cfg("http://10.1.2.3:9000/bkt/dir/disk%20a.qcow2", Some(("AK", "SK")));
-        assert_eq!(s3_locator(&c, &mut http).expect("s3"), "s3://bkt/dir/disk a.qcow2");
+        let c = cfg(
+            "http://10.1.2.3:9000/bkt/dir/disk%20a.qcow2",
+            Some(("AK", "SK")),
+        );
+        assert_eq!(
+            s3_locator(&c, &mut http).expect("s3"),
+            "s3://bkt/dir/disk a.qcow2"
+        );
         assert_eq!(http.s3.endpoint.as_deref(), Some("http://10.1.2.3:9000"));
         assert_eq!(http.s3.path_style, Some(true));
         assert_eq!(http.s3.region, None);
-        assert!(matches!(&http.s3.credentials, S3Credentials::Static(k) if k.access_key_id == "AK"));
+        assert!(
+            matches!(&http.s3.credentials, S3Credentials::Static(k) if k.access_key_id == "AK")
+        );
 
         let mut http = HttpOptions::default();
         let c = cfg("https://bkt.s3.eu-west-3.amazonaws.com/k.img", None);
         assert_eq!(s3_locator(&c, &mut http).expect("vh"), "s3://bkt/k.img");
-        assert_eq!(http.s3.endpoint.as_deref(), Some("https://s3.eu-west-3.amazonaws.com"));
+        assert_eq!(
+            http.s3.endpoint.as_deref(),
+            Some("https://s3.eu-west-3.amazonaws.com")
+        );
         assert_eq!(http.s3.path_style, Some(false));
         assert_eq!(http.s3.region.as_deref(), Some("eu-west-3"));
         assert_eq!(http.s3.credentials, S3Credentials::Anonymous);
@@ -178,7 +189,10 @@ mod tests {
         let paths = PodPaths::under(d.path());
         let mut http = HttpOptions::default();
         let c = cfg("http://127.0.0.1:4443/bkt/a/b.img", None);
-        assert_eq!(gcs_locator(&c, &paths, &mut http).expect("gcs"), "gs://bkt/a/b.img");
+        assert_eq!(
+            gcs_locator(&c, &paths, &mut http).expect("gcs"),
+            "gs://bkt/a/b.img"
+        );
         assert_eq!(http.gcs.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
         assert_eq!(http.gcs.credentials, GcsCredentials::Anonymous);
 
@@ -186,7 +200,10 @@ mod tests {
         std::fs::write(&paths.google_credentials, "{}").expect("write");
         let mut http = HttpOptions::default();
         let c = cfg("gs://bkt/o", None);
-        assert_eq!(gcs_locator(&c, &paths, &mut http).expect("gs"), "gs://bkt/o");
+        assert_eq!(
+            gcs_locator(&c, &paths, &mut http).expect("gs"),
+            "gs://bkt/o"
+        );
         assert_eq!(http.gcs.endpoint, None);
         assert_eq!(
             http.gcs.credentials,

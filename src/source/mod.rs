@@ -207,7 +207,9 @@ pub fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> 
         .ok_or_else(|| format!("invalid resolve entry {s:?}: expected HOST=ADDR:PORT"))?;
     let host = host.trim();
     if host.is_empty() || host.contains(['/', ':', ' ']) {
-        return Err(format!("invalid resolve entry {s:?}: {host:?} is not a host name"));
+        return Err(format!(
+            "invalid resolve entry {s:?}: {host:?} is not a host name"
+        ));
     }
     let addr = addr
         .trim()

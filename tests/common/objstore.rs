@@ -86,9 +86,12 @@ impl Store {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("hello");
-        let hello: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("objstore.py said {line:?}: {e}"));
-        let port = hello["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("port");
+        let hello: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("objstore.py said {line:?}: {e}"));
+        let port = hello["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("port");
         Store {
             child,
             stdin,
@@ -145,6 +148,9 @@ impl Drop for Store {
     }
 }
 
+/// Says whether a bearer token is acceptable.
+pub type BearerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What a [`Proxy`] does besides forwarding.
 #[derive(Default)]
 pub struct ProxyRules {
@@ -153,7 +159,7 @@ pub struct ProxyRules {
     /// Run once after that drop, before another connection is served.
     pub after_drop: Option<Box<dyn FnOnce() + Send>>,
     /// Answer 401 to requests without a bearer token this accepts.
-    pub bearer: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    pub bearer: Option<BearerCheck>,
 }
 
 /// A loopback TCP proxy in front of `upstream` (see the module doc).
@@ -365,8 +371,25 @@ impl TestKey {
                 .is_ok_and(|s| s.success())
         };
         let pem_s = pem.to_str().expect("utf8");
-        assert!(ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", pem_s]));
-        assert!(ok(&["rsa", "-in", pem_s, "-RSAPublicKey_out", "-outform", "DER", "-out", der.to_str().expect("utf8")]));
+        assert!(ok(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            pem_s
+        ]));
+        assert!(ok(&[
+            "rsa",
+            "-in",
+            pem_s,
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().expect("utf8")
+        ]));
         let email = "importer@test-project.iam.gserviceaccount.com".to_string();
         let key = serde_json::json!({
             "type": "service_account",
@@ -411,16 +434,28 @@ impl TokenServer {
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (status, body) = match answer(stream.try_clone().expect("clone"), &public_der, &email, &aud) {
+                let (status, body) = match answer(
+                    stream.try_clone().expect("clone"),
+                    &public_der,
+                    &email,
+                    &aud,
+                ) {
                     Ok(()) => {
                         let mut list = iss.lock().expect("lock");
                         let token = format!("tok-{}-{}", list.len(), port);
-                        list.push((token.clone(), Instant::now() + Duration::from_secs(lifetime)));
+                        list.push((
+                            token.clone(),
+                            Instant::now() + Duration::from_secs(lifetime),
+                        ));
                         ("200 OK", serde_json::json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}).to_string())
                     }
                     Err(why) => {
                         refs.fetch_add(1, Ordering::SeqCst);
-                        ("400 Bad Request", serde_json::json!({"error": "invalid_grant", "error_description": why}).to_string())
+                        (
+                            "400 Bad Request",
+                            serde_json::json!({"error": "invalid_grant", "error_description": why})
+                                .to_string(),
+                        )
                     }
                 };
                 let mut s = stream;
@@ -485,22 +520,32 @@ fn answer(stream: TcpStream, public_der: &[u8], email: &str, aud: &str) -> Resul
     };
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let sig = b64.decode(s).map_err(|e| e.to_string())?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public_der)
-        .verify(format!("{h}.{c}").as_bytes(), &sig)
-        .map_err(|_| "Invalid JWT Signature.".to_string())?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_der,
+    )
+    .verify(format!("{h}.{c}").as_bytes(), &sig)
+    .map_err(|_| "Invalid JWT Signature.".to_string())?;
     let header: serde_json::Value =
-        serde_json::from_slice(&b64.decode(h).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&b64.decode(h).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     if header["alg"] != "RS256" {
         return Err("alg is not RS256".into());
     }
     let claims: serde_json::Value =
-        serde_json::from_slice(&b64.decode(c).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        serde_json::from_slice(&b64.decode(c).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let iat = claims["iat"].as_u64().ok_or("no iat")?;
     let exp = claims["exp"].as_u64().ok_or("no exp")?;
     if claims["iss"] != email
         || claims["aud"] != aud
-        || !claims["scope"].as_str().is_some_and(|s| s.contains("devstorage.read_only"))
+        || !claims["scope"]
+            .as_str()
+            .is_some_and(|s| s.contains("devstorage.read_only"))
         || iat > now + 60
         || exp <= now
         || exp > iat + 3600

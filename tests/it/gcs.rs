@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use crate::common::objstore::{python_or_skip, Proxy, ProxyRules, Store, TestKey, TokenServer};
 use crate::common::{
-    assert_same_bytes, make_raw, qcow2_from_raw, qemu_raw, tempdir, wrap, Fill, Streamdisk,
-    Wrapper,
+    assert_same_bytes, make_raw, qcow2_from_raw, qemu_raw, tempdir, wrap, Fill, Streamdisk, Wrapper,
 };
 
 fn raw_disk(dir: &Path, seed: u64) -> PathBuf {
@@ -59,7 +58,9 @@ fn convert(src: &str, out: &Path, key: Option<&Path>) -> Streamdisk {
 
 #[test]
 fn anonymous_public_object() {
-    let Some(py) = python_or_skip("GCS tests") else { return };
+    let Some(py) = python_or_skip("GCS tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 11);
     let s = store(&py, &[("images/disk.qcow2", &img)]);
@@ -71,13 +72,20 @@ fn anonymous_public_object() {
         .assert_ok();
     assert_same_bytes(&out, &expected);
     let heads = proxy.heads();
-    assert!(heads
-        .iter()
-        .all(|h| h.starts_with("GET /storage/v1/b/bkt/o/images%2Fdisk.qcow2?alt=media ")
-            && !h.to_ascii_lowercase().contains("authorization:")), "{heads:?}");
+    assert!(
+        heads.iter().all(|h| h
+            .starts_with("GET /storage/v1/b/bkt/o/images%2Fdisk.qcow2?alt=media ")
+            && !h.to_ascii_lowercase().contains("authorization:")),
+        "{heads:?}"
+    );
 
     let run = Streamdisk::new()
-        .args(["info", "gs://bkt/images/disk.qcow2", "--gcs-endpoint", &proxy.url()])
+        .args([
+            "info",
+            "gs://bkt/images/disk.qcow2",
+            "--gcs-endpoint",
+            &proxy.url(),
+        ])
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .run();
     run.assert_ok();
@@ -91,10 +99,14 @@ fn anonymous_public_object() {
 
 #[test]
 fn service_account_tokens_and_a_wrong_key() {
-    let Some(py) = python_or_skip("GCS tests") else { return };
+    let Some(py) = python_or_skip("GCS tests") else {
+        return;
+    };
     let d = tempdir();
     let raw = raw_disk(d.path(), 12);
-    let Some(xz) = wrap(&raw, Wrapper::Xz) else { return };
+    let Some(xz) = wrap(&raw, Wrapper::Xz) else {
+        return;
+    };
     let s = store(&py, &[("raw/disk.raw.xz", &xz)]);
     // The key's token_uri must be known before the key file is written.
     let probe = TestKey::make(d.path(), "http://127.0.0.1:1/token");
@@ -123,7 +135,11 @@ fn service_account_tokens_and_a_wrong_key() {
     run.assert_ok();
     assert_same_bytes(&out, &raw);
     assert_eq!(tokens.refused.load(Ordering::SeqCst), 0);
-    assert_eq!(proxy.rejected.load(Ordering::SeqCst), 1, "only the keyless run");
+    assert_eq!(
+        proxy.rejected.load(Ordering::SeqCst),
+        1,
+        "only the keyless run"
+    );
     let issued = tokens.issued.lock().expect("lock").clone();
     assert_eq!(issued.len(), 1, "one token for the whole download");
     assert!(!run.stderr.contains(&issued[0].0), "token logged");
@@ -136,11 +152,22 @@ fn service_account_tokens_and_a_wrong_key() {
     let other_dir = d.path().join("other");
     std::fs::create_dir(&other_dir).expect("mkdir");
     let other = TestKey::make(&other_dir, &tokens.uri()).expect("key");
-    let run = convert("gs://bkt/raw/disk.raw.xz", &d.path().join("y.raw"), Some(&other.file))
-        .args(["--gcs-endpoint", &proxy.url(), "-q"])
-        .run();
+    let run = convert(
+        "gs://bkt/raw/disk.raw.xz",
+        &d.path().join("y.raw"),
+        Some(&other.file),
+    )
+    .args(["--gcs-endpoint", &proxy.url(), "-q"])
+    .run();
     let line = run.assert_refused(&["Invalid JWT Signature"]);
-    assert!(line.contains(&format!("GCS token from {} for {}", tokens.uri(), other.email)), "{line}");
+    assert!(
+        line.contains(&format!(
+            "GCS token from {} for {}",
+            tokens.uri(),
+            other.email
+        )),
+        "{line}"
+    );
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     assert!(tokens.refused.load(Ordering::SeqCst) >= 1);
 }
@@ -156,11 +183,15 @@ fn rewrite_token_uri(key: &TestKey, uri: &str) -> PathBuf {
 
 #[test]
 fn expired_token_is_renewed_across_a_resume() {
-    let Some(py) = python_or_skip("GCS tests") else { return };
+    let Some(py) = python_or_skip("GCS tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 13);
     let s = store(&py, &[("disk.qcow2", &img)]);
-    let Some(probe) = TestKey::make(d.path(), "http://127.0.0.1:1/token") else { return };
+    let Some(probe) = TestKey::make(d.path(), "http://127.0.0.1:1/token") else {
+        return;
+    };
     // Tokens live 2 s; the connection drops and the next one waits 2.5 s,
     // so the first token is dead when the download resumes.
     let tokens = TokenServer::start(probe.public_der.clone(), probe.email.clone(), 2);
@@ -187,17 +218,26 @@ fn expired_token_is_renewed_across_a_resume() {
         0,
         "an expired token was presented instead of being renewed ahead"
     );
-    assert!(proxy.heads().iter().any(|h| h.contains("Range: bytes=")
-        || h.contains("range: bytes=")), "no resume");
+    assert!(
+        proxy
+            .heads()
+            .iter()
+            .any(|h| h.contains("Range: bytes=") || h.contains("range: bytes=")),
+        "no resume"
+    );
 }
 
 #[test]
 fn pod_mode_gcs() {
-    let Some(py) = python_or_skip("GCS pod tests") else { return };
+    let Some(py) = python_or_skip("GCS pod tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 14);
     let s = store(&py, &[("dir/disk one.qcow2", &img)]);
-    let Some(probe) = TestKey::make(d.path(), "http://127.0.0.1:1/token") else { return };
+    let Some(probe) = TestKey::make(d.path(), "http://127.0.0.1:1/token") else {
+        return;
+    };
     let tokens = TokenServer::start(probe.public_der.clone(), probe.email.clone(), 3600);
     let key = rewrite_token_uri(&probe, &tokens.uri());
     let open = Proxy::start(s.port, ProxyRules::default());
@@ -211,8 +251,10 @@ fn pod_mode_gcs() {
 
     // Anonymous: no /google/credentials.json. CDI's http(s)://HOST/BUCKET/OBJECT form.
     let mut pod = crate::cdi::Pod::new();
-    pod.env("IMPORTER_SOURCE", "gcs")
-        .env("IMPORTER_ENDPOINT", &format!("{}/bkt/dir/disk%20one.qcow2", open.url()));
+    pod.env("IMPORTER_SOURCE", "gcs").env(
+        "IMPORTER_ENDPOINT",
+        &format!("{}/bkt/dir/disk%20one.qcow2", open.url()),
+    );
     pod.run().assert_code(0);
     assert_same_bytes(&pod.disk(), &expected);
 
@@ -220,8 +262,10 @@ fn pod_mode_gcs() {
     let mut pod = crate::cdi::Pod::new();
     std::fs::create_dir(pod.path("google")).expect("mkdir");
     std::fs::copy(&key, pod.path("google/credentials.json")).expect("copy");
-    pod.env("IMPORTER_SOURCE", "gcs")
-        .env("IMPORTER_ENDPOINT", &format!("{}/bkt/dir/disk%20one.qcow2", guarded.url()));
+    pod.env("IMPORTER_SOURCE", "gcs").env(
+        "IMPORTER_ENDPOINT",
+        &format!("{}/bkt/dir/disk%20one.qcow2", guarded.url()),
+    );
     let end = pod.run();
     end.assert_code(0);
     assert_same_bytes(&pod.disk(), &expected);
@@ -229,8 +273,10 @@ fn pod_mode_gcs() {
 
     // Without the key the guarded endpoint refuses.
     let mut pod = crate::cdi::Pod::new();
-    pod.env("IMPORTER_SOURCE", "gcs")
-        .env("IMPORTER_ENDPOINT", &format!("{}/bkt/dir/disk%20one.qcow2", guarded.url()));
+    pod.env("IMPORTER_SOURCE", "gcs").env(
+        "IMPORTER_ENDPOINT",
+        &format!("{}/bkt/dir/disk%20one.qcow2", guarded.url()),
+    );
     let end = pod.run();
     end.assert_code(1);
     assert!(end.message().contains("denied"), "{}", end.message());

@@ -75,12 +75,23 @@ fn convert(src: &str, out: &Path, home: &Path, keys: Option<&Keys>) -> Streamdis
 
 #[test]
 fn qcow2_path_style_and_raw_xz_virtual_host() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 1);
     let raw = raw_disk(d.path(), 7);
-    let Some(xz) = wrap(&raw, Wrapper::Xz) else { return };
-    let s = store(&py, true, &[("images/disk.qcow2", &img, false), ("raw/disk.raw.xz", &xz, false)]);
+    let Some(xz) = wrap(&raw, Wrapper::Xz) else {
+        return;
+    };
+    let s = store(
+        &py,
+        true,
+        &[
+            ("images/disk.qcow2", &img, false),
+            ("raw/disk.raw.xz", &xz, false),
+        ],
+    );
     let reader = s.keys("reader");
 
     // Path-style: automatic for an IP address with a port.
@@ -101,7 +112,11 @@ fn qcow2_path_style_and_raw_xz_virtual_host() {
         .run();
     run.assert_ok();
     assert!(run.stderr.contains("virtual-host style"), "{}", run.stderr);
-    assert!(run.stderr.contains("http://priv.s3.test/raw/disk.raw.xz"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("http://priv.s3.test/raw/disk.raw.xz"),
+        "{}",
+        run.stderr
+    );
     assert_same_bytes(&out, &qemu_raw_fmt(&raw, Some("raw")));
 
     // The override through STREAMDISK_RESOLVE, and --s3-path-style forcing
@@ -109,15 +124,27 @@ fn qcow2_path_style_and_raw_xz_virtual_host() {
     // first label of other names for a bucket).
     let out = d.path().join("out-forced.raw");
     convert("s3://priv/images/disk.qcow2", &out, d.path(), Some(&reader))
-        .args(["--s3-endpoint", "http://s3.amazonaws.com", "--s3-path-style"])
-        .env("STREAMDISK_RESOLVE", format!("s3.amazonaws.com=127.0.0.1:{}", s.port))
+        .args([
+            "--s3-endpoint",
+            "http://s3.amazonaws.com",
+            "--s3-path-style",
+        ])
+        .env(
+            "STREAMDISK_RESOLVE",
+            format!("s3.amazonaws.com=127.0.0.1:{}", s.port),
+        )
         .run()
         .assert_ok();
     assert_same_bytes(&out, &expected);
 
     // info reads the object too.
     let run = Streamdisk::new()
-        .args(["info", "s3://priv/images/disk.qcow2", "--s3-endpoint", &s.url()])
+        .args([
+            "info",
+            "s3://priv/images/disk.qcow2",
+            "--s3-endpoint",
+            &s.url(),
+        ])
         .env("HOME", d.path())
         .env("AWS_ACCESS_KEY_ID", &reader.id)
         .env("AWS_SECRET_ACCESS_KEY", &reader.secret)
@@ -128,7 +155,9 @@ fn qcow2_path_style_and_raw_xz_virtual_host() {
 
 #[test]
 fn wrong_secret_is_a_clear_one_line_error() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, _) = mixed_qcow2(d.path(), 2);
     let s = store(&py, true, &[("disk.qcow2", &img, false)]);
@@ -139,7 +168,10 @@ fn wrong_secret_is_a_clear_one_line_error() {
         .args(["--s3-endpoint", &s.url(), "-q"])
         .run();
     let line = run.assert_refused(&["SignatureDoesNotMatch"]);
-    assert!(line.contains("access to s3://priv/disk.qcow2 denied"), "{line}");
+    assert!(
+        line.contains("access to s3://priv/disk.qcow2 denied"),
+        "{line}"
+    );
     assert!(line.contains("403"), "{line}");
     assert!(line.contains(&format!("access key {}", bad.id)), "{line}");
     assert!(!run.stderr.contains("not-the-secret"), "{}", run.stderr);
@@ -157,16 +189,23 @@ fn wrong_secret_is_a_clear_one_line_error() {
     assert_same_bytes(&out, &qemu_raw(&img));
     let mut wrong = session.clone();
     wrong.token = Some("not-the-token".to_string());
-    let run = convert("s3://priv/disk.qcow2", &d.path().join("x.raw"), d.path(), Some(&wrong))
-        .args(["--s3-endpoint", &s.url()])
-        .run();
+    let run = convert(
+        "s3://priv/disk.qcow2",
+        &d.path().join("x.raw"),
+        d.path(),
+        Some(&wrong),
+    )
+    .args(["--s3-endpoint", &s.url()])
+    .run();
     run.assert_refused(&["denied"]);
     assert!(!run.stderr.contains("not-the-token"), "{}", run.stderr);
 }
 
 #[test]
 fn shared_credentials_file_and_profile() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 3);
     let s = store(&py, true, &[("disk.qcow2", &img, false)]);
@@ -192,12 +231,18 @@ fn shared_credentials_file_and_profile() {
 
 #[test]
 fn anonymous_bucket() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 4);
     // Auth stays off: unsigned requests are allowed, and the object ACL
     // decides (public-read or private).
-    let s = store(&py, false, &[("pub.qcow2", &img, true), ("private.qcow2", &img, false)]);
+    let s = store(
+        &py,
+        false,
+        &[("pub.qcow2", &img, true), ("private.qcow2", &img, false)],
+    );
     let proxy = Proxy::start(s.port, ProxyRules::default());
     let out = d.path().join("out.raw");
     convert("s3://priv/pub.qcow2", &out, d.path(), None)
@@ -208,19 +253,31 @@ fn anonymous_bucket() {
     let heads = proxy.heads();
     assert!(!heads.is_empty());
     assert!(
-        heads.iter().all(|h| !h.to_ascii_lowercase().contains("authorization:")),
+        heads
+            .iter()
+            .all(|h| !h.to_ascii_lowercase().contains("authorization:")),
         "{heads:?}"
     );
-    let run = convert("s3://priv/private.qcow2", &d.path().join("x.raw"), d.path(), None)
-        .args(["--s3-endpoint", &proxy.url()])
-        .run();
+    let run = convert(
+        "s3://priv/private.qcow2",
+        &d.path().join("x.raw"),
+        d.path(),
+        None,
+    )
+    .args(["--s3-endpoint", &proxy.url()])
+    .run();
     let line = run.assert_refused(&["denied"]);
-    assert!(line.contains("no credentials") && line.contains("anonymous reads"), "{line}");
+    assert!(
+        line.contains("no credentials") && line.contains("anonymous reads"),
+        "{line}"
+    );
 }
 
 #[test]
 fn dropped_connection_is_resumed_with_signed_ranges() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 5);
     let s = store(&py, true, &[("disk.qcow2", &img, false)]);
@@ -232,10 +289,15 @@ fn dropped_connection_is_resumed_with_signed_ranges() {
         },
     );
     let out = d.path().join("out.raw");
-    convert("s3://priv/disk.qcow2", &out, d.path(), Some(&s.keys("reader")))
-        .args(["--s3-endpoint", &proxy.url(), "--connections", "1"])
-        .run()
-        .assert_ok();
+    convert(
+        "s3://priv/disk.qcow2",
+        &out,
+        d.path(),
+        Some(&s.keys("reader")),
+    )
+    .args(["--s3-endpoint", &proxy.url(), "--connections", "1"])
+    .run()
+    .assert_ok();
     assert_same_bytes(&out, &expected);
     assert!(proxy.dropped.load(std::sync::atomic::Ordering::SeqCst));
     let heads = proxy.heads();
@@ -243,7 +305,10 @@ fn dropped_connection_is_resumed_with_signed_ranges() {
         .iter()
         .filter(|h| h.to_ascii_lowercase().contains("\r\nrange: bytes="))
         .collect();
-    assert!(!resumed.is_empty(), "no range request after the drop: {heads:?}");
+    assert!(
+        !resumed.is_empty(),
+        "no range request after the drop: {heads:?}"
+    );
     assert!(resumed
         .iter()
         .all(|h| h.contains("AWS4-HMAC-SHA256") && h.to_ascii_lowercase().contains("if-range:")));
@@ -251,7 +316,9 @@ fn dropped_connection_is_resumed_with_signed_ranges() {
 
 #[test]
 fn object_replaced_during_the_download_fails_with_changed() {
-    let Some(py) = python_or_skip("S3 tests") else { return };
+    let Some(py) = python_or_skip("S3 tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, _) = mixed_qcow2(d.path(), 6);
     let (other, _) = mixed_qcow2(d.path(), 60);
@@ -266,29 +333,49 @@ fn object_replaced_during_the_download_fails_with_changed() {
         ProxyRules {
             drop_after: Some(700 << 10),
             after_drop: Some(Box::new(move || {
-                replacer.lock().expect("lock").put("priv", "disk.qcow2", &other, false);
+                replacer
+                    .lock()
+                    .expect("lock")
+                    .put("priv", "disk.qcow2", &other, false);
             })),
             ..ProxyRules::default()
         },
     );
-    let run = convert("s3://priv/disk.qcow2", &d.path().join("out.raw"), d.path(), Some(&reader))
-        .args(["--s3-endpoint", &proxy.url(), "--connections", "1"])
-        .run();
+    let run = convert(
+        "s3://priv/disk.qcow2",
+        &d.path().join("out.raw"),
+        d.path(),
+        Some(&reader),
+    )
+    .args(["--s3-endpoint", &proxy.url(), "--connections", "1"])
+    .run();
     run.assert_refused(&["changed"]);
 }
 
 #[test]
 fn pod_mode_s3() {
-    let Some(py) = python_or_skip("S3 pod tests") else { return };
+    let Some(py) = python_or_skip("S3 pod tests") else {
+        return;
+    };
     let d = tempdir();
     let (img, expected) = mixed_qcow2(d.path(), 8);
-    let s = store(&py, true, &[("dir/disk one.qcow2", &img, false), ("pub.qcow2", &img, true)]);
+    let s = store(
+        &py,
+        true,
+        &[
+            ("dir/disk one.qcow2", &img, false),
+            ("pub.qcow2", &img, true),
+        ],
+    );
     let reader = s.keys("reader");
 
     // CDI's endpoint form, keys from the secret.
     let mut pod = crate::cdi::Pod::new();
     pod.env("IMPORTER_SOURCE", "s3")
-        .env("IMPORTER_ENDPOINT", &format!("{}/priv/dir/disk%20one.qcow2", s.url()))
+        .env(
+            "IMPORTER_ENDPOINT",
+            &format!("{}/priv/dir/disk%20one.qcow2", s.url()),
+        )
         .env("IMPORTER_ACCESS_KEY_ID", &reader.id)
         .env("IMPORTER_SECRET_KEY", &reader.secret);
     let end = pod.run();
@@ -299,8 +386,14 @@ fn pod_mode_s3() {
     // A virtual-host URL (CDI cannot read these), through STREAMDISK_RESOLVE.
     let mut pod = crate::cdi::Pod::new();
     pod.env("IMPORTER_SOURCE", "s3")
-        .env("IMPORTER_ENDPOINT", "http://priv.s3.us-east-1.amazonaws.com/dir/disk%20one.qcow2")
-        .env("STREAMDISK_RESOLVE", &format!("priv.s3.us-east-1.amazonaws.com=127.0.0.1:{}", s.port))
+        .env(
+            "IMPORTER_ENDPOINT",
+            "http://priv.s3.us-east-1.amazonaws.com/dir/disk%20one.qcow2",
+        )
+        .env(
+            "STREAMDISK_RESOLVE",
+            &format!("priv.s3.us-east-1.amazonaws.com=127.0.0.1:{}", s.port),
+        )
         .env("IMPORTER_ACCESS_KEY_ID", &reader.id)
         .env("IMPORTER_SECRET_KEY", &reader.secret);
     let end = pod.run();
@@ -315,6 +408,10 @@ fn pod_mode_s3() {
         .env("IMPORTER_SECRET_KEY", "wrong-secret");
     let end = pod.run();
     end.assert_code(1);
-    assert!(end.message().contains("SignatureDoesNotMatch"), "{}", end.message());
+    assert!(
+        end.message().contains("SignatureDoesNotMatch"),
+        "{}",
+        end.message()
+    );
     assert!(!end.stderr.contains("wrong-secret"), "secret logged");
 }

@@ -121,9 +121,15 @@ mod tests {
         assert!(e("not json").contains("not a JSON key file"));
         assert!(e(r#"{"type":"service_account"}"#).contains("no client_email"));
         assert!(e(r#"{"type":"service_account","client_email":"a@b"}"#).contains("no private_key"));
-        assert!(e(r#"{"type":"service_account","client_email":"a@b","private_key":"junk"}"#)
-            .contains("no PEM PKCS#8 key"));
+        assert!(
+            e(r#"{"type":"service_account","client_email":"a@b","private_key":"junk"}"#)
+                .contains("no PEM PKCS#8 key")
+        );
         let bad_key = r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}"#;
-        assert!(e(bad_key).contains("not a usable RSA key"), "{}", e(bad_key));
+        assert!(
+            e(bad_key).contains("not a usable RSA key"),
+            "{}",
+            e(bad_key)
+        );
     }
 }

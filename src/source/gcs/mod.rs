@@ -58,7 +58,11 @@ pub(crate) struct Object {
 
 impl Object {
     fn new(bucket: &str, name: &str) -> Result<Object, String> {
-        if bucket.is_empty() || bucket.chars().any(|c| c.is_whitespace() || "/?#@:".contains(c)) {
+        if bucket.is_empty()
+            || bucket
+                .chars()
+                .any(|c| c.is_whitespace() || "/?#@:".contains(c))
+        {
             return Err(format!("{bucket:?} is not a bucket name"));
         }
         if name.is_empty() {
@@ -99,9 +103,9 @@ impl GcsSource {
             .filter(|p| p.eq_ignore_ascii_case("gs://"))
             .and_then(|_| s.get(5..))
             .ok_or_else(|| bad("expected gs://BUCKET/OBJECT".to_string()))?;
-        let (bucket, name) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("no object after the bucket (expected gs://BUCKET/OBJECT)".to_string()))?;
+        let (bucket, name) = rest.split_once('/').ok_or_else(|| {
+            bad("no object after the bucket (expected gs://BUCKET/OBJECT)".to_string())
+        })?;
         Ok(GcsSource {
             object: Object::new(bucket, name).map_err(bad)?,
             endpoint: None,
@@ -130,7 +134,10 @@ impl GcsSource {
         let (bucket, name) = path.split_once('/').unwrap_or((path.as_str(), ""));
         Ok(GcsSource {
             object: Object::new(bucket, name).map_err(|r| {
-                bad(format!("{r} (expected {}://{host}{port}/BUCKET/OBJECT)", url.scheme()))
+                bad(format!(
+                    "{r} (expected {}://{host}{port}/BUCKET/OBJECT)",
+                    url.scheme()
+                ))
             })?,
             endpoint: Some(format!("{}://{host}{port}", url.scheme())),
         })
@@ -154,7 +161,9 @@ impl GcsSource {
             return Err(bad("expected an http(s) URL with a host".to_string()));
         }
         if base.query().is_some() || !base.username().is_empty() || base.password().is_some() {
-            return Err(bad("an endpoint has no query and no credentials".to_string()));
+            return Err(bad(
+                "an endpoint has no query and no credentials".to_string()
+            ));
         }
         Ok(format!(
             "{}/storage/v1/b/{}/o/{}?alt=media",
@@ -239,10 +248,7 @@ impl Source for GcsSource {
             Some(a) => format!("service account {}", a.email()),
             None => "no credentials (anonymous requests)".to_string(),
         };
-        tracing::info!(
-            "{object}: {}, {credentials}",
-            super::http::redact_url(&url)
-        );
+        tracing::info!("{object}: {}, {credentials}", super::http::redact_url(&url));
         let opts = HttpOptions {
             basic_auth: None,
             authorizer: auth.map(|a| a as Arc<dyn super::Authorize>),
@@ -315,9 +321,13 @@ mod tests {
     fn cdi_endpoint_forms() {
         let s = GcsSource::parse_pod("gs://bkt/a/b.img").expect("gs");
         assert_eq!((s.object.name.as_str(), s.endpoint), ("a/b.img", None));
-        let s = GcsSource::parse_pod("https://storage.googleapis.com/bkt/a/b%20c.img").expect("https");
+        let s =
+            GcsSource::parse_pod("https://storage.googleapis.com/bkt/a/b%20c.img").expect("https");
         assert_eq!(s.object, Object::new("bkt", "a/b c.img").expect("o"));
-        assert_eq!(s.endpoint.as_deref(), Some("https://storage.googleapis.com"));
+        assert_eq!(
+            s.endpoint.as_deref(),
+            Some("https://storage.googleapis.com")
+        );
         let s = GcsSource::parse_pod("http://127.0.0.1:4443/bkt/o").expect("emulator");
         assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
         for bad in ["http://h/bkt", "ftp://h/b/o", "http://h/"] {

@@ -214,8 +214,17 @@ mod tests {
 
     #[test]
     fn tokens_are_renewed_ahead_of_expiry() {
-        assert_eq!(refresh_margin(Duration::from_secs(3600)), Duration::from_secs(300));
-        assert_eq!(refresh_margin(Duration::from_secs(4)), Duration::from_secs(2));
-        assert_eq!(refresh_margin(Duration::from_secs(1)), Duration::from_millis(500));
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
     }
 }

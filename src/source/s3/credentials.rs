@@ -202,7 +202,10 @@ fn profile_keys(text: &str, profile: &str) -> Result<Option<Keys>, String> {
             "aws_access_key_id" => id = Some(value),
             "aws_secret_access_key" => secret = Some(value),
             "aws_session_token" => token = Some(value),
-            k @ ("role_arn" | "credential_process" | "sso_session" | "sso_start_url"
+            k @ ("role_arn"
+            | "credential_process"
+            | "sso_session"
+            | "sso_start_url"
             | "web_identity_token_file") => other = Some(k.to_string()),
             _ => {}
         }
@@ -210,7 +213,10 @@ fn profile_keys(text: &str, profile: &str) -> Result<Option<Keys>, String> {
     if !found {
         return Ok(None);
     }
-    match (id.filter(|v| !v.is_empty()), secret.filter(|v| !v.is_empty())) {
+    match (
+        id.filter(|v| !v.is_empty()),
+        secret.filter(|v| !v.is_empty()),
+    ) {
         (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Keys {
             access_key_id,
             secret_access_key,
@@ -234,11 +240,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -260,7 +262,10 @@ mod tests {
         assert!(!format!("{k:?}").contains("s3cret"));
         let half = env_of(&[("AWS_ACCESS_KEY_ID", "AKIA")]);
         let e = resolve(&S3Credentials::Default, &half).expect_err("half");
-        assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY is not"), "{e}");
+        assert!(
+            e.to_string().contains("AWS_SECRET_ACCESS_KEY is not"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -281,20 +286,38 @@ mod tests {
         assert_eq!(r.keys.expect("keys").access_key_id, "AKIADEF");
         let r = resolve(
             &S3Credentials::Default,
-            &env_of(&[("AWS_SHARED_CREDENTIALS_FILE", path), ("AWS_PROFILE", "other")]),
+            &env_of(&[
+                ("AWS_SHARED_CREDENTIALS_FILE", path),
+                ("AWS_PROFILE", "other"),
+            ]),
         )
         .expect("other profile");
-        assert!(r.described.starts_with("access key AKIAOTHER from profile other of "));
-        assert_eq!(r.keys.expect("k").session_token.as_deref(), Some("othertoken"));
+        assert!(r
+            .described
+            .starts_with("access key AKIAOTHER from profile other of "));
+        assert_eq!(
+            r.keys.expect("k").session_token.as_deref(),
+            Some("othertoken")
+        );
         let e = resolve(
             &S3Credentials::Default,
-            &env_of(&[("AWS_SHARED_CREDENTIALS_FILE", path), ("AWS_PROFILE", "role")]),
+            &env_of(&[
+                ("AWS_SHARED_CREDENTIALS_FILE", path),
+                ("AWS_PROFILE", "role"),
+            ]),
         )
         .expect_err("role");
-        assert!(e.to_string().contains("role_arn profiles are not supported"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("role_arn profiles are not supported"),
+            "{e}"
+        );
         let e = resolve(
             &S3Credentials::Default,
-            &env_of(&[("AWS_SHARED_CREDENTIALS_FILE", path), ("AWS_PROFILE", "nope")]),
+            &env_of(&[
+                ("AWS_SHARED_CREDENTIALS_FILE", path),
+                ("AWS_PROFILE", "nope"),
+            ]),
         )
         .expect_err("missing profile");
         assert!(e.to_string().contains("no profile \"nope\""), "{e}");
@@ -318,9 +341,15 @@ mod tests {
             &env_of(&[("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/creds")]),
         )
         .expect_err("explicit file missing");
-        assert!(e.to_string().contains("cannot read /nonexistent/creds"), "{e}");
-        let r = resolve(&S3Credentials::Anonymous, &env_of(&[("AWS_ACCESS_KEY_ID", "x")]))
-            .expect("forced anonymous");
+        assert!(
+            e.to_string().contains("cannot read /nonexistent/creds"),
+            "{e}"
+        );
+        let r = resolve(
+            &S3Credentials::Anonymous,
+            &env_of(&[("AWS_ACCESS_KEY_ID", "x")]),
+        )
+        .expect("forced anonymous");
         assert!(r.keys.is_none());
     }
 }

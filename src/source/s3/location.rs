@@ -58,7 +58,9 @@ impl Object {
         // A URL path cannot carry these segments: they would be resolved
         // away (and the signature would not match what the server sees).
         if key.split('/').any(|seg| seg == "." || seg == "..") {
-            return Err("keys with \".\" or \"..\" segments cannot be addressed by URL".to_string());
+            return Err(
+                "keys with \".\" or \"..\" segments cannot be addressed by URL".to_string(),
+            );
         }
         Ok(Object {
             bucket: bucket.to_string(),
@@ -297,7 +299,12 @@ pub(crate) fn parse_pod_endpoint(s: &str) -> Result<PodLocation, S3Error> {
         });
     }
     let (bucket, key) = path.split_once('/').unwrap_or((path.as_str(), ""));
-    let object = Object::new(bucket, key).map_err(|r| bad(format!("{r} (expected {}://{host}{port}/BUCKET/KEY)", url.scheme())))?;
+    let object = Object::new(bucket, key).map_err(|r| {
+        bad(format!(
+            "{r} (expected {}://{host}{port}/BUCKET/KEY)",
+            url.scheme()
+        ))
+    })?;
     Ok(PodLocation {
         endpoint: format!("{}://{host}{port}", url.scheme()),
         object,
@@ -342,11 +349,25 @@ mod tests {
     #[test]
     fn s3_locators() {
         let o = Object::parse("s3://bucket/dir/disk image.qcow2").expect("parse");
-        assert_eq!((o.bucket.as_str(), o.key.as_str()), ("bucket", "dir/disk image.qcow2"));
+        assert_eq!(
+            (o.bucket.as_str(), o.key.as_str()),
+            ("bucket", "dir/disk image.qcow2")
+        );
         assert_eq!(o.display(), "s3://bucket/dir/disk image.qcow2");
-        for bad in ["s3://bucket", "s3://bucket/", "s3:///key", "s3://b@x/k", "s3://b/a/../c", "s3://b/./c", "http://b/k"] {
+        for bad in [
+            "s3://bucket",
+            "s3://bucket/",
+            "s3:///key",
+            "s3://b@x/k",
+            "s3://b/a/../c",
+            "s3://b/./c",
+            "http://b/k",
+        ] {
             let e = Object::parse(bad).expect_err(bad);
-            assert!(e.to_string().starts_with("invalid S3 location"), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("invalid S3 location"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -354,27 +375,63 @@ mod tests {
     fn styles() {
         let aws = url("https://s3.eu-west-1.amazonaws.com");
         assert_eq!(choose_style(&aws, "my-bucket", None), Style::VirtualHost);
-        assert_eq!(choose_style(&aws, "my.bucket", None), Style::Path, "dots over TLS");
-        assert_eq!(choose_style(&aws, "My_Bucket", None), Style::Path, "not a DNS name");
+        assert_eq!(
+            choose_style(&aws, "my.bucket", None),
+            Style::Path,
+            "dots over TLS"
+        );
+        assert_eq!(
+            choose_style(&aws, "My_Bucket", None),
+            Style::Path,
+            "not a DNS name"
+        );
         assert_eq!(choose_style(&aws, "my-bucket", Some(true)), Style::Path);
-        assert_eq!(choose_style(&url("http://127.0.0.1"), "b-1", None), Style::Path);
+        assert_eq!(
+            choose_style(&url("http://127.0.0.1"), "b-1", None),
+            Style::Path
+        );
         assert_eq!(choose_style(&url("http://[::1]"), "b-1", None), Style::Path);
-        assert_eq!(choose_style(&url("http://minio.local:9000"), "b-1", None), Style::Path);
-        assert_eq!(choose_style(&url("http://minio.local"), "b-1", None), Style::VirtualHost);
-        assert_eq!(choose_style(&url("http://minio.local:9000"), "b-1", Some(false)), Style::VirtualHost);
-        assert_eq!(aws_endpoint("cn-north-1"), "https://s3.cn-north-1.amazonaws.com.cn");
+        assert_eq!(
+            choose_style(&url("http://minio.local:9000"), "b-1", None),
+            Style::Path
+        );
+        assert_eq!(
+            choose_style(&url("http://minio.local"), "b-1", None),
+            Style::VirtualHost
+        );
+        assert_eq!(
+            choose_style(&url("http://minio.local:9000"), "b-1", Some(false)),
+            Style::VirtualHost
+        );
+        assert_eq!(
+            aws_endpoint("cn-north-1"),
+            "https://s3.cn-north-1.amazonaws.com.cn"
+        );
     }
 
     #[test]
     fn urls_encode_the_key_once() {
         let o = Object::new("bkt", "dir/a b+c%.img").expect("object");
         let path = object_url(&url("http://127.0.0.1:9000"), &o, Style::Path).expect("url");
-        assert_eq!(path.as_str(), "http://127.0.0.1:9000/bkt/dir/a%20b%2Bc%25.img");
-        let vh = object_url(&url("https://s3.us-east-1.amazonaws.com/"), &o, Style::VirtualHost)
-            .expect("url");
-        assert_eq!(vh.as_str(), "https://bkt.s3.us-east-1.amazonaws.com/dir/a%20b%2Bc%25.img");
+        assert_eq!(
+            path.as_str(),
+            "http://127.0.0.1:9000/bkt/dir/a%20b%2Bc%25.img"
+        );
+        let vh = object_url(
+            &url("https://s3.us-east-1.amazonaws.com/"),
+            &o,
+            Style::VirtualHost,
+        )
+        .expect("url");
+        assert_eq!(
+            vh.as_str(),
+            "https://bkt.s3.us-east-1.amazonaws.com/dir/a%20b%2Bc%25.img"
+        );
         let prefixed = object_url(&url("http://gw.local/s3/"), &o, Style::Path).expect("url");
-        assert_eq!(prefixed.as_str(), "http://gw.local/s3/bkt/dir/a%20b%2Bc%25.img");
+        assert_eq!(
+            prefixed.as_str(),
+            "http://gw.local/s3/bkt/dir/a%20b%2Bc%25.img"
+        );
         for bad in ["ftp://h", "http://u:p@h", "http://h/?x=1", "not a url"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
@@ -382,11 +439,26 @@ mod tests {
 
     #[test]
     fn regions_from_aws_hosts() {
-        assert_eq!(aws_region("s3.us-west-2.amazonaws.com").as_deref(), Some("us-west-2"));
-        assert_eq!(aws_region("b.s3.eu-central-1.amazonaws.com").as_deref(), Some("eu-central-1"));
-        assert_eq!(aws_region("b.s3.dualstack.ap-south-1.amazonaws.com").as_deref(), Some("ap-south-1"));
-        assert_eq!(aws_region("s3-us-west-1.amazonaws.com").as_deref(), Some("us-west-1"));
-        assert_eq!(aws_region("s3.cn-north-1.amazonaws.com.cn").as_deref(), Some("cn-north-1"));
+        assert_eq!(
+            aws_region("s3.us-west-2.amazonaws.com").as_deref(),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            aws_region("b.s3.eu-central-1.amazonaws.com").as_deref(),
+            Some("eu-central-1")
+        );
+        assert_eq!(
+            aws_region("b.s3.dualstack.ap-south-1.amazonaws.com").as_deref(),
+            Some("ap-south-1")
+        );
+        assert_eq!(
+            aws_region("s3-us-west-1.amazonaws.com").as_deref(),
+            Some("us-west-1")
+        );
+        assert_eq!(
+            aws_region("s3.cn-north-1.amazonaws.com.cn").as_deref(),
+            Some("cn-north-1")
+        );
         assert_eq!(aws_region("s3.amazonaws.com"), None);
         assert_eq!(aws_region("b.s3.amazonaws.com"), None);
         assert_eq!(aws_region("minio.example.com"), None);
@@ -395,29 +467,47 @@ mod tests {
 
     #[test]
     fn cdi_endpoint_forms() {
-        let p = parse_pod_endpoint("http://10.0.0.5:9000/bucket/dir/disk%20one.qcow2").expect("cdi");
+        let p =
+            parse_pod_endpoint("http://10.0.0.5:9000/bucket/dir/disk%20one.qcow2").expect("cdi");
         assert_eq!(p.endpoint, "http://10.0.0.5:9000");
-        assert_eq!(p.object, Object::new("bucket", "dir/disk one.qcow2").expect("o"));
+        assert_eq!(
+            p.object,
+            Object::new("bucket", "dir/disk one.qcow2").expect("o")
+        );
         assert!(p.path_style);
         assert_eq!(p.region, None);
 
-        let p = parse_pod_endpoint("https://s3.us-west-2.amazonaws.com/bucket/k").expect("aws path");
+        let p =
+            parse_pod_endpoint("https://s3.us-west-2.amazonaws.com/bucket/k").expect("aws path");
         assert_eq!(p.endpoint, "https://s3.us-west-2.amazonaws.com");
         assert!(p.path_style);
         assert_eq!(p.region.as_deref(), Some("us-west-2"));
 
-        let p = parse_pod_endpoint("https://my.bucket.s3.eu-west-1.amazonaws.com/a/b.img").expect("vh");
+        let p =
+            parse_pod_endpoint("https://my.bucket.s3.eu-west-1.amazonaws.com/a/b.img").expect("vh");
         assert_eq!(p.endpoint, "https://s3.eu-west-1.amazonaws.com");
         assert_eq!(p.object, Object::new("my.bucket", "a/b.img").expect("o"));
         assert!(!p.path_style);
         assert_eq!(p.region.as_deref(), Some("eu-west-1"));
 
         let p = parse_pod_endpoint("https://bkt.s3.amazonaws.com/k").expect("global vh");
-        assert_eq!((p.endpoint.as_str(), p.region), ("https://s3.amazonaws.com", None));
+        assert_eq!(
+            (p.endpoint.as_str(), p.region),
+            ("https://s3.amazonaws.com", None)
+        );
 
-        for bad in ["ftp://h/b/k", "http://h/bucket", "http://h/", "http://h/b/%FF", "nope"] {
+        for bad in [
+            "ftp://h/b/k",
+            "http://h/bucket",
+            "http://h/",
+            "http://h/b/%FF",
+            "nope",
+        ] {
             let e = parse_pod_endpoint(bad).expect_err(bad);
-            assert!(e.to_string().starts_with("invalid S3 location"), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("invalid S3 location"),
+                "{bad}: {e}"
+            );
         }
         let e = parse_pod_endpoint("http://u:hunter2@h/b").expect_err("no key");
         assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -97,7 +97,10 @@ fn plan_with(
         }
         None => {
             let region = given.unwrap_or_else(|| DEFAULT_REGION.to_string());
-            (location::parse_endpoint(&location::aws_endpoint(&region))?, region)
+            (
+                location::parse_endpoint(&location::aws_endpoint(&region))?,
+                region,
+            )
         }
     };
     let style = location::choose_style(&endpoint, &object.bucket, opts.path_style);
@@ -158,9 +161,14 @@ fn explain(e: SourceError, object: &str, plan: &Plan) -> SourceError {
     let anonymous = plan.credentials.keys.is_none();
     // S3 answers 400 to some credential problems (a session token it does
     // not know, an expired one, an unknown key on some services).
-    let bad_credentials = ["InvalidToken", "ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch"]
-        .iter()
-        .any(|c| cause.contains(&format!(": {c}")));
+    let bad_credentials = [
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ]
+    .iter()
+    .any(|c| cause.contains(&format!(": {c}")));
     let err = match code {
         "301" | "400" if wrong_region => S3Error::WrongRegion {
             object: object.to_string(),
@@ -215,17 +223,30 @@ mod tests {
         let p = plan_with(
             &obj(),
             &S3Options::default(),
-            &env_of(&[("AWS_DEFAULT_REGION", "eu-west-3"), ("HOME", "/nonexistent")]),
+            &env_of(&[
+                ("AWS_DEFAULT_REGION", "eu-west-3"),
+                ("HOME", "/nonexistent"),
+            ]),
         )
         .expect("plan");
-        assert_eq!(p.url, "https://my-bucket.s3.eu-west-3.amazonaws.com/images/disk.qcow2");
+        assert_eq!(
+            p.url,
+            "https://my-bucket.s3.eu-west-3.amazonaws.com/images/disk.qcow2"
+        );
         assert_eq!(p.region, "eu-west-3");
         assert!(p.credentials.keys.is_none());
 
-        let p = plan_with(&obj(), &S3Options::default(), &env_of(&[("HOME", "/nonexistent")]))
-            .expect("plan");
+        let p = plan_with(
+            &obj(),
+            &S3Options::default(),
+            &env_of(&[("HOME", "/nonexistent")]),
+        )
+        .expect("plan");
         assert_eq!(p.region, DEFAULT_REGION);
-        assert_eq!(p.url, "https://my-bucket.s3.us-east-1.amazonaws.com/images/disk.qcow2");
+        assert_eq!(
+            p.url,
+            "https://my-bucket.s3.us-east-1.amazonaws.com/images/disk.qcow2"
+        );
     }
 
     #[test]
@@ -235,8 +256,12 @@ mod tests {
             region: Some("eu-north-1".into()),
             ..S3Options::default()
         };
-        let p = plan_with(&obj(), &opts, &env_of(&[("AWS_REGION", "ignored-1"), ("HOME", "/x")]))
-            .expect("plan");
+        let p = plan_with(
+            &obj(),
+            &opts,
+            &env_of(&[("AWS_REGION", "ignored-1"), ("HOME", "/x")]),
+        )
+        .expect("plan");
         assert_eq!(p.url, "http://127.0.0.1:9000/my-bucket/images/disk.qcow2");
         assert_eq!((p.region.as_str(), p.style), ("eu-north-1", Style::Path));
 
@@ -246,7 +271,10 @@ mod tests {
             ..S3Options::default()
         };
         let p = plan_with(&obj(), &opts, &env_of(&[("HOME", "/x")])).expect("plan");
-        assert_eq!(p.url, "https://s3.ap-northeast-1.amazonaws.com/my-bucket/images/disk.qcow2");
+        assert_eq!(
+            p.url,
+            "https://s3.ap-northeast-1.amazonaws.com/my-bucket/images/disk.qcow2"
+        );
         assert_eq!(p.region, "ap-northeast-1", "from the AWS host name");
 
         let opts = S3Options {
@@ -264,19 +292,37 @@ mod tests {
             url: "https://h/k".to_string(),
             detail: detail.to_string(),
         };
-        let e = explain(status("403 Forbidden", ": AccessDenied"), "s3://my-bucket/k", &p);
+        let e = explain(
+            status("403 Forbidden", ": AccessDenied"),
+            "s3://my-bucket/k",
+            &p,
+        );
         let m = e.to_string();
         assert!(m.starts_with("access to s3://my-bucket/k denied (HTTP 403 Forbidden for https://h/k: AccessDenied) with no credentials"), "{m}");
         assert!(m.contains("anonymous reads"), "{m}");
-        let e = explain(status("404 Not Found", ": NoSuchKey"), "s3://my-bucket/k", &p);
-        assert!(e.to_string().starts_with("s3://my-bucket/k not found"), "{e}");
         let e = explain(
-            status("400 Bad Request", ": AuthorizationHeaderMalformed: the region 'us-east-1' is wrong"),
+            status("404 Not Found", ": NoSuchKey"),
+            "s3://my-bucket/k",
+            &p,
+        );
+        assert!(
+            e.to_string().starts_with("s3://my-bucket/k not found"),
+            "{e}"
+        );
+        let e = explain(
+            status(
+                "400 Bad Request",
+                ": AuthorizationHeaderMalformed: the region 'us-east-1' is wrong",
+            ),
             "s3://my-bucket/k",
             &p,
         );
         assert!(e.to_string().contains("wrong region us-east-1"), "{e}");
-        let e = explain(status("500 Internal Server Error", ""), "s3://my-bucket/k", &p);
+        let e = explain(
+            status("500 Internal Server Error", ""),
+            "s3://my-bucket/k",
+            &p,
+        );
         assert!(matches!(e, SourceError::Status { .. }));
     }
 }

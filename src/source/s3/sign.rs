@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
-    SigningSettings, UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use reqwest::header::{HeaderName, HeaderValue};
@@ -61,7 +61,11 @@ impl SigV4 {
     }
 
     /// Signs `req` as of `now`.
-    pub(crate) fn sign_at(&self, req: &mut reqwest::Request, now: SystemTime) -> Result<(), S3Error> {
+    pub(crate) fn sign_at(
+        &self,
+        req: &mut reqwest::Request,
+        now: SystemTime,
+    ) -> Result<(), S3Error> {
         let fail = |detail: String| S3Error::Signing {
             object: self.object.clone(),
             detail,
@@ -108,8 +112,7 @@ impl SigV4 {
         let (new_headers, _params) = instructions.into_parts();
         for h in new_headers {
             let name = HeaderName::from_static(h.name());
-            let mut value =
-                HeaderValue::from_str(h.value()).map_err(|e| fail(e.to_string()))?;
+            let mut value = HeaderValue::from_str(h.value()).map_err(|e| fail(e.to_string()))?;
             value.set_sensitive(h.sensitive() || name == reqwest::header::AUTHORIZATION);
             req.headers_mut().insert(name, value);
         }
@@ -160,9 +163,14 @@ mod tests {
             auth,
             "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
-        assert!(req.headers().get("authorization").is_some_and(HeaderValue::is_sensitive));
+        assert!(req
+            .headers()
+            .get("authorization")
+            .is_some_and(HeaderValue::is_sensitive));
         assert_eq!(
-            req.headers().get("x-amz-content-sha256").and_then(|v| v.to_str().ok()),
+            req.headers()
+                .get("x-amz-content-sha256")
+                .and_then(|v| v.to_str().ok()),
             Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         );
         assert!(!format!("{signer:?}").contains("wJalr"));
@@ -181,9 +189,19 @@ mod tests {
             .build()
             .expect("request");
         signer.sign_at(&mut req, SystemTime::now()).expect("sign");
-        let get = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let get = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
         assert_eq!(get("x-amz-security-token"), "the-token");
         assert!(get("authorization").contains("/eu-west-1/s3/aws4_request"));
-        assert!(get("authorization").contains("x-amz-security-token"), "{}", get("authorization"));
+        assert!(
+            get("authorization").contains("x-amz-security-token"),
+            "{}",
+            get("authorization")
+        );
     }
 }
