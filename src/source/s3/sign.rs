@@ -137,10 +137,7 @@ mod tests {
     /// A GET request built without a client (which would need a TLS
     /// crypto provider installed).
     fn get(url: &str) -> reqwest::Request {
-        reqwest::Request::new(
-            reqwest::Method::GET,
-            reqwest::Url::parse(url).expect("url"),
-        )
+        reqwest::Request::new(reqwest::Method::GET, reqwest::Url::parse(url).expect("url"))
     }
 
     /// AWS's worked example for a ranged GET (S3 API reference,
