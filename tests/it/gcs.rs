@@ -281,3 +281,69 @@ fn pod_mode_gcs() {
     end.assert_code(1);
     assert!(end.message().contains("denied"), "{}", end.message());
 }
+
+/// Answers every request with a redirect to `to` + the request's path.
+fn redirector(to: String) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().expect("clone"));
+            let mut first = String::new();
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn bearer_tokens_stay_on_the_storage_host() {
+    let Some(py) = python_or_skip("GCS tests") else {
+        return;
+    };
+    let d = tempdir();
+    let (img, expected) = mixed_qcow2(d.path(), 15);
+    let s = store(&py, &[("disk.qcow2", &img)]);
+    let Some(probe) = TestKey::make(d.path(), "http://127.0.0.1:1/token") else {
+        return;
+    };
+    let tokens = TokenServer::start(probe.public_der.clone(), probe.email.clone(), 3600);
+    let key = rewrite_token_uri(&probe, &tokens.uri());
+    // The storage endpoint redirects to another origin (another port),
+    // which records what it is sent.
+    let elsewhere = Proxy::start(s.port, ProxyRules::default());
+    let endpoint = redirector(elsewhere.url());
+    let out = d.path().join("out.raw");
+    convert("gs://bkt/disk.qcow2", &out, Some(&key))
+        .args(["--gcs-endpoint", &format!("http://127.0.0.1:{endpoint}")])
+        .run()
+        .assert_ok();
+    assert_same_bytes(&out, &expected);
+    assert_eq!(
+        tokens.issued.lock().expect("lock").len(),
+        1,
+        "the storage host got a token"
+    );
+    let heads = elsewhere.heads();
+    assert!(!heads.is_empty());
+    assert!(
+        heads
+            .iter()
+            .all(|h| !h.to_ascii_lowercase().contains("authorization:")),
+        "a bearer token followed the redirect: {heads:?}"
+    );
+}

@@ -319,12 +319,23 @@ mod tests {
         );
         assert!(e.to_string().contains("wrong region us-east-1"), "{e}");
         let e = explain(
-            status("400 Bad Request", ": InvalidToken: The provided token is malformed"),
+            status(
+                "400 Bad Request",
+                ": InvalidToken: The provided token is malformed",
+            ),
             "s3://my-bucket/k",
             &p,
         );
-        assert!(e.to_string().starts_with("access to s3://my-bucket/k denied"), "{e}");
-        let e = explain(status("400 Bad Request", ": InvalidArgument"), "s3://my-bucket/k", &p);
+        assert!(
+            e.to_string()
+                .starts_with("access to s3://my-bucket/k denied"),
+            "{e}"
+        );
+        let e = explain(
+            status("400 Bad Request", ": InvalidArgument"),
+            "s3://my-bucket/k",
+            &p,
+        );
         assert!(matches!(e, SourceError::Status { .. }), "{e}");
         let e = explain(
             status("500 Internal Server Error", ""),
