@@ -303,7 +303,7 @@ fi
 want_group registry && plan registry reg-mixed reg $(sd streamdisk) cdi-registry gunzip-floor
 want_group upload && plan upload up-mixed upload $(sd streamdisk) cdi-upload
 # streamdisk from nginx and from S3, the two servers' own floors, and CDI's S3 path.
-want_group s3 && plan s3 s3-mixed img $(sd streamdisk streamdisk-s3) s3-floor http-floor cdi-s3
+want_group s3 && plan s3 s3-mixed img $(sd streamdisk streamdisk-s3 streamdisk-s3-c1) s3-floor http-floor cdi-s3
 
 # variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH, and for
 # the registry and upload locations BLOB_URL, UPORT, UCERT, UKEY, CLIENT_CG, UPSTANDIN).
@@ -312,7 +312,7 @@ want_group s3 && plan s3 s3-mixed img $(sd streamdisk streamdisk-s3) s3-floor ht
 # The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
-        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local|streamdisk-s3) echo 0 ;;
+        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local|streamdisk-s3|streamdisk-s3-c1) echo 0 ;;
         streamdisk@*) echo "${1#streamdisk@}" ;;
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
@@ -344,6 +344,7 @@ variant_cmd() { # variant location
         # S3: the object is the image's file name in bucket $S3_BUCKET of s3s-fs; curl signs
         # with SigV4 (an unsigned payload hash, as a GET has no body).
         streamdisk-s3) echo 'AWS_ACCESS_KEY_ID=$S3_KEY_ID AWS_SECRET_ACCESS_KEY=$S3_SECRET exec "$SD" convert --s3-endpoint "$S3_ENDPOINT" "s3://$S3_BUCKET/${IMG##*/}" "$DEV"' ;;
+        streamdisk-s3-c1) echo 'AWS_ACCESS_KEY_ID=$S3_KEY_ID AWS_SECRET_ACCESS_KEY=$S3_SECRET exec "$SD" convert --connections 1 --s3-endpoint "$S3_ENDPOINT" "s3://$S3_BUCKET/${IMG##*/}" "$DEV"' ;;
         s3-floor) echo 'exec curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -u "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null "$S3_ENDPOINT/$S3_BUCKET/${IMG##*/}"' ;;
         cdi-s3) echo 'curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -u "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$SCRATCH/tmpimage" "$S3_ENDPOINT/$S3_BUCKET/${IMG##*/}" && qemu-img convert -t writeback -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
         xz-pipe) echo 'set -o pipefail; curl -sf "$URL" | xz -dc | dd of="$DEV" bs=4M iflag=fullblock oflag=direct' ;;
@@ -443,7 +444,7 @@ if [ -z "$PEERS_ONLY" ]; then
     declare -A VERIFIED_VARIANT
     for line in "${PLAN[@]}"; do
         read -r g name loc v <<< "$line"
-        case $v in streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-s3) ;; *) continue ;; esac
+        case $v in streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-s3|streamdisk-s3-c1) ;; *) continue ;; esac
         [ -n "${VERIFIED_VARIANT[$name/$v]:-}" ] && continue
         VERIFIED_VARIANT[$name/$v]=1
         prev=${IMG_VERIFY[$name]}
