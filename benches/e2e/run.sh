@@ -128,7 +128,8 @@ disk_need() {
     local s max=0 sum=0 sizes=""
     want_group scaling && sizes="$SCALE"
     want_group mixed && sizes="$sizes $MIXED"
-    { want_group formats || want_group registry || want_group upload; } && sizes="$sizes $MID"
+    # s3 serves a hard link to the same 4 GiB mixed image.
+    { want_group formats || want_group registry || want_group upload || want_group s3; } && sizes="$sizes $MID"
     for s in $sizes; do sum=$((sum + s * 3 / 8)); [ $((s * 3 / 8)) -gt $max ] && max=$((s * 3 / 8)); done
     want_group l1end && sum=$((sum + L1_BASE * 3 / 8))
     want_group sparse && sum=$((sum + 2 * SPARSE_DATA))
