@@ -106,7 +106,8 @@ pub(crate) fn is_upload_pod(args: &[std::ffi::OsString]) -> bool {
 #[derive(Debug, Args)]
 pub(crate) struct SourceArgs {
     /// Image to read: an http:// or https:// URL, a docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
-    /// containerDisk image, a local path, or - for stdin.
+    /// containerDisk image, an s3://BUCKET/KEY or gs://BUCKET/OBJECT object, a local path,
+    /// or - for stdin.
     pub source: String,
     /// Basic-auth user for HTTP, or the registry user (password from --password-env).
     /// Without it, registry credentials come from the podman/skopeo/docker auth files.
@@ -132,6 +133,32 @@ pub(crate) struct SourceArgs {
     /// Registry images: the operating system to take from a multi-platform image.
     #[arg(long, value_name = "OS", default_value = "linux")]
     pub os: String,
+    /// S3: the service's URL, for any S3-compatible service [default: AWS's regional
+    /// endpoint]. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN, then the shared credentials file (AWS_SHARED_CREDENTIALS_FILE,
+    /// AWS_PROFILE); without any, requests are anonymous.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3: the region requests are signed for [default: $AWS_REGION, $AWS_DEFAULT_REGION,
+    /// the region of an AWS endpoint's host name, then us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// S3: name the bucket in the path (HOST/BUCKET/KEY) instead of the host name
+    /// (BUCKET.HOST/KEY). Automatic for IP addresses, custom ports and bucket names that
+    /// cannot be host names.
+    #[arg(long)]
+    pub s3_path_style: bool,
+    /// GCS: the service's URL, for emulators and private endpoints
+    /// [default: https://storage.googleapis.com]. A service-account key is read from
+    /// GOOGLE_APPLICATION_CREDENTIALS; without one, requests are anonymous.
+    #[arg(long, value_name = "URL")]
+    pub gcs_endpoint: Option<String>,
+    /// Connect HOST to ADDR:PORT instead of resolving it, without /etc/hosts (repeatable;
+    /// also STREAMDISK_RESOLVE, comma-separated). The port is used when the URL names
+    /// none. For virtual-host S3 names, private endpoints and tests.
+    #[arg(long = "resolve", value_name = "HOST=ADDR:PORT", env = "STREAMDISK_RESOLVE",
+          value_delimiter = ',', value_parser = streamdisk::source::parse_resolve)]
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
     /// Reconnect (resuming at the next byte) when no data arrived for this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub stall_timeout: u64,

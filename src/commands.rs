@@ -97,6 +97,11 @@ fn http_options(a: &SourceArgs) -> anyhow::Result<HttpOptions> {
     o.max_retry_time = Duration::from_secs(a.retry_time);
     o.registry.arch = a.arch.clone();
     o.registry.os = Some(a.os.clone());
+    o.s3.endpoint = a.s3_endpoint.clone();
+    o.s3.region = a.region.clone();
+    o.s3.path_style = a.s3_path_style.then_some(true);
+    o.gcs.endpoint = a.gcs_endpoint.clone();
+    o.resolve = a.resolve.clone();
     Ok(o)
 }
 

@@ -27,7 +27,8 @@ usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
   --bin PATH         streamdisk binary to measure (default: cargo build --release, target/release/streamdisk)
   --peers-only       measure only the peers (for working on the harness without streamdisk)
   --groups LIST      comma-separated subset of: mixed,zlib,xz,sparse,l1end,scaling,throttled,
-                     formats,registry,upload (default: all)
+                     formats,registry,upload,s3 (default: all; s3 builds the s3s-fs server
+                     once with cargo install)
   --publish          copy the summary, results and figures into docs/ (docs/bench for --full,
                      docs/bench-quick for --quick)
   --rebuild          rebuild the images even when cached ones match
@@ -76,6 +77,8 @@ human() { awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1; while (b 
 . "$HERE/lib/images.sh"
 # shellcheck source=lib/server.sh
 . "$HERE/lib/server.sh"
+# shellcheck source=lib/s3.sh
+. "$HERE/lib/s3.sh"
 
 # ---------------------------------------------------------------- tools
 need_tools() {
@@ -125,7 +128,8 @@ disk_need() {
     local s max=0 sum=0 sizes=""
     want_group scaling && sizes="$SCALE"
     want_group mixed && sizes="$sizes $MIXED"
-    { want_group formats || want_group registry || want_group upload; } && sizes="$sizes $MID"
+    # s3 serves a hard link to the same 4 GiB mixed image.
+    { want_group formats || want_group registry || want_group upload || want_group s3; } && sizes="$sizes $MID"
     for s in $sizes; do sum=$((sum + s * 3 / 8)); [ $((s * 3 / 8)) -gt $max ] && max=$((s * 3 / 8)); done
     want_group l1end && sum=$((sum + L1_BASE * 3 / 8))
     want_group sparse && sum=$((sum + 2 * SPARSE_DATA))
@@ -155,6 +159,7 @@ LOOPS=()
 cleanup() {
     nginx_stop
     registry_stop
+    s3_stop
     [ -n "${CLIENT_CG:-}" ] && rmdir "$CLIENT_CG" 2>/dev/null
     local l
     for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
@@ -246,9 +251,9 @@ if want_group scaling; then
         SCALE_NAMES="$SCALE_NAMES $n"
     done
 fi
-# Issues 14, 15 and 17: the other formats, the registry and the upload server, on a 4 GiB
-# mixed image (1.5 GB stored) and a streamOptimized VMDK of a real filesystem.
-if want_group formats || want_group registry || want_group upload; then
+# Issues 14, 15, 17 and 18: the other formats, the registry, the upload server and S3, on a
+# 4 GiB mixed image (1.5 GB stored) and a streamOptimized VMDK of a real filesystem.
+if want_group formats || want_group registry || want_group upload || want_group s3; then
     build_mixed "$IMGDIR/mixed4.qcow2" "$MID"
 fi
 if want_group formats; then
@@ -266,6 +271,9 @@ if want_group registry; then
 fi
 if want_group upload; then
     add_image up-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "uploaded with curl -T over TLS"
+fi
+if want_group s3; then
+    add_image s3-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "also served by s3s-fs (SigV4) as s3://$S3_BUCKET/mixed4.qcow2"
 fi
 # The throttled comparison (issue 5) has a small image of its own, served slowly: nginx's
 # limit_rate is per request and lets each request send one second's worth at once, so each
@@ -299,6 +307,8 @@ if want_group formats; then
 fi
 want_group registry && plan registry reg-mixed reg $(sd streamdisk) cdi-registry gunzip-floor
 want_group upload && plan upload up-mixed upload $(sd streamdisk) cdi-upload
+# streamdisk from nginx and from S3, the two servers' own floors, and CDI's S3 path.
+want_group s3 && plan s3 s3-mixed img $(sd streamdisk streamdisk-s3 streamdisk-s3-c1) s3-floor http-floor cdi-s3
 
 # variant -> limit in MiB (0: none) and the shell command (env: SD URL IMG DEV SCRATCH, and for
 # the registry and upload locations BLOB_URL, UPORT, UCERT, UKEY, CLIENT_CG, UPSTANDIN).
@@ -307,7 +317,7 @@ want_group upload && plan upload up-mixed upload $(sd streamdisk) cdi-upload
 # The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
-        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local) echo 0 ;;
+        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local|streamdisk-s3|streamdisk-s3-c1) echo 0 ;;
         streamdisk@*) echo "${1#streamdisk@}" ;;
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
@@ -336,6 +346,12 @@ variant_cmd() { # variant location
         qemu-local) echo 'exec qemu-img convert -t none -T none -W -O raw "$IMG" "$DEV"' ;;
         dd) echo 'exec dd if="$IMG" of="$DEV" bs=4M iflag=direct oflag=direct' ;;
         http-floor) echo 'exec curl -sf -o /dev/null "$URL"' ;;
+        # S3: the object is the image's file name in bucket $S3_BUCKET of s3s-fs; curl signs
+        # with SigV4 (an unsigned payload hash, as a GET has no body).
+        streamdisk-s3) echo 'AWS_ACCESS_KEY_ID=$S3_KEY_ID AWS_SECRET_ACCESS_KEY=$S3_SECRET exec "$SD" convert --s3-endpoint "$S3_ENDPOINT" "s3://$S3_BUCKET/${IMG##*/}" "$DEV"' ;;
+        streamdisk-s3-c1) echo 'AWS_ACCESS_KEY_ID=$S3_KEY_ID AWS_SECRET_ACCESS_KEY=$S3_SECRET exec "$SD" convert --connections 1 --s3-endpoint "$S3_ENDPOINT" "s3://$S3_BUCKET/${IMG##*/}" "$DEV"' ;;
+        s3-floor) echo 'exec curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -u "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null "$S3_ENDPOINT/$S3_BUCKET/${IMG##*/}"' ;;
+        cdi-s3) echo 'curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -u "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$SCRATCH/tmpimage" "$S3_ENDPOINT/$S3_BUCKET/${IMG##*/}" && qemu-img convert -t writeback -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
         xz-pipe) echo 'set -o pipefail; curl -sf "$URL" | xz -dc | dd of="$DEV" bs=4M iflag=fullblock oflag=direct' ;;
         # containers/image's path in CDI: the layer through gunzip and tar onto scratch, then
         # qemu-img through the page cache, then sync.
@@ -382,6 +398,14 @@ if want_group upload; then
     upload_certs "$RUNTMP"
     CLIENT_CG=$(cg_fixture client 1024)
 fi
+if want_group s3; then
+    # The bucket is a directory of s3s-fs's root; the object a hard link to the image.
+    mkdir -p "$WORK/s3root/$S3_BUCKET"
+    ln -f "${IMG_FILE[s3-mixed]}" "$WORK/s3root/$S3_BUCKET/" 2>/dev/null \
+        || cp -f "${IMG_FILE[s3-mixed]}" "$WORK/s3root/$S3_BUCKET/"
+    export S3_KEY_ID S3_SECRET
+    s3_start "$WORK/s3root"
+fi
 
 reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || true; }
 
@@ -425,7 +449,7 @@ if [ -z "$PEERS_ONLY" ]; then
     declare -A VERIFIED_VARIANT
     for line in "${PLAN[@]}"; do
         read -r g name loc v <<< "$line"
-        case $v in streamdisk|streamdisk-c1|streamdisk-c4) ;; *) continue ;; esac
+        case $v in streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-s3|streamdisk-s3-c1) ;; *) continue ;; esac
         [ -n "${VERIFIED_VARIANT[$name/$v]:-}" ] && continue
         VERIFIED_VARIANT[$name/$v]=1
         prev=${IMG_VERIFY[$name]}
@@ -509,6 +533,7 @@ log "measurement took $(awk -v a="$bench_start" -v b="$EPOCHREALTIME" 'BEGIN{pri
 
 nginx_stop
 registry_stop
+s3_stop
 
 # ---------------------------------------------------------------- report
 if [ -n "$REPORT_BIN" ]; then

@@ -36,6 +36,10 @@ pub(crate) enum SourceKind {
     Http,
     /// A registry image, pulled by the pod (`docker://` endpoint).
     Registry,
+    /// An S3 object.
+    S3,
+    /// A GCS object.
+    Gcs,
     /// A blank disk.
     None,
     /// A source CDI knows that streamdisk does not implement yet.
@@ -50,7 +54,9 @@ impl SourceKind {
             "http" => SourceKind::Http,
             "none" => SourceKind::None,
             "registry" => SourceKind::Registry,
-            "s3" | "gcs" | "imageio" | "vddk" => SourceKind::Unsupported(s.into()),
+            "s3" => SourceKind::S3,
+            "gcs" => SourceKind::Gcs,
+            "imageio" | "vddk" => SourceKind::Unsupported(s.into()),
             other => SourceKind::Unknown(other.into()),
         }
     }
@@ -114,6 +120,8 @@ pub(crate) enum ConfigError {
     ContentType(String),
     #[error("invalid checksum: {0}")]
     Checksum(#[from] crate::checksum::ParseChecksumError),
+    #[error("invalid {ENV_RESOLVE}: {0}")]
+    Resolve(String),
 }
 
 /// Everything the environment says about the job.
@@ -136,7 +144,14 @@ pub(crate) struct PodConfig {
     /// From `IMPORTER_EXTRA_HEADER_*`, in environment order (secret headers are
     /// read from files separately, see `headers`).
     pub env_headers: Vec<Header>,
+    /// From [`ENV_RESOLVE`]: host names connected to given addresses.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
+
+/// Host names connected to given addresses (`HOST=ADDR:PORT,...`), as the
+/// CLI's `--resolve`: CDI never sets it; it lets tests (and clusters with
+/// split DNS) reach virtual-host S3 names without `/etc/hosts`.
+pub(crate) const ENV_RESOLVE: &str = "STREAMDISK_RESOLVE";
 
 /// The value of `name` in `vars`; an unset variable reads as empty, as Go's
 /// `os.Getenv` (which CDI uses) makes it.
@@ -213,6 +228,13 @@ impl PodConfig {
             .filter_map(|(_, v)| Header::parse(v, false))
             .collect();
 
+        let resolve = get(ENV_RESOLVE)
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(crate::source::parse_resolve)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Resolve)?;
+
         Ok(PodConfig {
             source,
             endpoint: get(ENV_ENDPOINT).to_string(),
@@ -226,6 +248,7 @@ impl PodConfig {
             cert_dir,
             checksum,
             env_headers,
+            resolve,
         })
     }
 }
@@ -306,7 +329,12 @@ mod tests {
             ("INSECURE_TLS", "maybe"),
         ]))
         .expect("valid");
-        assert_eq!(c.source, SourceKind::Unsupported("s3".into()));
+        assert_eq!(c.source, SourceKind::S3);
+        assert_eq!(SourceKind::parse("gcs"), SourceKind::Gcs);
+        assert_eq!(
+            SourceKind::parse("vddk"),
+            SourceKind::Unsupported("vddk".into())
+        );
         assert_eq!(c.overhead, 0.0);
         assert_eq!(c.basic_auth, None);
         assert!(!c.insecure_tls);
@@ -320,5 +348,16 @@ mod tests {
         assert!(bad("FILESYSTEM_OVERHEAD", "NaN"));
         assert!(bad("IMPORTER_CONTENTTYPE", "tarball"));
         assert!(bad("IMPORTER_CHECKSUM", "sha256:zz"));
+        assert!(bad("STREAMDISK_RESOLVE", "host-without-address"));
+        let c = PodConfig::from_vars(&vars(&[
+            ("PREALLOCATION", "false"),
+            (
+                "STREAMDISK_RESOLVE",
+                "b.s3.test=127.0.0.1:9000, other=[::1]:80",
+            ),
+        ]))
+        .expect("resolve");
+        assert_eq!(c.resolve.len(), 2);
+        assert_eq!(c.resolve[0].0, "b.s3.test");
     }
 }

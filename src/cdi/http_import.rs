@@ -280,7 +280,7 @@ fn space_rules(cfg: &PodConfig) -> volume::SpaceRules {
 }
 
 /// An archive (`archive` content) extracted into the data volume.
-fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
+pub(crate) fn archive_import(ctx: &HttpContext<'_>, http: HttpOptions) -> Outcome {
     if ctx.block {
         return Outcome::Failed(unable(
             "archive content needs a filesystem volume, but the PVC is in block mode",

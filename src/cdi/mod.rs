@@ -50,6 +50,7 @@ pub(crate) mod http_import;
 pub(crate) mod kube;
 pub(crate) mod logging;
 pub(crate) mod metrics;
+pub(crate) mod objstore_import;
 pub(crate) mod outcome;
 pub(crate) mod paths;
 pub(crate) mod poller;
@@ -205,10 +206,14 @@ fn run_with(
         SourceKind::Unknown(s) => return Outcome::Failed(format!("Unknown data source: {s}")),
         SourceKind::Unsupported(s) => {
             return Outcome::Failed(format!(
-                "Unable to connect to {s} data source: the {s} source is not supported yet by streamdisk (supported: http, registry, none)"
+                "Unable to connect to {s} data source: the {s} source is not supported yet by streamdisk (supported: http, registry, s3, gcs, none)"
             ))
         }
-        SourceKind::Http | SourceKind::None | SourceKind::Registry => {}
+        SourceKind::Http
+        | SourceKind::None
+        | SourceKind::Registry
+        | SourceKind::S3
+        | SourceKind::Gcs => {}
     }
 
     let cfg = match PodConfig::from_vars(vars) {
@@ -266,6 +271,23 @@ fn run_with(
                 registry: true,
             };
             registry_import::run(&ctx, vars)
+        }
+        SourceKind::S3 | SourceKind::Gcs => {
+            let ctx = http_import::HttpContext {
+                cfg: &cfg,
+                paths,
+                block,
+                rt,
+                counter,
+                redactor: &redactor,
+                registry: false,
+            };
+            let store = if cfg.source == SourceKind::S3 {
+                objstore_import::Store::S3
+            } else {
+                objstore_import::Store::Gcs
+            };
+            objstore_import::run(&ctx, store)
         }
         _ => http_pod(rt, vars, cfg, paths, block, counter, &redactor),
     }

@@ -32,6 +32,9 @@ pub(crate) struct PodPaths {
     /// The pod's service account: its token and the cluster's CA
     /// (`/var/run/secrets/kubernetes.io/serviceaccount`), for the poller.
     pub service_account_dir: PathBuf,
+    /// A GCS service-account key, mounted from the DataVolume's secret
+    /// (`/google/credentials.json`).
+    pub google_credentials: PathBuf,
 }
 
 impl PodPaths {
@@ -47,6 +50,7 @@ impl PodPaths {
             extra_headers_dir: at("extraheaders"),
             proxy_certs_dir: at("proxycerts"),
             service_account_dir: at(super::kube::SERVICE_ACCOUNT_DIR),
+            google_credentials: at("google/credentials.json"),
         }
     }
 
@@ -79,6 +83,7 @@ mod tests {
                 p.service_account_dir,
                 Path::new("/var/run/secrets/kubernetes.io/serviceaccount")
             );
+            assert_eq!(p.google_credentials, Path::new("/google/credentials.json"));
         }
     }
 

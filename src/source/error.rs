@@ -19,7 +19,7 @@ pub enum SourceError {
         source: io::Error,
     },
     /// A locator with a scheme no source handles.
-    #[error("unsupported source scheme {0:?}:// (use http://, https://, docker://, a path or -)")]
+    #[error("unsupported source scheme {0:?}:// (use http://, https://, docker://, s3://, gs://, a path or -)")]
     UnknownScheme(String),
     /// The URL could not be parsed or is not http(s).
     #[error("invalid URL {url}: {reason}")]
@@ -44,12 +44,15 @@ pub enum SourceError {
     #[error("cannot build HTTP client: {0}")]
     Client(String),
     /// The server answered with a status that is not a success.
-    #[error("HTTP {status} for {url}")]
+    #[error("HTTP {status} for {url}{detail}")]
     Status {
         /// The status line.
         status: String,
         /// The URL, without credentials.
         url: String,
+        /// What the error body said (an object store's error code and
+        /// message), as `": CODE: message"`, or empty.
+        detail: String,
     },
     /// The TLS handshake failed (certificate not trusted, name mismatch...).
     #[error("TLS failure connecting to {url}: {detail}")]
@@ -170,6 +173,12 @@ pub enum SourceError {
     /// A registry image could not be read.
     #[error(transparent)]
     Registry(#[from] super::registry::RegistryError),
+    /// An S3 object could not be read.
+    #[error(transparent)]
+    S3(#[from] super::s3::S3Error),
+    /// A GCS object could not be read.
+    #[error(transparent)]
+    Gcs(#[from] super::gcs::GcsError),
     /// An internal task ended without reporting (should not happen).
     #[error("download of {url} ended unexpectedly: {detail}")]
     Internal {

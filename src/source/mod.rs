@@ -1,4 +1,5 @@
-//! Byte sources: HTTP(S), an OCI registry image, a local file, stdin.
+//! Byte sources: HTTP(S), an OCI registry image, an S3 or GCS object, a local
+//! file, stdin.
 //!
 //! Every source is consumed as a forward `std::io::BufRead` stream (the pipeline runs
 //! on a blocking thread). Seekable sources (files, HTTP servers that honour
@@ -8,7 +9,9 @@
 //! Layout: `file` and `stdin` are thin; `http` holds the client (TLS,
 //! redirects, credentials), the resumable transfer loop, the retry policy,
 //! range reads and the parallel segmented download; `registry` reads a
-//! containerDisk image over the distribution API, on top of `http`.
+//! containerDisk image over the distribution API, on top of `http`; `s3` and
+//! `gcs` read objects through `http` with a per-request authorizer (a SigV4
+//! signature, an OAuth2 token).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -22,8 +25,10 @@ use crate::progress::Counter;
 pub mod auth;
 mod error;
 mod file;
+pub mod gcs;
 mod http;
 pub mod registry;
+pub mod s3;
 mod stdin;
 
 pub use auth::Authorize;
@@ -77,6 +82,8 @@ impl SourceSpec {
             Some(scheme) if scheme == "docker" => {
                 Ok(SourceSpec::new(registry::RegistrySource::parse(s)?))
             }
+            Some(scheme) if scheme == "s3" => Ok(SourceSpec::new(s3::S3Source::parse(s)?)),
+            Some(scheme) if scheme == "gs" => Ok(SourceSpec::new(gcs::GcsSource::parse(s)?)),
             Some(scheme)
                 if scheme
                     .chars()
@@ -138,6 +145,19 @@ pub struct HttpOptions {
     pub max_retry_time: Duration,
     /// For `docker://` sources: the platform and where credentials come from.
     pub registry: registry::RegistryOptions,
+    /// For `s3://` sources: endpoint, region, addressing style, credentials.
+    pub s3: s3::S3Options,
+    /// For `gs://` sources: endpoint and credentials.
+    pub gcs: gcs::GcsOptions,
+    /// Host names connected to a given address instead of being resolved
+    /// (`--resolve`): for virtual-host S3 names, private endpoints and
+    /// tests, without touching `/etc/hosts`. The address's port is used
+    /// when the URL names none; a URL's own port always wins.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// The service serves byte ranges of every object whether or not a
+    /// response says `Accept-Ranges` (S3, GCS): resume and range reads
+    /// are used anyway.
+    pub assume_ranges: bool,
     /// Parallel range connections.
     pub connections: Connections,
     /// Bytes per segment when the download is segmented; each segment
@@ -157,6 +177,10 @@ impl Default for HttpOptions {
             max_attempts: 8,
             max_retry_time: Duration::from_secs(300),
             registry: registry::RegistryOptions::default(),
+            s3: s3::S3Options::default(),
+            gcs: gcs::GcsOptions::default(),
+            resolve: Vec::new(),
+            assume_ranges: false,
             connections: Connections::Auto,
             segment_size: DEFAULT_SEGMENT,
         }
@@ -173,6 +197,25 @@ pub enum Connections {
     Auto,
     /// Exactly this many (1 is a single streaming GET), whatever happens.
     Fixed(usize),
+}
+
+/// Parses one `--resolve` entry, `HOST=ADDR:PORT` (`HOST=[V6ADDR]:PORT`
+/// for IPv6): requests for HOST connect to that address.
+pub fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (host, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid resolve entry {s:?}: expected HOST=ADDR:PORT"))?;
+    let host = host.trim();
+    if host.is_empty() || host.contains(['/', ':', ' ']) {
+        return Err(format!(
+            "invalid resolve entry {s:?}: {host:?} is not a host name"
+        ));
+    }
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid resolve entry {s:?}: {e} (expected ADDR:PORT)"))?;
+    Ok((host.to_ascii_lowercase(), addr))
 }
 
 /// Default [`HttpOptions::segment_size`].

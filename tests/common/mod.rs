@@ -12,6 +12,7 @@
 
 pub mod kube_api;
 pub mod matrix;
+pub mod objstore;
 pub mod qcow2;
 pub mod registry;
 pub mod server;

@@ -56,8 +56,33 @@ pub(crate) async fn get(
                 return Err(Failure::Fatal(SourceError::Status {
                     status: resp.status().to_string(),
                     url: ep.display.clone(),
+                    detail: String::new(),
                 }));
             }
+            read_body(&ep, resp, limit).await
+        };
+        match attempt.await {
+            Ok(Some(doc)) => return Ok(doc),
+            Ok(None) => return Err(DocumentError::TooLarge),
+            Err(failure) => retry.backoff(failure).await?,
+        }
+    }
+}
+
+/// POSTs `form` to `url` (an OAuth2 token request), retrying transient
+/// failures as a download does, and returns a 200 body of at most `limit`
+/// bytes. No redirects are followed and no source credentials are sent.
+pub(crate) async fn post_form(
+    url: &str,
+    opts: &HttpOptions,
+    form: &[(&str, &str)],
+    limit: u64,
+) -> Result<Document, DocumentError> {
+    let ep = Endpoint::new(url, opts)?;
+    let mut retry = RetryState::new(opts);
+    loop {
+        let attempt = async {
+            let resp = ep.post_form(form).await?;
             read_body(&ep, resp, limit).await
         };
         match attempt.await {

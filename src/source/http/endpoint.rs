@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, IF_RANGE, LOCA
 use reqwest::{Client, Response, StatusCode, Url};
 
 use super::retry::{is_transient_status, retry_after, Failure};
-use super::tls;
+use super::{error_body, tls};
 use crate::source::{HttpOptions, SourceError};
 
 /// Redirect hops followed before giving up.
@@ -82,7 +82,11 @@ impl Endpoint {
             extra_headers.append(name, value);
         }
 
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        for (host, addr) in &opts.resolve {
+            builder = builder.resolve(host, *addr);
+        }
+        let client = builder
             .use_preconfigured_tls(tls::client_config(opts)?)
             .user_agent(USER_AGENT)
             // Redirects are followed in `send` to control where credentials go.
@@ -96,7 +100,7 @@ impl Endpoint {
 
         Ok(Endpoint {
             client,
-            display: parsed.to_string(),
+            display: redact(&parsed),
             url: parsed,
             basic_auth,
             extra_headers,
@@ -196,15 +200,14 @@ impl Endpoint {
                 tracing::debug!("redirected to {}", redact(&url));
                 continue;
             }
+            let after = retry_after(resp.headers());
             let err = SourceError::Status {
                 status: status.to_string(),
                 url: redact(&url),
+                detail: error_body::detail(resp).await,
             };
             return Err(if is_transient_status(status) {
-                Failure::Retry {
-                    err,
-                    after: retry_after(resp.headers()),
-                }
+                Failure::Retry { err, after }
             } else {
                 Failure::Fatal(err)
             });
@@ -213,6 +216,54 @@ impl Endpoint {
             url: self.display.clone(),
             detail: format!("more than {MAX_REDIRECTS} redirects"),
         }))
+    }
+
+    /// POSTs `form` (`application/x-www-form-urlencoded`) to the URL, as an
+    /// OAuth2 token request is sent: no redirects, no credentials of the
+    /// source, no authorizer. A 200 is returned; anything else is a
+    /// [`Failure`] that names the status and what the body said.
+    pub(super) async fn post_form(&self, form: &[(&str, &str)]) -> Result<Response, Failure> {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let req = self
+            .client
+            .post(self.url.clone())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(ACCEPT, "application/json")
+            .body(body)
+            .build()
+            .map_err(|e| self.classify_send_error(&e))?;
+        let resp = match tokio::time::timeout(self.stall, self.client.execute(req)).await {
+            Err(_) => {
+                return Err(Failure::retry(SourceError::Timeout {
+                    url: self.display.clone(),
+                    after: self.stall,
+                }))
+            }
+            Ok(Err(e)) => return Err(self.classify_send_error(&e)),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if status == StatusCode::OK {
+            return Ok(resp);
+        }
+        let after = retry_after(resp.headers());
+        let err = SourceError::Status {
+            status: status.to_string(),
+            url: self.display.clone(),
+            detail: error_body::detail(resp).await,
+        };
+        Err(if is_transient_status(status) {
+            Failure::Retry { err, after }
+        } else {
+            Failure::Fatal(err)
+        })
     }
 
     /// Resolves the Location of a redirect against the current URL.
@@ -282,12 +333,34 @@ fn is_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
-/// A URL for messages: userinfo removed.
-fn redact(url: &Url) -> String {
+/// A URL for messages: userinfo removed, and the query (where signed URLs
+/// carry their signature) shown as `?...`.
+pub(super) fn redact(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);
-    url.to_string()
+    let had_query = url.query().is_some();
+    url.set_query(None);
+    url.set_fragment(None);
+    let mut s = url.to_string();
+    if had_query {
+        s.push_str("?...");
+    }
+    s
+}
+
+/// `application/x-www-form-urlencoded` encoding of one name or value:
+/// unreserved characters as they are, everything else as `%XX`.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Finds an error of type `T` in the source chain of `e`. An `io::Error`
@@ -370,6 +443,17 @@ mod tests {
             ep.basic_auth,
             Some(("us@er".to_string(), "p:ss".to_string()))
         );
+    }
+
+    #[test]
+    fn queries_stay_out_of_messages() {
+        let ep = Endpoint::new(
+            "https://h.example/o?X-Amz-Signature=abc&alt=media#f",
+            &HttpOptions::default(),
+        )
+        .expect("endpoint");
+        assert_eq!(ep.display, "https://h.example/o?...");
+        assert_eq!(form_encode("urn:a b/c~d"), "urn%3Aa%20b%2Fc~d");
     }
 
     #[test]

@@ -113,6 +113,7 @@ async fn open_range(
         other => Err(Failure::Fatal(SourceError::Status {
             status: other.to_string(),
             url: ep.display.clone(),
+            detail: String::new(),
         })),
     }
 }

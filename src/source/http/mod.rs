@@ -13,6 +13,7 @@
 
 pub(crate) mod document;
 mod endpoint;
+mod error_body;
 mod fetch;
 mod range;
 mod reader;
@@ -99,13 +100,18 @@ pub(crate) fn open(
                     return Err(SourceError::Status {
                         status: resp.status().to_string(),
                         url: ep.display.clone(),
+                        detail: String::new(),
                     });
                 }
                 Err(failure) => retry.backoff(failure).await?,
             }
         }
     })?;
-    let validator = Arc::new(Validator::from_response(&first));
+    let mut validator = Validator::from_response(&first);
+    if opts.assume_ranges {
+        validator.accept_ranges = true;
+    }
+    let validator = Arc::new(validator);
     let label = ep.display.clone();
     let size = validator.total;
     tracing::debug!(
@@ -209,14 +215,17 @@ async fn stream(
     sink.finish(result).await;
 }
 
-/// `url` with any userinfo removed, for logs. Unparsable URLs are cut at
-/// the last `@` of their authority, so that a password never shows.
+/// `url` with any userinfo removed and its query shown as `?...`, for logs.
+/// Unparsable URLs are cut at the last `@` of their authority and at their
+/// query, so that neither a password nor a signature shows.
 pub(super) fn redact_url(url: &str) -> String {
-    if let Ok(mut parsed) = reqwest::Url::parse(url) {
-        let _ = parsed.set_username("");
-        let _ = parsed.set_password(None);
-        return parsed.to_string();
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        return endpoint::redact(&parsed);
     }
+    let url = match url.split_once('?') {
+        Some((before, _)) => before,
+        None => url,
+    };
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
@@ -238,9 +247,10 @@ mod tests {
     fn redaction_removes_userinfo() {
         assert_eq!(
             redact_url("https://user:secret@example.com/a/b.img?x=1"),
-            "https://example.com/a/b.img?x=1"
+            "https://example.com/a/b.img?..."
         );
         assert_eq!(redact_url("http://example.com/x"), "http://example.com/x");
         assert_eq!(redact_url("http://u:p@[bad/x"), "http://[bad/x");
+        assert_eq!(redact_url("http://u:p@[bad/x?sig=1"), "http://[bad/x");
     }
 }

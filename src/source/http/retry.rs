@@ -191,6 +191,7 @@ mod tests {
             .backoff(Failure::Fatal(SourceError::Status {
                 status: "404 Not Found".into(),
                 url: "http://h/x".into(),
+                detail: String::new(),
             }))
             .await
             .expect_err("fatal");

@@ -33,6 +33,12 @@ pub fn describe(variant: &str) -> String {
         "http-floor" => {
             "network floor: curl URL to /dev/null (one connection, nothing written)".into()
         }
+        "streamdisk-s3" => "streamdisk convert s3://BUCKET/KEY DEV from the local S3 server (SigV4)".into(),
+        "streamdisk-s3-c1" => "the same with --connections 1 (one GET)".into(),
+        "s3-floor" => {
+            "S3 server floor: signed curl of the object to /dev/null (one connection)".into()
+        }
+        "cdi-s3" => "CDI S3 stand-in: signed curl to scratch, qemu-img convert -t writeback, sync".into(),
         v => v.into(),
     }
 }
@@ -189,6 +195,11 @@ pub fn checks(stats: &Stats, images: &BTreeMap<String, Image>, scaling: &[String
         c.ratio("zlib rootfs: streamdisk / CDI HTTP", "the same over CDI's HTTP path", ("rootfs-zlib", sd), ("rootfs-zlib", "cdi-http"), Metric::Wall, Goal::Info),
         c.ratio("sparse: 1 TiB / dense", "the same data in a 1 TiB sparse image over a dense image of just that data", ("sparse-1t", sd), ("dense", sd), Metric::Wall, Goal::AtMost(1.3)),
         c.ratio("raw.xz: streamdisk / curl|xz|dd", "a raw.xz of the filesystem image over a streaming shell pipeline", ("rootfs-xz", sd), ("rootfs-xz", "xz-pipe"), Metric::Wall, Goal::Info),
+        c.ratio("s3: streamdisk S3 / streamdisk nginx", "the same image from the local S3 server (s3s-fs, SigV4) over from nginx", ("s3-mixed", "streamdisk-s3"), ("s3-mixed", sd), Metric::Wall, Goal::AtMost(1.15)),
+        c.ratio("s3: streamdisk S3 / S3 server floor", "over a signed curl of the object to /dev/null: streamdisk's overhead over what the S3 server can serve", ("s3-mixed", "streamdisk-s3"), ("s3-mixed", "s3-floor"), Metric::Wall, Goal::AtMost(1.15)),
+        c.ratio("s3: one stream / S3 server floor", "streamdisk with --connections 1 (one GET: s3s-fs hashes the whole object once per request) over the signed curl", ("s3-mixed", "streamdisk-s3-c1"), ("s3-mixed", "s3-floor"), Metric::Wall, Goal::Info),
+        c.ratio("s3: streamdisk S3 / CDI S3 stand-in", "over a signed download to scratch + qemu-img -t writeback + sync under 600 MiB", ("s3-mixed", "streamdisk-s3"), ("s3-mixed", "cdi-s3"), Metric::Wall, Goal::AtMost(0.45)),
+        c.ratio("s3: S3 server floor / nginx floor", "what the S3 server serves over what nginx serves (the fixture, not streamdisk)", ("s3-mixed", "s3-floor"), ("s3-mixed", "http-floor"), Metric::Wall, Goal::Info),
         c.ratio("L1 at end: streamdisk / qemu-img local best", "an image grown with qemu-img resize (L1 table after the data)", ("l1end", sd), ("l1end", "qemu-local"), Metric::Wall, Goal::Info),
         c.ratio("VMDK rootfs: streamdisk / qemu-img local best", "a streamOptimized VMDK of a real filesystem over HTTP, over qemu-img's best local conversion of the same file", ("fmt-vmdk", sd), ("fmt-vmdk", "qemu-local"), Metric::Wall, Goal::AtMost(0.7)),
         c.ratio("VHDX: streamdisk / qemu-img local best", "the mixed image as an uncompressed dynamic VHDX, over HTTP, over qemu-img's local conversion", ("fmt-vhdx", sd), ("fmt-vhdx", "qemu-local"), Metric::Wall, Goal::AtMost(1.0)),
@@ -293,6 +304,21 @@ pub fn checks(stats: &Stats, images: &BTreeMap<String, Image>, scaling: &[String
         all_valid,
         "no streamdisk runs".into(),
     ));
+    if let Some(p) = c.stat("s3-mixed", "streamdisk-s3").and_then(|s| s.peak) {
+        out.push(finish(
+            "peak memory, streamdisk, S3",
+            "the peak cgroup memory of the S3 import (page cache and binary included)",
+            Some(Spread {
+                med: p.med / MIB,
+                min: p.min / MIB,
+                max: p.max / MIB,
+            }),
+            " MiB",
+            Goal::AtMost(24.0),
+            c.valid("s3-mixed", "streamdisk-s3"),
+            String::new(),
+        ));
+    }
     if let Some(p) = c.stat("rootfs-xz", sd).and_then(|s| s.peak) {
         out.push(finish(
             "peak memory, streamdisk, raw.xz",
