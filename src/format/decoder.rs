@@ -91,3 +91,24 @@ pub trait Decoder: Send {
     /// What the image's header says, once it has been parsed (for `info`).
     fn info(&self) -> Option<ImageInfo>;
 }
+
+/// Runs a decoder's `step` over `chunk` until the chunk is used up or a step
+/// needs metadata that lies ahead: the loop of a [`Decoder::feed`] built from
+/// steps. `step` is given what is left of the chunk and returns the bytes it
+/// took (`None`: it needs metadata first); it keeps its own position. A step
+/// that takes nothing of a non-empty rest would loop forever, so it is an
+/// internal error instead.
+pub(crate) fn feed_steps(
+    chunk: &[u8],
+    mut step: impl FnMut(&[u8]) -> Result<Option<usize>, FormatError>,
+) -> Result<Feed, FormatError> {
+    let mut at = 0usize;
+    while let Some(rest) = chunk.get(at..).filter(|r| !r.is_empty()) {
+        match step(rest)? {
+            Some(0) => return Err(FormatError::Internal("a decoder step made no progress")),
+            Some(n) => at += n,
+            None => return Ok(Feed::NeedMetadata(at)),
+        }
+    }
+    Ok(Feed::Done)
+}

@@ -197,17 +197,11 @@ impl From<MapFault> for VdiError {
 
 impl Decoder for VdiDecoder {
     fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, FormatError> {
-        let mut at = 0usize;
-        while let Some(rest) = chunk.get(at..).filter(|r| !r.is_empty()) {
-            match self.step(rest, sink)? {
-                Some(n) => {
-                    at += n;
-                    self.pos += n as u64;
-                }
-                None => return Ok(Feed::NeedMetadata(at)),
-            }
-        }
-        Ok(Feed::Done)
+        crate::format::decoder::feed_steps(chunk, |rest| {
+            let took = self.step(rest, sink)?;
+            self.pos += took.unwrap_or(0) as u64;
+            Ok(took)
+        })
     }
 
     fn missing_metadata(&self) -> Vec<Range<u64>> {

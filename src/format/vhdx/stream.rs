@@ -381,19 +381,11 @@ impl VhdxDecoder {
 
 impl Decoder for VhdxDecoder {
     fn feed(&mut self, chunk: &[u8], sink: &mut dyn ExtentSink) -> Result<Feed, FormatError> {
-        let mut off = 0usize;
-        while off < chunk.len() {
-            let rest = chunk.get(off..).unwrap_or_default();
-            match self.step(rest, sink)? {
-                Some(0) => return Err(internal("no progress")),
-                Some(n) => {
-                    off += n;
-                    self.pos += n as u64;
-                }
-                None => return Ok(Feed::NeedMetadata(off)),
-            }
-        }
-        Ok(Feed::Done)
+        crate::format::decoder::feed_steps(chunk, |rest| {
+            let took = self.step(rest, sink)?;
+            self.pos += took.unwrap_or(0) as u64;
+            Ok(took)
+        })
     }
 
     fn missing_metadata(&self) -> Vec<Range<u64>> {
