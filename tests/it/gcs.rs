@@ -227,6 +227,45 @@ fn expired_token_is_renewed_across_a_resume() {
     );
 }
 
+/// gcp-storage-emulator sends neither an ETag nor `x-goog-generation` with
+/// a media download (real GCS sends both, and the ETag check is the one
+/// tested against S3), so of a replaced object only a new length is visible
+/// to any client: the replacement here is longer, and the resumed range's
+/// `Content-Range` total must give it away.
+#[test]
+fn object_replaced_during_the_download_fails_with_changed() {
+    let Some(py) = python_or_skip("GCS tests") else {
+        return;
+    };
+    let d = tempdir();
+    let (img, _) = mixed_qcow2(d.path(), 15);
+    let other = d.path().join("longer.qcow2");
+    let mut bytes = std::fs::read(&img).expect("read");
+    bytes.extend_from_slice(&[0x5a; 64 << 10]);
+    std::fs::write(&other, &bytes).expect("write");
+    let s = Arc::new(std::sync::Mutex::new(store(&py, &[("disk.qcow2", &img)])));
+    let port = s.lock().expect("lock").port;
+    let replacer = Arc::clone(&s);
+    let proxy = Proxy::start(
+        port,
+        ProxyRules {
+            drop_after: Some(700 << 10),
+            after_drop: Some(Box::new(move || {
+                replacer
+                    .lock()
+                    .expect("lock")
+                    .put("bkt", "disk.qcow2", &other, false);
+            })),
+            ..ProxyRules::default()
+        },
+    );
+    let run = convert("gs://bkt/disk.qcow2", &d.path().join("out.raw"), None)
+        .args(["--gcs-endpoint", &proxy.url(), "--connections", "1"])
+        .run();
+    assert!(proxy.dropped.load(Ordering::SeqCst), "the proxy never cut");
+    run.assert_refused(&["changed"]);
+}
+
 #[test]
 fn pod_mode_gcs() {
     let Some(py) = python_or_skip("GCS pod tests") else {
