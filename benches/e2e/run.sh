@@ -274,7 +274,7 @@ if want_group upload; then
     add_image up-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "uploaded with curl -T over TLS"
 fi
 if want_group s3; then
-    add_image s3-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "also served by s3s-fs (SigV4) as s3://$S3_BUCKET/mixed4.qcow2"
+    add_image s3-mixed "$IMGDIR/mixed4.qcow2" qcow2 "" "" "also served by s3s-fs (SigV4, 1 MiB reads, stored ETag) as s3://$S3_BUCKET/mixed4.qcow2"
 fi
 # The throttled comparison (issue 5) has a small image of its own, served slowly: nginx's
 # limit_rate is per request and lets each request send one second's worth at once, so each
@@ -407,12 +407,15 @@ if want_group upload; then
     cp "${IMG_FILE[up-mixed]}" "$UPLOAD_SRC" || die "cannot copy the upload image to /dev/shm"
 fi
 if want_group s3; then
-    # The bucket is a directory of s3s-fs's root; the object a hard link to the image.
+    # The bucket is a directory of s3s-fs's root; the object a hard link to the image, with
+    # the ETag record a PutObject would have stored (lib/s3.sh says why).
     mkdir -p "$WORK/s3root/$S3_BUCKET"
     ln -f "${IMG_FILE[s3-mixed]}" "$WORK/s3root/$S3_BUCKET/" 2>/dev/null \
         || cp -f "${IMG_FILE[s3-mixed]}" "$WORK/s3root/$S3_BUCKET/"
+    s3_store_etag "$WORK/s3root" "$S3_BUCKET" "${IMG_FILE[s3-mixed]}"
     export S3_KEY_ID S3_SECRET
     s3_start "$WORK/s3root"
+    s3_check_etag "${IMG_FILE[s3-mixed]##*/}"
 fi
 
 reset_dev() { blkdiscard -f "$1" 2>/dev/null || blkdiscard "$1" 2>/dev/null || true; }
