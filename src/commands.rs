@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tracing_subscriber::prelude::*;
 
 use crate::cli::{Cli, Command, ConvertArgs, InfoArgs, OutputFormat, SourceArgs};
 use crate::report::{ProgressMode, Reporter};
@@ -62,13 +63,13 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMDISK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(streamdisk::log_filter("STREAMDISK_LOG", level))
         .try_init();
 }
 

@@ -24,6 +24,7 @@ pub mod format;
 pub mod info;
 pub(crate) mod io;
 pub mod job;
+mod log_filter;
 pub mod pace;
 pub mod pipeline;
 pub mod progress;
@@ -33,6 +34,8 @@ pub mod target;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod unwrap;
+
+pub use log_filter::log_filter;
 
 /// An error and its causes, joined by ": " (each cause once), for
 /// messages that leave the process: the CLI's last line, CDI's termination

@@ -9,7 +9,7 @@
 //! layer. [`Redactor`] scrubs every known secret from any text before it is
 //! logged or written to the termination message.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 /// Installs the stderr subscriber. Harmless if one is already installed (tests).
 pub(crate) fn init(verbosity: Option<u8>) {
@@ -18,11 +18,12 @@ pub(crate) fn init(verbosity: Option<u8>) {
         1 | 2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with_ansi(false);
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(crate::log_filter("RUST_LOG", level))
         .try_init();
 }
 
