@@ -25,6 +25,9 @@ usage: sudo benches/e2e/run.sh [--quick|--full] [--out DIR] [options]
   --work DIR         images, loop backing files and scratch (default /var/tmp/streamdisk-bench)
   --rounds N         rounds of the interleaved commands (default 3, at least 3 for a report)
   --bin PATH         streamdisk binary to measure (default: cargo build --release, target/release/streamdisk)
+  --base-bin PATH    a second streamdisk build (an older commit, say) measured in the same rounds
+                     as streamdisk-base on the mixed and zlib images, default flags: a change's
+                     effect on the ratios, without the drift between runs
   --peers-only       measure only the peers (for working on the harness without streamdisk)
   --groups LIST      comma-separated subset of: mixed,zlib,xz,sparse,l1end,scaling,throttled,
                      formats,registry,upload,s3 (default: all; s3 builds the s3s-fs server
@@ -39,7 +42,7 @@ EOF
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-MODE=full OUT="" ROUNDS=3 WORK=/var/tmp/streamdisk-bench SD_BIN="" PEERS_ONLY="" GROUPS_ARG=""
+MODE=full OUT="" ROUNDS=3 WORK=/var/tmp/streamdisk-bench SD_BIN="" SD_BASE_BIN="" PEERS_ONLY="" GROUPS_ARG=""
 PUBLISH="" REBUILD="" NO_INSTALL="" DRY_RUN=""
 ARGS_ORIG="$*"
 while [ $# -gt 0 ]; do
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
         --work) WORK=$2; shift ;;
         --rounds) ROUNDS=$2; shift ;;
         --bin) SD_BIN=$2; shift ;;
+        --base-bin) SD_BASE_BIN=$2; shift ;;
         --peers-only) PEERS_ONLY=1 ;;
         --groups) GROUPS_ARG=$2; shift ;;
         --publish) PUBLISH=1 ;;
@@ -209,6 +213,10 @@ if [ -z "$PEERS_ONLY" ]; then
     [ -x "$SD_BIN" ] || die "no streamdisk binary at $SD_BIN"
     SD_BIN=$(cd "$(dirname "$SD_BIN")" && pwd)/$(basename "$SD_BIN")
     SD_VERSION=$("$SD_BIN" --version 2>/dev/null | head -n1)
+    if [ -n "$SD_BASE_BIN" ]; then
+        [ -x "$SD_BASE_BIN" ] || die "no streamdisk binary at $SD_BASE_BIN (--base-bin)"
+        SD_BASE_BIN=$(cd "$(dirname "$SD_BASE_BIN")" && pwd)/$(basename "$SD_BASE_BIN")
+    fi
 fi
 log "building the report program (benches/e2e/plot)"
 REPORT_BIN=""
@@ -289,8 +297,10 @@ fi
 PLAN=()
 plan() { local g=$1 i=$2 loc=$3; shift 3; local v; for v in "$@"; do PLAN+=("$g $i $loc $v"); done; }
 sd() { [ -z "$PEERS_ONLY" ] && echo "$@"; }
-want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-c1 streamdisk-local) cdi-http cdi-none nbdkit qemu-local dd http-floor
-want_group zlib && plan zlib rootfs-zlib img $(sd streamdisk streamdisk@32) cdi-http nbdkit qemu-local
+# The --base-bin build, beside streamdisk on the images where the ratios are tracked.
+base() { [ -z "$PEERS_ONLY" ] && [ -n "$SD_BASE_BIN" ] && echo streamdisk-base; }
+want_group mixed && plan mixed mixed img $(sd streamdisk streamdisk@64 streamdisk@32 streamdisk-c1 streamdisk-local) $(base) cdi-http cdi-none nbdkit qemu-local dd http-floor
+want_group zlib && plan zlib rootfs-zlib img $(sd streamdisk streamdisk@32) $(base) cdi-http nbdkit qemu-local
 want_group xz && plan xz rootfs-xz img $(sd streamdisk) xz-pipe
 if want_group sparse && [ -z "$PEERS_ONLY" ]; then plan sparse sparse-1t img streamdisk; plan sparse dense img streamdisk; fi
 want_group sparse && plan sparse dense img qemu-local
@@ -322,7 +332,7 @@ want_group s3 && plan s3 s3-mixed img $(sd streamdisk streamdisk-s3 streamdisk-s
 # The commands are single-quoted on purpose: they expand in the measured shell, not here.
 variant_limit() {
     case $1 in
-        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local|streamdisk-s3|streamdisk-s3-c1) echo 0 ;;
+        streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-local|streamdisk-s3|streamdisk-s3-c1|streamdisk-base) echo 0 ;;
         streamdisk@*) echo "${1#streamdisk@}" ;;
         *) echo 600 ;;   # the peers get CDI's default pod limit
     esac
@@ -345,6 +355,7 @@ variant_cmd() { # variant location
         streamdisk-c1) echo 'exec "$SD" convert --connections 1 "$URL" "$DEV"' ;;
         streamdisk-c4) echo 'exec "$SD" convert --connections 4 "$URL" "$DEV"' ;;
         streamdisk-local) echo 'exec "$SD" convert "$IMG" "$DEV"' ;;
+        streamdisk-base) echo 'exec "$SD_BASE" convert "$URL" "$DEV"' ;;
         cdi-http) echo 'curl -sfo "$SCRATCH/tmpimage" "$URL" && qemu-img convert -t writeback -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
         cdi-none) echo 'curl -sfo "$SCRATCH/tmpimage" "$URL" && qemu-img convert -t none -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
         nbdkit) echo 'exec nbdkit -U - --readonly --filter=readahead --filter=retry curl url="$URL" --run '"'"'qemu-img convert -t writeback -O raw "$uri" "$DEV"'"'" ;;
@@ -436,7 +447,7 @@ verify_one() { # image variant url location
     done
     dd if="$RUNTMP/stripe" of="$dev" bs=4M seek=$(( (vs - 4 * M) / (4 * M) )) oflag=direct status=none 2>/dev/null
     local cmd; cmd=$(variant_cmd "$v" "$loc")
-    if ! SD="$SD_BIN" URL="$url" IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH="$SCRATCH" \
+    if ! SD="$SD_BIN" SD_BASE="$SD_BASE_BIN" URL="$url" IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH="$SCRATCH" \
         timeout "$TIMEOUT" bash -c "$cmd" > "$lg" 2>&1; then
         IMG_VERIFY[$name]="FAILED: $v exited non-zero ($(tail -n1 "$lg" | cut -c1-160))"
     else
@@ -460,7 +471,7 @@ if [ -z "$PEERS_ONLY" ]; then
     declare -A VERIFIED_VARIANT
     for line in "${PLAN[@]}"; do
         read -r g name loc v <<< "$line"
-        case $v in streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-s3|streamdisk-s3-c1) ;; *) continue ;; esac
+        case $v in streamdisk|streamdisk-c1|streamdisk-c4|streamdisk-s3|streamdisk-s3-c1|streamdisk-base) ;; *) continue ;; esac
         [ -n "${VERIFIED_VARIANT[$name/$v]:-}" ] && continue
         VERIFIED_VARIANT[$name/$v]=1
         prev=${IMG_VERIFY[$name]}
@@ -526,7 +537,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         UPORT=$(free_port)
         reset_dev "$dev"; rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"
         tag=$(printf '%04d-%s-%s' "$run_id" "$name" "$v")
-        export SD="$SD_BIN" URL; URL=$(url_of "$name" "$loc")
+        export SD="$SD_BIN" SD_BASE="$SD_BASE_BIN" URL; URL=$(url_of "$name" "$loc")
         export IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH
         cg_run "$limit" "$tag" "$OUT/samples/$tag.csv" "$OUT/logs/$tag.log" "$TIMEOUT" -- bash -c "$cmd"
         rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"; reset_dev "$dev"

@@ -21,6 +21,7 @@ fn color(variant: &str) -> RGBColor {
         "streamdisk-c1" => RGBColor(0xf7, 0xb6, 0xd2),
         "streamdisk-c4" => RGBColor(0xe3, 0x77, 0xc2),
         "streamdisk-local" => RGBColor(0xbc, 0xbd, 0x22),
+        "streamdisk-base" => RGBColor(0x9e, 0x4a, 0x4a),
         "cdi-http" => RGBColor(0x1f, 0x77, 0xb4),
         "cdi-none" => RGBColor(0x17, 0xbe, 0xcf),
         "nbdkit" => RGBColor(0x2c, 0xa0, 0x2c),

@@ -18,6 +18,7 @@ pub fn describe(variant: &str) -> String {
         "streamdisk-c1" => "streamdisk convert --connections 1 URL DEV (one stream)".into(),
         "streamdisk-c4" => "streamdisk convert --connections 4 URL DEV".into(),
         "streamdisk-local" => "streamdisk convert IMG DEV from the local file (no limit)".into(),
+        "streamdisk-base" => "the --base-bin build: streamdisk convert URL DEV (default flags, no limit)".into(),
         v if v.starts_with("streamdisk@") => {
             format!(
                 "streamdisk convert URL DEV under a {} MiB limit",
@@ -191,8 +192,13 @@ pub fn checks(stats: &Stats, images: &BTreeMap<String, Image>, scaling: &[String
         c.ratio("mixed: CPU s per GiB, streamdisk / CDI HTTP", "user+sys CPU seconds per GiB of virtual size, streamdisk over CDI's HTTP path", ("mixed", sd), ("mixed", "cdi-http"), Metric::CpuPerGib, Goal::AtMost(1.0)),
         c.ratio("mixed: 32 MiB limit / no limit", "streamdisk's wall time under a 32 MiB cgroup limit over its time without a limit", ("mixed", "streamdisk@32"), ("mixed", sd), Metric::Wall, Goal::AtMost(1.1)),
         c.ratio("mixed: 64 MiB limit / no limit", "the same at 64 MiB", ("mixed", "streamdisk@64"), ("mixed", sd), Metric::Wall, Goal::Info),
+        c.ratio("mixed: streamdisk / base build", "the binary measured over the --base-bin build, in the same rounds", ("mixed", sd), ("mixed", "streamdisk-base"), Metric::Wall, Goal::Info),
+        c.ratio("mixed: base build / qemu-img local best", "the --base-bin build's ratio to set beside streamdisk's", ("mixed", "streamdisk-base"), ("mixed", "qemu-local"), Metric::Wall, Goal::Info),
+        c.ratio("mixed: base build / CDI HTTP", "the same against CDI's HTTP path", ("mixed", "streamdisk-base"), ("mixed", "cdi-http"), Metric::Wall, Goal::Info),
         c.ratio("zlib rootfs: streamdisk / qemu-img local best", "compressed qcow2 of a real filesystem, over HTTP, over qemu-img's best local conversion", ("rootfs-zlib", sd), ("rootfs-zlib", "qemu-local"), Metric::Wall, Goal::AtMost(0.7)),
         c.ratio("zlib rootfs: streamdisk / CDI HTTP", "the same over CDI's HTTP path", ("rootfs-zlib", sd), ("rootfs-zlib", "cdi-http"), Metric::Wall, Goal::Info),
+        c.ratio("zlib rootfs: streamdisk / base build", "the binary measured over the --base-bin build, in the same rounds", ("rootfs-zlib", sd), ("rootfs-zlib", "streamdisk-base"), Metric::Wall, Goal::Info),
+        c.ratio("zlib rootfs: base build / qemu-img local best", "the --base-bin build's ratio to set beside streamdisk's", ("rootfs-zlib", "streamdisk-base"), ("rootfs-zlib", "qemu-local"), Metric::Wall, Goal::Info),
         c.ratio("sparse: 1 TiB / dense", "the same data in a 1 TiB sparse image over a dense image of just that data", ("sparse-1t", sd), ("dense", sd), Metric::Wall, Goal::AtMost(1.3)),
         c.ratio("raw.xz: streamdisk / curl|xz|dd", "a raw.xz of the filesystem image over a streaming shell pipeline", ("rootfs-xz", sd), ("rootfs-xz", "xz-pipe"), Metric::Wall, Goal::Info),
         c.ratio("s3: streamdisk S3 / streamdisk nginx", "the same image from the local S3 server (s3s-fs, SigV4) over from nginx", ("s3-mixed", "streamdisk-s3"), ("s3-mixed", sd), Metric::Wall, Goal::AtMost(1.15)),
