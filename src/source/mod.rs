@@ -27,6 +27,7 @@ mod error;
 mod file;
 pub mod gcs;
 mod http;
+mod percent;
 pub mod registry;
 pub mod s3;
 mod stdin;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use error::GcsError;
 
-use super::{HttpOptions, OpenContext, OpenedSource, Source, SourceError};
+use super::{percent, HttpOptions, OpenContext, OpenedSource, Source, SourceError};
 
 /// Google's storage endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -129,7 +129,7 @@ impl GcsSource {
         }
         let host = url.host_str().unwrap_or_default();
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let path = decode(url.path().trim_start_matches('/'))
+        let path = percent::decode(url.path().trim_start_matches('/'))
             .ok_or_else(|| bad("the path is not valid UTF-8 once decoded".to_string()))?;
         let (bucket, name) = path.split_once('/').unwrap_or((path.as_str(), ""));
         Ok(GcsSource {
@@ -168,49 +168,10 @@ impl GcsSource {
         Ok(format!(
             "{}/storage/v1/b/{}/o/{}?alt=media",
             base.as_str().trim_end_matches('/'),
-            encode(&self.object.bucket),
-            encode(&self.object.name)
+            percent::encode(&self.object.bucket, false),
+            percent::encode(&self.object.name, false)
         ))
     }
-}
-
-/// Percent-encodes all but the unreserved characters (`/` too: an object
-/// name is one path segment of the JSON API).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Decodes `%XX` escapes; `None` when the result is not UTF-8.
-fn decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0usize;
-    while let Some(&b) = bytes.get(i) {
-        let hex = (b == b'%')
-            .then(|| bytes.get(i.saturating_add(1)..i.saturating_add(3)))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(v) => {
-                out.push(v);
-                i = i.saturating_add(3);
-            }
-            None => {
-                out.push(b);
-                i = i.saturating_add(1);
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The key file to use, if any.

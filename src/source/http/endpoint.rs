@@ -11,6 +11,7 @@ use reqwest::{Client, Response, StatusCode, Url};
 
 use super::retry::{is_transient_status, retry_after, Failure};
 use super::{error_body, tls};
+use crate::source::percent;
 use crate::source::{HttpOptions, SourceError};
 
 /// Redirect hops followed before giving up.
@@ -60,8 +61,8 @@ impl Endpoint {
         }
         let url_auth = (!parsed.username().is_empty()).then(|| {
             (
-                percent_decode(parsed.username()),
-                parsed.password().map(percent_decode).unwrap_or_default(),
+                decode_userinfo(parsed.username()),
+                parsed.password().map(decode_userinfo).unwrap_or_default(),
             )
         });
         // Cannot fail for http(s) URLs, which always have a host.
@@ -225,7 +226,13 @@ impl Endpoint {
     pub(super) async fn post_form(&self, form: &[(&str, &str)]) -> Result<Response, Failure> {
         let body = form
             .iter()
-            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    percent::encode(k, false),
+                    percent::encode(v, false)
+                )
+            })
             .collect::<Vec<_>>()
             .join("&");
         let req = self
@@ -349,20 +356,6 @@ pub(super) fn redact(url: &Url) -> String {
     s
 }
 
-/// `application/x-www-form-urlencoded` encoding of one name or value:
-/// unreserved characters as they are, everything else as `%XX`.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Finds an error of type `T` in the source chain of `e`. An `io::Error`
 /// wrapping a custom error does not list it as its `source()` (it skips to
 /// the inner error's source), so those are unwrapped explicitly.
@@ -405,26 +398,8 @@ pub(super) fn error_chain(e: &(dyn StdError + 'static)) -> String {
 }
 
 /// Decodes %XX escapes in URL userinfo (a password may contain `@` or `:`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i.saturating_add(1)..i.saturating_add(3))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i = i.saturating_add(3);
-                continue;
-            }
-        }
-        out.push(b);
-        i = i.saturating_add(1);
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn decode_userinfo(s: &str) -> String {
+    String::from_utf8_lossy(&percent::decode_bytes(s)).into_owned()
 }
 
 #[cfg(test)]
@@ -453,7 +428,7 @@ mod tests {
         )
         .expect("endpoint");
         assert_eq!(ep.display, "https://h.example/o?...");
-        assert_eq!(form_encode("urn:a b/c~d"), "urn%3Aa%20b%2Fc~d");
+        assert_eq!(percent::encode("urn:a b/c~d", false), "urn%3Aa%20b%2Fc~d");
     }
 
     #[test]

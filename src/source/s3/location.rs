@@ -11,6 +11,7 @@
 use reqwest::Url;
 
 use super::S3Error;
+use crate::source::percent;
 
 /// A bucket and a key in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,12 +165,12 @@ pub(crate) fn object_url(endpoint: &Url, obj: &Object, style: Style) -> Result<U
     let host = endpoint.host_str().unwrap_or_default();
     let port = endpoint.port().map(|p| format!(":{p}")).unwrap_or_default();
     let base = endpoint.path().trim_end_matches('/');
-    let key = encode(&obj.key, true);
+    let key = percent::encode(&obj.key, true);
     let text = match style {
         Style::Path => format!(
             "{}://{host}{port}{base}/{}/{key}",
             endpoint.scheme(),
-            encode(&obj.bucket, false)
+            percent::encode(&obj.bucket, false)
         ),
         Style::VirtualHost => format!(
             "{}://{}.{host}{port}{base}/{key}",
@@ -195,22 +196,6 @@ pub(crate) fn object_url(endpoint: &Url, obj: &Object, style: Style) -> Result<U
         )));
     }
     Ok(url)
-}
-
-/// Percent-encodes all but the unreserved characters (and `/` in keys).
-fn encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The region in an AWS S3 host name: `s3.REGION.amazonaws.com`,
@@ -284,7 +269,7 @@ pub(crate) fn parse_pod_endpoint(s: &str) -> Result<PodLocation, S3Error> {
         .filter(|h| !h.is_empty())
         .ok_or_else(|| bad("no host".to_string()))?;
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-    let path = percent_decode(url.path().trim_start_matches('/'))
+    let path = percent::decode(url.path().trim_start_matches('/'))
         .ok_or_else(|| bad("the path is not valid UTF-8 once decoded".to_string()))?;
     let region = aws_region(host);
     if let Some((labels, at)) = aws_s3_label(host).filter(|(_, at)| *at > 0) {
@@ -311,31 +296,6 @@ pub(crate) fn parse_pod_endpoint(s: &str) -> Result<PodLocation, S3Error> {
         path_style: true,
         region,
     })
-}
-
-/// Decodes `%XX` escapes; `None` when the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0usize;
-    while let Some(&b) = bytes.get(i) {
-        let hex = (b == b'%')
-            .then(|| bytes.get(i.saturating_add(1)..i.saturating_add(3)))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(v) => {
-                out.push(v);
-                i = i.saturating_add(3);
-            }
-            None => {
-                out.push(b);
-                i = i.saturating_add(1);
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
