@@ -145,12 +145,15 @@ pub fn meta_str(meta: &str, key: &str) -> String {
     meta.find(&pat)
         .map(|i| {
             let rest = meta[i + pat.len()..].trim_start();
-            let rest = rest.strip_prefix('"').unwrap_or(rest);
-            rest.split(['"', ',', '\n'])
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
+            // A quoted value ends at its closing quote only: the command line it may hold has
+            // commas in it (`--groups mixed,zlib`). A bare value (a number) ends at the next
+            // separator.
+            match rest.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next().unwrap_or(""),
+                None => rest.split([',', '\n', '}']).next().unwrap_or(""),
+            }
+            .trim()
+            .to_string()
         })
         .unwrap_or_default()
 }
@@ -187,5 +190,11 @@ mod tests {
         assert_eq!(meta_str(m, "mode"), "quick");
         assert_eq!(meta_str(m, "rounds"), "3");
         assert_eq!(meta_str(m, "missing"), "");
+        let c = "{\"command\": \"run.sh --groups mixed,zlib --rounds 5\", \"rounds\": 5}";
+        assert_eq!(
+            meta_str(c, "command"),
+            "run.sh --groups mixed,zlib --rounds 5"
+        );
+        assert_eq!(meta_str(c, "rounds"), "5");
     }
 }

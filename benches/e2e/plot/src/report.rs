@@ -18,7 +18,9 @@ pub fn describe(variant: &str) -> String {
         "streamdisk-c1" => "streamdisk convert --connections 1 URL DEV (one stream)".into(),
         "streamdisk-c4" => "streamdisk convert --connections 4 URL DEV".into(),
         "streamdisk-local" => "streamdisk convert IMG DEV from the local file (no limit)".into(),
-        "streamdisk-base" => "the --base-bin build: streamdisk convert URL DEV (default flags, no limit)".into(),
+        "streamdisk-base" => {
+            "the --base-bin build: streamdisk convert URL DEV (default flags, no limit)".into()
+        }
         v if v.starts_with("streamdisk@") => {
             format!(
                 "streamdisk convert URL DEV under a {} MiB limit",
@@ -34,12 +36,16 @@ pub fn describe(variant: &str) -> String {
         "http-floor" => {
             "network floor: curl URL to /dev/null (one connection, nothing written)".into()
         }
-        "streamdisk-s3" => "streamdisk convert s3://BUCKET/KEY DEV from the local S3 server (SigV4)".into(),
+        "streamdisk-s3" => {
+            "streamdisk convert s3://BUCKET/KEY DEV from the local S3 server (SigV4)".into()
+        }
         "streamdisk-s3-c1" => "the same with --connections 1 (one GET)".into(),
         "s3-floor" => {
             "S3 server floor: signed curl of the object to /dev/null (one connection)".into()
         }
-        "cdi-s3" => "CDI S3 stand-in: signed curl to scratch, qemu-img convert -t writeback, sync".into(),
+        "cdi-s3" => {
+            "CDI S3 stand-in: signed curl to scratch, qemu-img convert -t writeback, sync".into()
+        }
         v => v.into(),
     }
 }
