@@ -80,27 +80,10 @@ pub enum VdiError {
         /// The image's length.
         len: u64,
     },
-    /// Two blocks share bytes.
-    #[error("blocks {} (at 0x{:x}) and {} (at 0x{:x}) overlap in the file", first.0, first.1, second.0, second.1)]
-    BlockOverlap {
-        /// `(guest block, host offset)` of one.
-        first: (u64, u64),
-        /// And of the other.
-        second: (u64, u64),
-    },
-    /// A block overlaps a structure.
-    #[error("block {block} at 0x{host:x} overlaps the {what}")]
-    BlockInMetadata {
-        /// Its guest block index.
-        block: u64,
-        /// Where it starts.
-        host: u64,
-        /// What it overlaps.
-        what: &'static str,
-    },
-    /// Too many separate runs of blocks to keep.
-    #[error("more than {} separate runs of blocks: too fragmented to map in bounded memory (convert it with qemu-img first)", crate::format::vpc::blocks::MAX_RUNS)]
-    Fragmented,
+    /// A block that cannot be placed: the map is too fragmented, or blocks
+    /// overlap each other or the metadata.
+    #[error(transparent)]
+    Map(#[from] crate::format::vpc::blocks::MapFault),
     /// The stream ended before a structure.
     #[error("truncated: the image ends after {len} bytes, before the end of {what}")]
     Truncated {

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use super::header::{Header, BLOCK_SIZE, HEADER_LEN};
 use super::VdiError;
-use crate::format::vpc::blocks::{BlockMap, EntryCursor, MapFault, SealError};
+use crate::format::vpc::blocks::{BlockMap, EntryCursor, SealError};
 use crate::format::{DecodeReport, Decoder, ExtentSink, Feed, Format, FormatError, ImageInfo};
 
 /// The first entry value that is not a block index.
@@ -107,7 +107,7 @@ impl VdiDecoder {
                     .into());
                 }
             }
-            map.map(guest, host).map_err(|_| VdiError::Fragmented)?;
+            map.map(guest, host).map_err(VdiError::from)?;
             Ok(())
         })?;
         if self.bmap.parsed >= u64::from(h.blocks) * 4 {
@@ -180,18 +180,6 @@ impl VdiDecoder {
         }
         self.take_map(bytes.get(..k as usize).unwrap_or_default(), sink)?;
         Ok(Some(k as usize))
-    }
-}
-
-impl From<MapFault> for VdiError {
-    fn from(f: MapFault) -> VdiError {
-        match f {
-            MapFault::TooFragmented => VdiError::Fragmented,
-            MapFault::Overlap { first, second } => VdiError::BlockOverlap { first, second },
-            MapFault::IntoMetadata { block, host, what } => {
-                VdiError::BlockInMetadata { block, host, what }
-            }
-        }
     }
 }
 

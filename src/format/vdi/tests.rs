@@ -6,6 +6,7 @@
 use super::header::tests::header;
 use super::header::BLOCK_SIZE;
 use super::*;
+use crate::format::vpc::blocks::MapFault;
 use crate::format::{drive, new_decoder, Format, FormatError, PlanError, PlanOptions, SpillPolicy};
 use crate::testing::{CheckingSink, Dribble, Prng, SliceRange};
 
@@ -215,7 +216,10 @@ fn broken_images_are_refused_by_name() {
     set(&mut bad, 2, 0);
     for via in ALL {
         let e = vdi_err(decode(&bad, via, 65536));
-        assert!(matches!(e, VdiError::BlockOverlap { .. }), "{via:?}: {e}");
+        assert!(
+            matches!(e, VdiError::Map(MapFault::Overlap { .. })),
+            "{via:?}: {e}"
+        );
     }
     // A block past the end: refused up front with a known length, at the
     // end of a stream otherwise.
@@ -235,10 +239,10 @@ fn broken_images_are_refused_by_name() {
     assert!(
         matches!(
             e,
-            VdiError::BlockInMetadata {
+            VdiError::Map(MapFault::IntoMetadata {
                 what: "block map",
                 ..
-            }
+            })
         ),
         "{e}"
     );
@@ -247,7 +251,10 @@ fn broken_images_are_refused_by_name() {
     bad[0x158..0x15c].copy_from_slice(&0u32.to_le_bytes());
     let e = vdi_err(decode(&bad, Via::Stream, 65536));
     assert!(
-        matches!(e, VdiError::BlockInMetadata { what: "header", .. }),
+        matches!(
+            e,
+            VdiError::Map(MapFault::IntoMetadata { what: "header", .. })
+        ),
         "{e}"
     );
     // The block map over the header.

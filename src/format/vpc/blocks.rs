@@ -34,19 +34,30 @@ struct Run {
 }
 
 /// Why a block cannot be placed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum MapFault {
+///
+/// VHD and VDI both map their blocks here, and report these faults as they
+/// are (their errors carry a `MapFault`), so the wording is the same for both.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapFault {
     /// More runs than [`MAX_RUNS`].
+    #[error("more than {MAX_RUNS} separate runs of blocks: too fragmented to map in bounded memory (convert it with qemu-img first)")]
     TooFragmented,
-    /// Two blocks share host bytes: `(guest block, host offset)` of each.
+    /// Two blocks share host bytes.
+    #[error("blocks {} (at 0x{:x}) and {} (at 0x{:x}) overlap in the file", first.0, first.1, second.0, second.1)]
     Overlap {
+        /// `(guest block, host offset)` of one.
         first: (u64, u64),
+        /// And of the other.
         second: (u64, u64),
     },
-    /// A block's host bytes overlap the metadata range `what`.
+    /// A block's host bytes overlap a metadata structure.
+    #[error("block {block} at 0x{host:x} overlaps the {what}")]
     IntoMetadata {
+        /// Its guest block index.
         block: u64,
+        /// Where it starts.
         host: u64,
+        /// What it overlaps.
         what: &'static str,
     },
 }

@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::blocks::{BlockMap, EntryCursor, MapFault, SealError};
+use super::blocks::{BlockMap, EntryCursor, SealError};
 use super::footer::{DiskType, Footer, FOOTER_LEN};
 use super::VpcError;
 use crate::format::{DecodeReport, Decoder, ExtentSink, Feed, Format, FormatError, ImageInfo};
@@ -237,7 +237,7 @@ impl DynamicDecoder {
                 }
             }
             if i < needed {
-                map.map(guest, host).map_err(|_| VpcError::Fragmented)?;
+                map.map(guest, host).map_err(VpcError::from)?;
             }
             Ok(())
         })?;
@@ -356,18 +356,6 @@ fn parent_name(field: &[u8]) -> Option<String> {
         .filter(|c| !c.is_control())
         .collect();
     (!name.is_empty()).then_some(name)
-}
-
-impl From<MapFault> for VpcError {
-    fn from(f: MapFault) -> VpcError {
-        match f {
-            MapFault::TooFragmented => VpcError::Fragmented,
-            MapFault::Overlap { first, second } => VpcError::BlockOverlap { first, second },
-            MapFault::IntoMetadata { block, host, what } => {
-                VpcError::BlockInMetadata { block, host, what }
-            }
-        }
-    }
 }
 
 impl Decoder for DynamicDecoder {

@@ -3,6 +3,7 @@
 //! of varying size, from a stream and with range reads; every fault refused
 //! by name; and the contract checked by `CheckingSink` throughout.
 
+use super::blocks::MapFault;
 use super::footer::tests::footer;
 use super::footer::FOOTER_LEN;
 use super::*;
@@ -411,7 +412,7 @@ fn broken_images_are_refused_by_name() {
         set_bat(&mut bad, bat, 1, sector);
         let e = vpc_err(decode(&bad, Via::Stream, 1000));
         assert!(
-            matches!(e, VpcError::BlockInMetadata { what: w, .. } if w == what),
+            matches!(e, VpcError::Map(MapFault::IntoMetadata { what: w, .. }) if w == what),
             "{what}: {e}"
         );
     }
@@ -421,7 +422,7 @@ fn broken_images_are_refused_by_name() {
     set_bat(&mut bad, bat, 7, ((data + SPAN - 512) / 512) as u32);
     check(
         &bad,
-        |e| matches!(e, VpcError::BlockOverlap { .. }),
+        |e| matches!(e, VpcError::Map(MapFault::Overlap { .. })),
         "overlap",
     );
 
