@@ -21,6 +21,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
+/// The objects the S3 and GCS tests serve, first: a sparse raw disk of
+/// `len` bytes laid out as `regions`, named by `seed`.
+pub fn object_raw(dir: &Path, seed: u64, len: u64, regions: &[(u64, u64, super::Fill)]) -> PathBuf {
+    let raw = dir.join(format!("disk-{seed}.raw"));
+    super::make_raw(&raw, len, regions);
+    raw
+}
+
+/// Then `raw` as a qcow2 with compressed clusters, with `overwrite` (a
+/// qemu-io command) making plain ones: the qcow2 and qemu-img's conversion
+/// of it.
+pub fn object_qcow2(raw: &Path, overwrite: &str) -> (PathBuf, PathBuf) {
+    let img = raw.with_extension("qcow2");
+    super::qcow2_from_raw(raw, &img, true, "");
+    super::qemu_io(&img, &[overwrite]);
+    let expected = super::qemu_raw(&img);
+    (img, expected)
+}
+
 /// The Python interpreter with moto and gcp-storage-emulator:
 /// `STREAMDISK_OBJSTORE_PYTHON`, else the venv `.ci/run` makes, else
 /// `python3`, if it can import both.

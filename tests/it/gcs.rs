@@ -10,33 +10,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::objstore::{python_or_skip, Proxy, ProxyRules, Store, TestKey, TokenServer};
-use crate::common::{
-    assert_same_bytes, make_raw, qcow2_from_raw, qemu_raw, tempdir, wrap, Fill, Streamdisk, Wrapper,
+use crate::common::objstore::{
+    object_qcow2, object_raw, python_or_skip, Proxy, ProxyRules, Store, TestKey, TokenServer,
 };
+use crate::common::{assert_same_bytes, tempdir, wrap, Fill, Streamdisk, Wrapper};
 
+/// A 5 MiB sparse disk.
 fn raw_disk(dir: &Path, seed: u64) -> PathBuf {
-    let raw = dir.join(format!("disk-{seed}.raw"));
-    make_raw(
-        &raw,
-        5 << 20,
-        &[
-            (0, 1 << 20, Fill::Random(seed)),
-            (2 << 20, 512 << 10, Fill::Text),
-            (3 << 20, 1 << 20, Fill::Random(seed + 1)),
-        ],
-    );
-    raw
+    let regions = [
+        (0, 1 << 20, Fill::Random(seed)),
+        (2 << 20, 512 << 10, Fill::Text),
+        (3 << 20, 1 << 20, Fill::Random(seed + 1)),
+    ];
+    object_raw(dir, seed, 5 << 20, &regions)
 }
 
-/// A qcow2 with compressed clusters and a plain one, and its oracle.
+/// A qcow2 with compressed and plain clusters, and its oracle conversion.
 fn mixed_qcow2(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
-    let raw = raw_disk(dir, seed);
-    let img = dir.join(format!("disk-{seed}.qcow2"));
-    qcow2_from_raw(&raw, &img, true, "");
-    crate::common::qemu_io(&img, &["write -P 0x33 4M 256k"]);
-    let expected = qemu_raw(&img);
-    (img, expected)
+    object_qcow2(&raw_disk(dir, seed), "write -P 0x33 4M 256k")
 }
 
 fn store(py: &Path, objects: &[(&str, &Path)]) -> Store {

@@ -5,35 +5,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::common::objstore::{python_or_skip, Keys, Proxy, ProxyRules, Store};
+use crate::common::objstore::{
+    object_qcow2, object_raw, python_or_skip, Keys, Proxy, ProxyRules, Store,
+};
 use crate::common::{
-    assert_same_bytes, make_raw, qcow2_from_raw, qemu_raw, qemu_raw_fmt, tempdir, wrap, Fill,
-    Streamdisk, Wrapper,
+    assert_same_bytes, qemu_raw, qemu_raw_fmt, tempdir, wrap, Fill, Streamdisk, Wrapper,
 };
 
 /// A 6 MiB sparse disk with random, text and zero regions.
 fn raw_disk(dir: &Path, seed: u64) -> PathBuf {
-    let raw = dir.join(format!("disk-{seed}.raw"));
-    make_raw(
-        &raw,
-        6 << 20,
-        &[
-            (0, 1 << 20, Fill::Random(seed)),
-            (2 << 20, 1 << 20, Fill::Text),
-            (4 << 20, 1536 << 10, Fill::Random(seed + 1)),
-        ],
-    );
-    raw
+    let regions = [
+        (0, 1 << 20, Fill::Random(seed)),
+        (2 << 20, 1 << 20, Fill::Text),
+        (4 << 20, 1536 << 10, Fill::Random(seed + 1)),
+    ];
+    object_raw(dir, seed, 6 << 20, &regions)
 }
 
 /// A qcow2 with compressed and plain clusters, and its oracle conversion.
 fn mixed_qcow2(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
-    let raw = raw_disk(dir, seed);
-    let img = dir.join(format!("disk-{seed}.qcow2"));
-    qcow2_from_raw(&raw, &img, true, "");
-    crate::common::qemu_io(&img, &["write -P 0x5a 1M 512k"]);
-    let expected = qemu_raw(&img);
-    (img, expected)
+    object_qcow2(&raw_disk(dir, seed), "write -P 0x5a 1M 512k")
 }
 
 /// A store with buckets `priv` (auth on when `auth`) holding `objects`.
