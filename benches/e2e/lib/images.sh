@@ -252,9 +252,11 @@ build_containerdisk_layer() {
 }
 
 # Bytes of guest data an image stores (qemu-img map: allocated data extents).
+# Bytes qemu-img maps as data. `%.0f`, not `%d`: Debian's mawk caps `%d` at 2^31 - 1, which
+# reported every image with 2 GiB or more of data as 2147483647 bytes.
 data_bytes() {
     qemu-img map -f "$2" --output=json "$1" 2>/dev/null \
-        | awk -F'"length": ' '/"data": true/ { split($2, a, ","); s += a[1] } END { printf "%d", s }'
+        | awk -F'"length": ' '/"data": true/ { split($2, a, ","); s += a[1] } END { printf "%.0f", s }'
 }
 
 virtual_size() {
