@@ -27,6 +27,10 @@
 # with 1 MiB buffers a cold `curl URL > /dev/null` of the mixed image took 3.3-3.6 s, with
 # 4 MiB 3.0-3.1 s (2026-11-28, same hour). The server is the fixture, not the subject: every
 # HTTP peer reads from it alike.
+# One exception to O_DIRECT: nginx reads a transfer shorter than one output buffer through the
+# page cache (it turns O_DIRECT off for that read), so streamdisk's 2 MiB segment requests are
+# served through nginx's page cache, inside its cgroup, while whole-file GETs and ranges of
+# 4 MiB or more are read with O_DIRECT (strace: `fcntl(F_SETFL)` around each 2 MiB pread).
 NGINX_DIRECTIO="aio threads; directio 4m; output_buffers 2 4m;"
 
 NGINX_PID=""
