@@ -314,7 +314,7 @@ if want_group formats; then
     # Uncompressed VHDX and VDI store every zero block qemu-img was given as data, so more bytes
     # cross the network than for the qcow2: the network floor and four connections say how much
     # of the time is nginx's.
-    for n in fmt-vhdx fmt-vdi; do plan formats "$n" img $(sd streamdisk streamdisk-c4) qemu-local http-floor; done
+    for n in fmt-vhdx fmt-vdi; do plan formats "$n" img $(sd streamdisk streamdisk-c4) qemu-local qemu-local-loaded http-floor; done
 fi
 want_group registry && plan registry reg-mixed reg $(sd streamdisk) cdi-registry gunzip-floor
 want_group upload && plan upload up-mixed upload $(sd streamdisk) cdi-upload
@@ -360,6 +360,10 @@ variant_cmd() { # variant location
         cdi-none) echo 'curl -sfo "$SCRATCH/tmpimage" "$URL" && qemu-img convert -t none -p -O raw "$SCRATCH/tmpimage" "$DEV" && sync' ;;
         nbdkit) echo 'exec nbdkit -U - --readonly --filter=readahead --filter=retry curl url="$URL" --run '"'"'qemu-img convert -t writeback -O raw "$uri" "$DEV"'"'" ;;
         qemu-local) echo 'exec qemu-img convert -t none -T none -W -O raw "$IMG" "$DEV"' ;;
+        # The same conversion while the file downloads beside it, in halves over two
+        # connections as streamdisk fetches it: what qemu-img takes under the load an HTTP
+        # import puts on this machine, where nginx reads the same disk and shares the cores.
+        qemu-local-loaded) echo 'h=$((IMG_LEN / 2)); curl -sf -o /dev/null -r "0-$((h - 1))" "$URL" & a=$!; curl -sf -o /dev/null -r "$h-" "$URL" & b=$!; qemu-img convert -t none -T none -W -O raw "$IMG" "$DEV"; r=$?; wait $a || r=1; wait $b || r=1; exit $r' ;;
         dd) echo 'exec dd if="$IMG" of="$DEV" bs=4M iflag=direct oflag=direct' ;;
         http-floor) echo 'exec curl -sf -o /dev/null "$URL"' ;;
         # S3: the object is the image's file name in bucket $S3_BUCKET of s3s-fs; curl signs
@@ -538,7 +542,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         reset_dev "$dev"; rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"
         tag=$(printf '%04d-%s-%s' "$run_id" "$name" "$v")
         export SD="$SD_BIN" SD_BASE="$SD_BASE_BIN" URL; URL=$(url_of "$name" "$loc")
-        export IMG="${IMG_FILE[$name]}" DEV="$dev" SCRATCH
+        export IMG="${IMG_FILE[$name]}" IMG_LEN="${IMG_FBYTES[$name]}" DEV="$dev" SCRATCH
         cg_run "$limit" "$tag" "$OUT/samples/$tag.csv" "$OUT/logs/$tag.log" "$TIMEOUT" -- bash -c "$cmd"
         rm -f "$SCRATCH/tmpimage"; rm -rf "$SCRATCH/reg"; reset_dev "$dev"
         printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"%s"\n' "$run_id" "$r" "$g" "$name" "$v" \
