@@ -4,10 +4,12 @@
 //! the source stream ([`count`] for progress, [`hash`] for checksums,
 //! [`interrupt`] for signals), looking at a stream's first bytes without
 //! consuming them ([`peek`]), random access to a source ([`range`]), a run
-//! of zeros being joined before it is reported ([`zero_run`]), and the
-//! `Read`-through-`BufRead` helper the taps share.
+//! of zeros being joined before it is reported ([`zero_run`]), the bounded
+//! bridge from an async producer to a blocking reader ([`chunk_pipe`]), and
+//! the `Read`-through-`BufRead` helper the taps share.
 
 pub(crate) mod aligned;
+pub(crate) mod chunk_pipe;
 pub(crate) mod count;
 pub(crate) mod direct;
 pub(crate) mod hash;

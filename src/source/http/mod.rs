@@ -186,7 +186,7 @@ pub(crate) fn open(
         }
     };
     Ok(OpenedSource {
-        reader: Box::new(ChannelReader::new(end, task.abort_handle(), label.clone())),
+        reader: Box::new(ChannelReader::new(end, task.abort_handle())),
         size,
         range,
         display: label,
