@@ -156,23 +156,10 @@ impl Decompressor {
         d.reset(true);
         let (mut ip, mut op) = (0usize, 0usize);
         loop {
-            let (i, o) = (
-                input.get(ip..).unwrap_or_default(),
-                out.get_mut(op..).unwrap_or_default(),
-            );
-            let (in0, out0) = (d.total_in(), d.total_out());
-            let st =
-                d.decompress(i, o, FlushDecompress::Finish)
-                    .map_err(|e| InflateError::Corrupt {
-                        codec,
-                        detail: e.to_string(),
-                    })?;
-            ip += (d.total_in() - in0) as usize;
-            op += (d.total_out() - out0) as usize;
+            let (st, progressed) = inflate_step(d, codec, input, out, (&mut ip, &mut op))?;
             if st == Status::StreamEnd {
                 return Ok(op);
             }
-            let progressed = d.total_in() != in0 || d.total_out() != out0;
             if progressed {
                 continue;
             }
@@ -196,23 +183,10 @@ impl Decompressor {
         d.reset(false);
         let (mut ip, mut op) = (0usize, 0usize);
         loop {
-            let (i, o) = (
-                input.get(ip..).unwrap_or_default(),
-                out.get_mut(op..).unwrap_or_default(),
-            );
-            let (in0, out0) = (d.total_in(), d.total_out());
-            let st =
-                d.decompress(i, o, FlushDecompress::Finish)
-                    .map_err(|e| InflateError::Corrupt {
-                        codec,
-                        detail: e.to_string(),
-                    })?;
-            ip += (d.total_in() - in0) as usize;
-            op += (d.total_out() - out0) as usize;
+            let (st, progressed) = inflate_step(d, codec, input, out, (&mut ip, &mut op))?;
             if op == out.len() {
                 return Ok(ip);
             }
-            let progressed = d.total_in() != in0 || d.total_out() != out0;
             if st == Status::StreamEnd || !progressed {
                 return Err(InflateError::Short {
                     codec,
@@ -259,6 +233,32 @@ impl Decompressor {
         }
         Ok(inb.pos())
     }
+}
+
+/// One `decompress` call on what is left of `input` and `out` (from `ip`
+/// and `op`, which it advances): the status, and whether anything moved.
+fn inflate_step(
+    d: &mut Decompress,
+    codec: &'static str,
+    input: &[u8],
+    out: &mut [u8],
+    (ip, op): (&mut usize, &mut usize),
+) -> Result<(Status, bool), InflateError> {
+    let (i, o) = (
+        input.get(*ip..).unwrap_or_default(),
+        out.get_mut(*op..).unwrap_or_default(),
+    );
+    let (in0, out0) = (d.total_in(), d.total_out());
+    let st = d
+        .decompress(i, o, FlushDecompress::Finish)
+        .map_err(|e| InflateError::Corrupt {
+            codec,
+            detail: e.to_string(),
+        })?;
+    let (took, made) = (d.total_in() - in0, d.total_out() - out0);
+    *ip += took as usize;
+    *op += made as usize;
+    Ok((st, took != 0 || made != 0))
 }
 
 #[cfg(test)]
