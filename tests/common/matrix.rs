@@ -10,7 +10,9 @@ use std::fs;
 use std::path::Path;
 
 use super::server::{Body, TestServer};
-use super::{fill_file, first_difference, range_is, tempdir, Input, LoopDevice, Run, Streamdisk};
+use super::{
+    fill_file, first_difference, range_is, tempdir, Input, LoopDevice, MemCgroup, Run, Streamdisk,
+};
 
 /// Where streamdisk reads the image from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,5 +202,45 @@ pub fn assert_no_failures(failures: &[Failure]) {
             failures.len(),
             list.join("\n")
         );
+    }
+}
+
+/// Runs `src` from a file, a pipe and HTTP with ranges, inside a 64 MiB cgroup when
+/// root: each run must be refused naming one of `words`, and the target never grows
+/// past `vsize`.
+pub fn assert_refused_everywhere(src: &Path, words: &[&str], vsize: u64) {
+    let dir = crate::common::tempdir();
+    for s in [SourceKind::File, SourceKind::Stdin, SourceKind::HttpRange] {
+        let out = dir.path().join("out.raw");
+        let _ = fs::remove_file(&out);
+        let _srv;
+        let (arg, input) = match s {
+            SourceKind::File => (src.as_os_str().to_owned(), Input::Null),
+            SourceKind::Stdin => ("-".into(), Input::Pipe(src.to_path_buf())),
+            _ => {
+                let srv = TestServer::serve(Body::file(src));
+                let u = srv.url("/bad.img");
+                _srv = srv;
+                (u.into(), Input::Null)
+            }
+        };
+        let cg = MemCgroup::new(64 << 20);
+        let mut cmd = Streamdisk::convert(&arg, &out).input(input);
+        if let Some(cg) = &cg {
+            cmd = cmd.in_cgroup(cg);
+        }
+        let run = cmd.run();
+        let line = run
+            .check_refused(words)
+            .unwrap_or_else(|e| panic!("{} from {s:?}: {e}", src.display()));
+        assert_eq!(run.status.code(), Some(1), "{line}");
+        if let Ok(m) = fs::metadata(&out) {
+            assert!(
+                m.len() <= vsize,
+                "{} from {s:?}: target grew to {}",
+                src.display(),
+                m.len()
+            );
+        }
     }
 }

@@ -9,8 +9,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::common::matrix::{assert_no_failures, convert_once, run_matrix, SourceKind, TargetKind};
-use crate::common::server::{Body, TestServer};
+use crate::common::matrix::{
+    assert_no_failures, assert_refused_everywhere, convert_once, run_matrix, SourceKind, TargetKind,
+};
 use crate::common::{
     make_raw, qemu_img, qemu_raw_fmt, wrap, Fill, Input, MemCgroup, Streamdisk, Wrapper,
 };
@@ -237,45 +238,6 @@ fn odd_disk_size_and_discarded_blocks_read_as_qemu_reads_them() {
     for s in SourceKind::CORE {
         convert_once(&img, &oracle, s, TargetKind::NewFile, &[])
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));
-    }
-}
-
-/// Refused from a file, a pipe and HTTP with ranges, inside a 64 MiB cgroup when root,
-/// naming one of `words`, exit 1, target never past `vsize`.
-fn assert_refused_everywhere(src: &Path, words: &[&str], vsize: u64) {
-    let dir = crate::common::tempdir();
-    for s in [SourceKind::File, SourceKind::Stdin, SourceKind::HttpRange] {
-        let out = dir.path().join("out.raw");
-        let _ = fs::remove_file(&out);
-        let _srv;
-        let (arg, input) = match s {
-            SourceKind::File => (src.as_os_str().to_owned(), Input::Null),
-            SourceKind::Stdin => ("-".into(), Input::Pipe(src.to_path_buf())),
-            _ => {
-                let srv = TestServer::serve(Body::file(src));
-                let u = srv.url("/bad.vdi");
-                _srv = srv;
-                (u.into(), Input::Null)
-            }
-        };
-        let cg = MemCgroup::new(64 << 20);
-        let mut cmd = Streamdisk::convert(&arg, &out).input(input);
-        if let Some(cg) = &cg {
-            cmd = cmd.in_cgroup(cg);
-        }
-        let run = cmd.run();
-        let line = run
-            .check_refused(words)
-            .unwrap_or_else(|e| panic!("{} from {s:?}: {e}", src.display()));
-        assert_eq!(run.status.code(), Some(1), "{line}");
-        if let Ok(m) = fs::metadata(&out) {
-            assert!(
-                m.len() <= vsize,
-                "{} from {s:?}: target grew to {}",
-                src.display(),
-                m.len()
-            );
-        }
     }
 }
 
