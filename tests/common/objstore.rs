@@ -195,6 +195,34 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy in front of `store` that drops the first connection after
+    /// `drop_after` response bytes and, before it serves the next one,
+    /// replaces `bucket/key` with `file`: an object that changes while a
+    /// download resumes.
+    pub fn replacing_after_drop(
+        store: &Arc<Mutex<Store>>,
+        drop_after: u64,
+        (bucket, key): (&str, &str),
+        file: &Path,
+    ) -> Proxy {
+        let port = store.lock().expect("lock").port;
+        let replacer = Arc::clone(store);
+        let (bucket, key, file) = (bucket.to_string(), key.to_string(), file.to_path_buf());
+        Proxy::start(
+            port,
+            ProxyRules {
+                drop_after: Some(drop_after),
+                after_drop: Some(Box::new(move || {
+                    replacer
+                        .lock()
+                        .expect("lock")
+                        .put(&bucket, &key, &file, false);
+                })),
+                ..ProxyRules::default()
+            },
+        )
+    }
+
     pub fn start(upstream: u16, rules: ProxyRules) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();

@@ -235,21 +235,7 @@ fn object_replaced_during_the_download_fails_with_changed() {
     bytes.extend_from_slice(&[0x5a; 64 << 10]);
     std::fs::write(&other, &bytes).expect("write");
     let s = Arc::new(std::sync::Mutex::new(store(&py, &[("disk.qcow2", &img)])));
-    let port = s.lock().expect("lock").port;
-    let replacer = Arc::clone(&s);
-    let proxy = Proxy::start(
-        port,
-        ProxyRules {
-            drop_after: Some(700 << 10),
-            after_drop: Some(Box::new(move || {
-                replacer
-                    .lock()
-                    .expect("lock")
-                    .put("bkt", "disk.qcow2", &other, false);
-            })),
-            ..ProxyRules::default()
-        },
-    );
+    let proxy = Proxy::replacing_after_drop(&s, 700 << 10, ("bkt", "disk.qcow2"), &other);
     let run = convert("gs://bkt/disk.qcow2", &d.path().join("out.raw"), None)
         .args(["--gcs-endpoint", &proxy.url(), "--connections", "1"])
         .run();

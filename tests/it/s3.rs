@@ -314,24 +314,8 @@ fn object_replaced_during_the_download_fails_with_changed() {
     let (img, _) = mixed_qcow2(d.path(), 6);
     let (other, _) = mixed_qcow2(d.path(), 60);
     let s = Arc::new(Mutex::new(store(&py, true, &[("disk.qcow2", &img, false)])));
-    let (port, reader) = {
-        let g = s.lock().expect("lock");
-        (g.port, g.keys("reader"))
-    };
-    let replacer = Arc::clone(&s);
-    let proxy = Proxy::start(
-        port,
-        ProxyRules {
-            drop_after: Some(700 << 10),
-            after_drop: Some(Box::new(move || {
-                replacer
-                    .lock()
-                    .expect("lock")
-                    .put("priv", "disk.qcow2", &other, false);
-            })),
-            ..ProxyRules::default()
-        },
-    );
+    let reader = s.lock().expect("lock").keys("reader");
+    let proxy = Proxy::replacing_after_drop(&s, 700 << 10, ("priv", "disk.qcow2"), &other);
     let run = convert(
         "s3://priv/disk.qcow2",
         &d.path().join("out.raw"),
