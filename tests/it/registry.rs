@@ -268,6 +268,59 @@ fn uncompressed_layer_with_a_raw_xz_disk_and_a_lying_media_type() {
     assert_same_bytes(&out, &raw);
 }
 
+/// A containerDisk may hold any format qemu-img identifies: a VMDK in a gzip
+/// layer and a VHDX in an uncompressed one convert like qemu-img.
+#[test]
+fn vmdk_and_vhdx_disks_in_layers_match_qemu_img() {
+    let Some(reg) = Registry::builder().start() else {
+        return;
+    };
+    let work = tempdir();
+    let (img, _) = disk_qcow2(work.path(), "src", 16 * MIB, 3 * MIB, 21);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {}});
+    for (fmt, opts, media) in [
+        (
+            "vmdk",
+            "subformat=streamOptimized",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (
+            "vhdx",
+            "block_size=2M",
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    ] {
+        let conv = work.path().join(format!("disk.{fmt}"));
+        crate::common::qemu_img(&[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            fmt,
+            "-o",
+            opts,
+            &img.display().to_string(),
+            &conv.display().to_string(),
+        ]);
+        let oracle = qemu_raw_fmt(&conv, Some(fmt));
+        let bytes = std::fs::read(&conv).expect("read image");
+        let entry = format!("disk/disk.{fmt}");
+        let mut layer = tar_layer(&[("disk/", b""), (&entry, &bytes)]);
+        if media.ends_with("gzip") {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &layer).expect("gzip");
+            layer = gz.finish().expect("gzip");
+        }
+        let pushed = reg.push_raw(&format!("test/{fmt}:v1"), &[(media, layer)], &config);
+        let out = work.path().join(format!("{fmt}.raw"));
+        convert(&reg, &pushed.reference, &out)
+            .arg("--insecure")
+            .run()
+            .assert_ok();
+        assert_same_bytes(&out, &oracle);
+    }
+}
+
 #[test]
 fn disk_in_the_second_layer_and_later_layers_not_downloaded() {
     let Some(reg) = Registry::builder().start() else {

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{
-    assert_same_bytes, have_tool, qcow2_create, qemu_io, qemu_raw, tempdir, LoopDevice,
+    assert_same_bytes, have_tool, qcow2_create, qemu_img, qemu_io, qemu_raw, qemu_raw_fmt, tempdir,
+    LoopDevice,
 };
 
 const MIB: u64 = 1 << 20;
@@ -538,6 +539,61 @@ fn sync_qcow2_with_curl_into_a_filesystem_volume() {
         "differs from qemu-img"
     );
     assert_zeros_from(&pod.disk(), 8 * MIB);
+}
+
+/// CDI's upload pod converts whatever qemu-img identifies; so does this one,
+/// by its decoders: a VMDK from VMware, a VHDX from Hyper-V, a VDI from
+/// VirtualBox, a VHD, each uploaded as it is.
+#[test]
+fn uploads_of_vmdk_vhdx_vdi_and_vhd_match_qemu_img() {
+    if !have_curl() {
+        return;
+    }
+    let certs = Arc::new(Certs::new());
+    let work = tempdir();
+    let (img, raw) = sample_qcow2(work.path(), "disk.qcow2", 8 * MIB);
+    for (fmt, opts) in [
+        ("vmdk", "subformat=streamOptimized"),
+        ("vhdx", "block_size=1M"),
+        ("vdi", "static=off"),
+        ("vpc", "subformat=dynamic"),
+    ] {
+        let conv = work.path().join(format!("disk.{fmt}"));
+        qemu_img(&[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            fmt,
+            "-o",
+            opts,
+            &img.display().to_string(),
+            &conv.display().to_string(),
+        ]);
+        // The oracle is the converted file's own conversion (a VHD's
+        // geometry may round its size).
+        let oracle = qemu_raw_fmt(&conv, Some(fmt));
+        let mut pod = Pod::new(&certs);
+        pod.env("UPLOAD_IMAGE_SIZE", "16Mi");
+        let srv = pod.spawn();
+        let arg = conv.display().to_string();
+        let (code, body) = srv.curl(Some("client"), &["-T", &arg], "/v1beta1/upload");
+        assert_eq!((code, body.as_str()), (200, ""), "{fmt}");
+        let end = pod.wait(srv);
+        end.assert_message(0, UPLOAD_COMPLETE);
+        let want = fs::read(&oracle).expect("oracle");
+        let got = fs::read(pod.disk()).expect("read");
+        assert!(
+            got.len() >= want.len() && got[..want.len()] == want[..],
+            "{fmt}: differs from qemu-img"
+        );
+        assert_zeros_from(&pod.disk(), want.len() as u64);
+        let first = fs::read(&raw).expect("raw");
+        assert!(
+            want.get(..first.len()) == Some(&first[..]),
+            "{fmt}: the conversion changed the disk"
+        );
+    }
 }
 
 #[test]
