@@ -97,6 +97,23 @@ pub fn qemu_img<S: AsRef<OsStr>>(args: &[S]) -> String {
     run_tool("qemu-img", &args)
 }
 
+/// `qemu-img convert -f FROM -O TO -o OPTS SRC DST`: an image made by qemu-img
+/// in another format, for tests of that format's decoder.
+pub fn qemu_convert(src: &Path, from: &str, to: &str, opts: &str, dst: &Path) {
+    qemu_img(&[
+        OsStr::new("convert"),
+        OsStr::new("-q"),
+        OsStr::new("-f"),
+        OsStr::new(from),
+        OsStr::new("-O"),
+        OsStr::new(to),
+        OsStr::new("-o"),
+        OsStr::new(opts),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+}
+
 /// Runs `qemu-io -f qcow2 -c CMD ... IMAGE`. qemu-io exits 0 even when a command fails, so
 /// its output is checked for "failed"/"error" as well.
 pub fn qemu_io(image: &Path, cmds: &[&str]) -> String {

@@ -291,17 +291,7 @@ fn vmdk_and_vhdx_disks_in_layers_match_qemu_img() {
         ),
     ] {
         let conv = work.path().join(format!("disk.{fmt}"));
-        crate::common::qemu_img(&[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            fmt,
-            "-o",
-            opts,
-            &img.display().to_string(),
-            &conv.display().to_string(),
-        ]);
+        crate::common::qemu_convert(&img, "qcow2", fmt, opts, &conv);
         let oracle = qemu_raw_fmt(&conv, Some(fmt));
         let bytes = std::fs::read(&conv).expect("read image");
         let entry = format!("disk/disk.{fmt}");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{
-    assert_same_bytes, have_tool, qcow2_create, qemu_img, qemu_io, qemu_raw, qemu_raw_fmt, tempdir,
+    assert_same_bytes, have_tool, qcow2_create, qemu_io, qemu_raw, qemu_raw_fmt, tempdir,
     LoopDevice,
 };
 
@@ -559,17 +559,7 @@ fn uploads_of_vmdk_vhdx_vdi_and_vhd_match_qemu_img() {
         ("vpc", "subformat=dynamic"),
     ] {
         let conv = work.path().join(format!("disk.{fmt}"));
-        qemu_img(&[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            fmt,
-            "-o",
-            opts,
-            &img.display().to_string(),
-            &conv.display().to_string(),
-        ]);
+        crate::common::qemu_convert(&img, "qcow2", fmt, opts, &conv);
         // The oracle is the converted file's own conversion (a VHD's
         // geometry may round its size).
         let oracle = qemu_raw_fmt(&conv, Some(fmt));
